@@ -1,0 +1,185 @@
+"""Content-addressed blob storage: the bytes of each distinct image, once, under its hash.
+
+Keys are paths like ``ab/cd/abcd…ef.jpg`` derived from the content hash, so the same bytes
+always land at the same key and "already exists" is success (as in git's object store).
+
+Local writes are atomic (restic's local backend): a temporary file in the destination
+folder, fsync, rename over the final name, fsync of the folder. Two processes writing the
+same bytes at once both rename a complete file into place; the survivor is intact either way.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Protocol
+
+from .errors import ConfigError
+
+
+def blob_key(content_hash: str, extension: str = "") -> str:
+    return f"{content_hash[:2]}/{content_hash[2:4]}/{content_hash}{extension}"
+
+
+def hash_of_key(key: str) -> str:
+    """The content hash a key was made from (its file name without extension)."""
+    return key.rsplit("/", 1)[-1].split(".", 1)[0]
+
+
+class BlobStore(Protocol):
+    """Where image bytes live. Implementations are blocking and thread-safe."""
+
+    def put(self, key: str, data: bytes) -> None: ...
+    def get(self, key: str) -> bytes | None: ...
+    def exists(self, key: str) -> bool: ...
+    def delete(self, key: str) -> bool: ...
+    def iter_keys(self) -> Iterator[tuple[str, float, int]]:
+        """Every (key, modification time, size) held."""
+        ...
+    def describe(self, key: str) -> str:
+        """Where a key is, for people (a path or URL)."""
+        ...
+
+
+class LocalBlobStore:
+    """Blobs as files under one folder."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents:
+            raise ValueError(f"blob key {key!r} escapes the store")
+        return path
+
+    def describe(self, key: str) -> str:
+        return str(self._path(key))
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        if path.exists() and path.stat().st_size == len(data):
+            os.utime(path)  # a fresh mtime keeps the GC's grace period away from it
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        _fsync_dir(path.parent)
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def delete(self, key: str) -> bool:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def iter_keys(self) -> Iterator[tuple[str, float, int]]:
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                path = Path(dirpath) / name
+                try:
+                    st = path.stat()
+                except FileNotFoundError:
+                    continue
+                yield path.relative_to(self.root).as_posix(), st.st_mtime, st.st_size
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FsspecBlobStore:
+    """Blobs in object storage (``s3://``, ``gs://``, ``memory://`` …) through fsspec.
+
+    Object stores make a single PUT atomic, so no temporary name is needed; the backend
+    packages (s3fs, gcsfs) are the user's choice, installed beside the ``cloud`` extra.
+    """
+
+    def __init__(self, url: str, **storage_options: object) -> None:
+        try:
+            import fsspec
+        except ImportError as exc:  # pragma: no cover - depends on the extra
+            raise ConfigError("object storage needs the extra: pip install 'scrapy-imgcache[cloud]'") from exc
+        self.fs, root = fsspec.core.url_to_fs(url, **storage_options)
+        self.root = root.rstrip("/")
+        self.protocol = url.split("://", 1)[0]
+
+    def _path(self, key: str) -> str:
+        if ".." in key.split("/"):
+            raise ValueError(f"blob key {key!r} escapes the store")
+        return f"{self.root}/{key}"
+
+    def describe(self, key: str) -> str:
+        return f"{self.protocol}://{self._path(key)}"
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        if self.fs.exists(path):
+            return
+        self.fs.pipe_file(path, data)
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            return self.fs.cat_file(self._path(key))
+        except FileNotFoundError:
+            return None
+
+    def exists(self, key: str) -> bool:
+        return bool(self.fs.exists(self._path(key)))
+
+    def delete(self, key: str) -> bool:
+        path = self._path(key)
+        if not self.fs.exists(path):
+            return False
+        self.fs.rm_file(path)
+        return True
+
+    def iter_keys(self) -> Iterator[tuple[str, float, int]]:
+        if not self.fs.exists(self.root):
+            return
+        for path, info in self.fs.find(self.root, detail=True).items():
+            mtime = info.get("mtime") or info.get("LastModified") or info.get("created") or time.time()
+            if hasattr(mtime, "timestamp"):
+                mtime = mtime.timestamp()
+            yield path[len(self.root) + 1 :], float(mtime), int(info.get("size") or 0)
+
+
+def open_blob_store(location: str | os.PathLike[str]) -> BlobStore:
+    """A folder path (or ``file://``) gives local files; any other URL scheme goes to fsspec."""
+    text = os.fspath(location)
+    if "://" not in text:
+        return LocalBlobStore(text)
+    if text.startswith("file://"):
+        return LocalBlobStore(text[len("file://") :])
+    return FsspecBlobStore(text)

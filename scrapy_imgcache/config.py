@@ -1,0 +1,175 @@
+"""``IMGCACHE_*`` settings, parsed and checked once into a typed config.
+
+A bad value raises :class:`~scrapy_imgcache.errors.ConfigError` naming the setting when the
+crawler starts, not deep inside a callback. Every setting is documented in the README.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+from .hashing import ALGORITHMS, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageLimits, Inspector
+from .store import BUCKET_RE, MAX_DISTANCE, Store, open_store
+
+ON_SIMILAR = ("annotate", "skip", "drop")
+ON_STORE_ERROR = ("fail", "continue")
+DEFAULT_DB_NAME = "imgcache.sqlite3"
+DEFAULT_FILES_NAME = "imgcache-files"
+
+#: name -> default; the single list of what this package reads from Scrapy settings
+DEFAULTS: dict[str, Any] = {
+    "IMGCACHE_ENABLED": True,
+    "IMGCACHE_URL": None,  # None: sqlite:///<project>/.scrapy/imgcache.sqlite3
+    "IMGCACHE_FILES_STORE": None,  # None: <project>/.scrapy/imgcache-files
+    "IMGCACHE_BUCKET": "",
+    "IMGCACHE_CLIENT_NAME": None,  # None: the spider's name
+    "IMGCACHE_HASH": "phash",
+    "IMGCACHE_FAST_HASH": False,
+    "IMGCACHE_SIMILARITY_THRESHOLD": 8,
+    "IMGCACHE_ON_SIMILAR": "annotate",
+    "IMGCACHE_EXPIRES": 90 * 86400,
+    "IMGCACHE_MAX_BYTES": DEFAULT_MAX_BYTES,
+    "IMGCACHE_MAX_PIXELS": DEFAULT_MAX_PIXELS,
+    "IMGCACHE_API_KEY": None,
+    "IMGCACHE_TIMEOUT": 10.0,
+    "IMGCACHE_RETRIES": 2,
+    "IMGCACHE_ON_STORE_ERROR": "fail",
+    "IMGCACHE_GC_GRACE": 3600,
+}
+
+
+@dataclass(frozen=True)
+class ImgCacheConfig:
+    enabled: bool = True
+    url: str = ""
+    files_store: str = ""
+    bucket: str = ""
+    client_name: str | None = None
+    hash: str = "phash"
+    fast_hash: bool = False
+    similarity_threshold: int = 8
+    on_similar: str = "annotate"
+    expires: float = 90 * 86400
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    api_key: str | None = None
+    timeout: float = 10.0
+    retries: int = 2
+    on_store_error: str = "fail"
+    gc_grace: float = 3600
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> ImgCacheConfig:
+        """Read ``IMGCACHE_*`` from Scrapy settings (or any mapping with ``get``)."""
+
+        def get(name: str) -> Any:
+            value = settings.get(name)
+            return DEFAULTS[name] if value is None else value
+
+        url = get("IMGCACHE_URL") or f"sqlite:///{_data_path(DEFAULT_DB_NAME)}"
+        files = get("IMGCACHE_FILES_STORE") or _default_files(url)
+        bucket = _str("IMGCACHE_BUCKET", get("IMGCACHE_BUCKET"))
+        if not BUCKET_RE.match(bucket):
+            raise ConfigError(f"IMGCACHE_BUCKET={bucket!r}: up to 64 of A-Z a-z 0-9 . _ -")
+        algorithm = _choice("IMGCACHE_HASH", get("IMGCACHE_HASH"), ALGORITHMS)
+        threshold = _int("IMGCACHE_SIMILARITY_THRESHOLD", get("IMGCACHE_SIMILARITY_THRESHOLD"), 0, MAX_DISTANCE)
+        return cls(
+            enabled=_bool("IMGCACHE_ENABLED", get("IMGCACHE_ENABLED")),
+            url=_str("IMGCACHE_URL", url),
+            files_store=_str("IMGCACHE_FILES_STORE", files),
+            bucket=bucket,
+            client_name=get("IMGCACHE_CLIENT_NAME") or None,
+            hash=algorithm,
+            fast_hash=_bool("IMGCACHE_FAST_HASH", get("IMGCACHE_FAST_HASH")),
+            similarity_threshold=threshold,
+            on_similar=_choice("IMGCACHE_ON_SIMILAR", get("IMGCACHE_ON_SIMILAR"), ON_SIMILAR),
+            expires=_float("IMGCACHE_EXPIRES", get("IMGCACHE_EXPIRES"), 0),
+            max_bytes=_int("IMGCACHE_MAX_BYTES", get("IMGCACHE_MAX_BYTES"), 1),
+            max_pixels=_int("IMGCACHE_MAX_PIXELS", get("IMGCACHE_MAX_PIXELS"), 1),
+            api_key=get("IMGCACHE_API_KEY") or None,
+            timeout=_float("IMGCACHE_TIMEOUT", get("IMGCACHE_TIMEOUT"), 0.001),
+            retries=_int("IMGCACHE_RETRIES", get("IMGCACHE_RETRIES"), 0, 10),
+            on_store_error=_choice("IMGCACHE_ON_STORE_ERROR", get("IMGCACHE_ON_STORE_ERROR"), ON_STORE_ERROR),
+            gc_grace=_float("IMGCACHE_GC_GRACE", get("IMGCACHE_GC_GRACE"), 0),
+        )
+
+    @property
+    def is_remote(self) -> bool:
+        return self.url.startswith(("http://", "https://"))
+
+    def inspector(self) -> Inspector:
+        return Inspector(ImageLimits(self.max_bytes, self.max_pixels), self.hash, self.fast_hash)
+
+    def open_store(self) -> Store:
+        """The store these settings name (a database, or a remote imgcache service)."""
+        if self.is_remote:
+            return open_store(
+                self.url,
+                inspector=self.inspector(),
+                api_key=self.api_key,
+                timeout=self.timeout,
+                retries=self.retries,
+            )
+        return open_store(self.url, self.files_store, inspector=self.inspector())
+
+
+def _data_path(name: str) -> str:
+    """``<project>/.scrapy/<name>`` inside a Scrapy project, ``./.scrapy/<name>`` elsewhere."""
+    from scrapy.utils.project import data_path
+
+    return data_path(name, createdir=True)
+
+
+def _default_files(url: str) -> str:
+    if url.startswith(("http://", "https://")):
+        return ""
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return os.path.join(os.path.dirname(os.path.abspath(url[len("sqlite:///") :])), DEFAULT_FILES_NAME)
+    return _data_path(DEFAULT_FILES_NAME)
+
+
+def _str(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}={value!r}: a string is expected")
+    return value
+
+
+def _bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}={value!r}: true or false is expected")
+
+
+def _int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    try:
+        number = int(str(value).strip()) if not isinstance(value, bool) else None
+    except ValueError:
+        number = None
+    if number is None or number < low or (high is not None and number > high):
+        span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise ConfigError(f"{name}={value!r}: an integer {span} is expected")
+    return number
+
+
+def _float(name: str, value: Any, low: float) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number < low or number != number:
+        raise ConfigError(f"{name}={value!r}: a number of at least {low} is expected")
+    return number
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r}: one of {', '.join(choices)} is expected")
+    return str(value)

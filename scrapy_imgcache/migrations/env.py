@@ -1,0 +1,16 @@
+"""Alembic environment: always driven programmatically by ``scrapy_imgcache.schema``."""
+
+from alembic import context
+
+from scrapy_imgcache.models import Base
+from scrapy_imgcache.schema import VERSION_TABLE
+
+connection = context.config.attributes["connection"]
+context.configure(
+    connection=connection,
+    target_metadata=Base.metadata,
+    version_table=VERSION_TABLE,
+    render_as_batch=connection.dialect.name == "sqlite",
+)
+with context.begin_transaction():
+    context.run_migrations()

@@ -1,0 +1,137 @@
+"""Engines and schema versions: how each database is opened so that many processes can share it.
+
+SQLite: WAL (readers never wait for the writer), a busy timeout, and ``BEGIN IMMEDIATE`` for
+write transactions so that two writers queue on the lock instead of one failing with
+"database is locked" when it upgrades a read lock. PostgreSQL and MySQL/MariaDB need nothing
+special here; their upserts live in the store.
+
+The schema is created and migrated with Alembic on first use. Concurrent first uses are
+serialised with a lock (an advisory lock on PostgreSQL, ``GET_LOCK`` on MySQL, a lock file
+beside a SQLite database), so N processes starting at once create the tables once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, ProgrammingError
+
+from .errors import ConfigError, StoreError
+
+VERSION_TABLE = "imgcache_alembic_version"
+HEAD = "0001"
+_MIGRATIONS = Path(__file__).with_name("migrations")
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def make_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"not a database URL: {url!r} ({exc})") from exc
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            return _sqlite_engine(url)
+        kwargs: dict[str, object] = {"pool_pre_ping": True, "pool_recycle": 3600}
+        if parsed.get_backend_name() in ("mysql", "mariadb"):
+            kwargs["isolation_level"] = "READ COMMITTED"
+        return create_engine(url, **kwargs)
+    except NoSuchModuleError as exc:
+        raise ConfigError(f"no SQLAlchemy dialect for {parsed.drivername!r}: {exc}") from exc
+    except ModuleNotFoundError as exc:
+        extra = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}.get(parsed.get_backend_name(), "")
+        hint = f"; install it with pip install 'scrapy-imgcache[{extra}]'" if extra else ""
+        raise ConfigError(f"the database driver for {parsed.drivername!r} is missing ({exc}){hint}") from exc
+
+
+def _sqlite_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):  # type: ignore[no-untyped-def]
+        mode = "IMMEDIATE" if conn.get_execution_options().get("imgcache_write") else "DEFERRED"
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+def current_revision(engine: Engine) -> str | None:
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+    except (OperationalError, ProgrammingError):
+        return None
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create or migrate the tables to the head revision, once, whoever else is trying."""
+    try:
+        if current_revision(engine) == HEAD:
+            return
+        with _schema_lock(engine):
+            if current_revision(engine) == HEAD:
+                return
+            from alembic import command
+            from alembic.config import Config
+
+            cfg = Config()
+            cfg.set_main_option("script_location", str(_MIGRATIONS))
+            with engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+    except OperationalError as exc:
+        raise StoreError(f"cannot reach the database at {engine.url!r}: {exc.orig}") from exc
+
+
+@contextlib.contextmanager
+def _schema_lock(engine: Engine) -> Iterator[None]:
+    name = engine.dialect.name
+    if name == "sqlite":
+        db = engine.url.database
+        if not db or db == ":memory:":
+            yield
+            return
+        import fcntl
+
+        with open(os.fspath(Path(db).expanduser()) + ".schema-lock", "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        return
+    with engine.connect() as conn:
+        if name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_lock(7283641)"))
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT pg_advisory_unlock(7283641)"))
+                conn.commit()
+        elif name in ("mysql", "mariadb"):
+            conn.execute(text("SELECT GET_LOCK('imgcache_schema', 60)"))
+            try:
+                yield
+            finally:
+                conn.execute(text("SELECT RELEASE_LOCK('imgcache_schema')"))
+        else:
+            yield

@@ -1,0 +1,696 @@
+"""The store: one interface to the shared cache, whatever holds it.
+
+:class:`Store` is what the pipeline, the middleware, the server and the commands use.
+:class:`SqlStore` implements it over SQLAlchemy (SQLite, PostgreSQL, MySQL/MariaDB) and a
+blob store; ``scrapy_imgcache.remote.RemoteStore`` over an imgcache HTTP service.
+:func:`open_store` picks one from a URL, the way Scrapy picks a files store by scheme.
+
+Every method blocks: Scrapy components call them through ``deferToThread``.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+import numpy as np
+from sqlalchemy import Select, and_, delete, func, or_, select, update
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from .blobs import BlobStore, blob_key, hash_of_key, open_blob_store
+from .errors import ConfigError, StoreError
+from .hashing import ImageInfo, Inspector, content_hash
+from .models import BUCKET_LENGTH, ImageRow, UrlRow
+from .schema import ensure_schema, make_engine
+from .simindex import HammingIndex, to_signed
+
+HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+PHASH_RE = re.compile(r"^[0-9a-f]{16}$")
+BUCKET_RE = re.compile(rf"^[A-Za-z0-9._-]{{0,{BUCKET_LENGTH}}}$")
+MAX_DISTANCE = 32
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def validate_bucket(bucket: str) -> str:
+    if not isinstance(bucket, str) or not BUCKET_RE.match(bucket):
+        raise ValueError(f"bad bucket name {bucket!r}: up to {BUCKET_LENGTH} of A-Z a-z 0-9 . _ -")
+    return bucket
+
+
+def validate_content_hash(value: str) -> str:
+    if not isinstance(value, str) or not HASH_RE.match(value):
+        raise ValueError(f"bad content hash {value!r}: 64 lowercase hex digits expected")
+    return value
+
+
+def validate_phash(value: str) -> str:
+    if not isinstance(value, str) or not PHASH_RE.match(value):
+        raise ValueError(f"bad perceptual hash {value!r}: 16 lowercase hex digits expected")
+    return value
+
+
+def validate_distance(value: int) -> int:
+    if not isinstance(value, int) or not 0 <= value <= MAX_DISTANCE:
+        raise ValueError(f"bad max distance {value!r}: an integer from 0 to {MAX_DISTANCE}")
+    return value
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One cached image as seen at one URL: the imgcache API's entry schema, plus extras."""
+
+    url: str
+    content_hash: str
+    content_type: str
+    file_size_bytes: int
+    original_filename: str | None
+    width: int | None
+    height: int | None
+    perceptual_hash: str | None
+    client_name: str
+    lookup_time: datetime
+    created_at: datetime
+    bucket: str
+    hash_algorithm: str = "phash"
+    flat: bool = False
+    etag: str | None = None
+    last_modified: str | None = None
+    path: str | None = None
+    similar_to: str | None = None
+    similar_distance: int | None = None
+    hamming_distance: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["lookup_time"] = self.lookup_time.isoformat()
+        data["created_at"] = self.created_at.isoformat()
+        if self.hamming_distance is None:
+            del data["hamming_distance"]
+        return data
+
+
+@dataclass(frozen=True)
+class PutResult:
+    entry: Entry
+    created: bool  # False: identical bytes were already in the bucket
+
+
+@dataclass
+class Usage:
+    """Counts for one bucket (and, in ``clients``, per client name)."""
+
+    bucket: str
+    images: int = 0
+    bytes: int = 0
+    urls: int = 0
+    exact_duplicates: int = 0
+    exact_bytes_saved: int = 0
+    similar_duplicates: int = 0
+    similar_bytes_saved: int = 0
+    clients: dict[str, Usage] = field(default_factory=dict)
+
+
+class Store(Protocol):
+    """The cache as every component sees it. Blocking; safe to call from many threads."""
+
+    inspector: Inspector
+
+    def put(
+        self,
+        data: bytes,
+        *,
+        url: str,
+        client_name: str,
+        bucket: str = "",
+        lookup_time: datetime | None = None,
+        filename: str | None = None,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        info: ImageInfo | None = None,
+        similar_to: str | None = None,
+        similar_distance: int | None = None,
+    ) -> PutResult: ...
+
+    def record_url(
+        self,
+        content_hash: str,
+        *,
+        url: str,
+        client_name: str,
+        bucket: str = "",
+        lookup_time: datetime | None = None,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        duplicate: str | None = None,
+        saved_bytes: int = 0,
+    ) -> Entry | None: ...
+
+    def get_bytes(self, content_hash: str, bucket: str = "") -> bytes | None: ...
+    def get_meta(self, content_hash: str, bucket: str = "") -> Entry | None: ...
+    def lookup(self, url: str, bucket: str = "") -> Entry | None: ...
+    def search(self, url_contains: str, bucket: str = "", limit: int = 100) -> list[Entry]: ...
+    def similar(
+        self,
+        perceptual_hash: str,
+        max_distance: int = 4,
+        bucket: str = "",
+        limit: int = 100,
+        algorithm: str = "phash",
+    ) -> list[Entry]: ...
+    def urls(self, content_hash: str, bucket: str = "") -> list[Entry]: ...
+    def delete(self, content_hash: str, bucket: str = "") -> bool: ...
+    def usage(self) -> list[Usage]: ...
+    def close(self) -> None: ...
+
+
+def open_store(url: str, files: str | None = None, inspector: Inspector | None = None, **options: Any) -> Store:
+    """``http(s)://`` → a remote imgcache service; anything else is a SQLAlchemy URL."""
+    if url.startswith(("http://", "https://")):
+        from .remote import RemoteStore
+
+        return RemoteStore(url, inspector=inspector, **options)
+    if files is None:
+        raise ConfigError("a database store needs a files location (IMGCACHE_FILES_STORE)")
+    return SqlStore(url, files, inspector=inspector)
+
+
+class SqlStore:
+    """The cache in a SQL database (metadata) and a blob store (bytes)."""
+
+    def __init__(
+        self,
+        url: str,
+        files: str | BlobStore,
+        inspector: Inspector | None = None,
+    ) -> None:
+        self.url = url
+        self.inspector = inspector or Inspector()
+        self.blobs: BlobStore = open_blob_store(files) if isinstance(files, str) else files
+        self.engine = make_engine(url)
+        ensure_schema(self.engine)
+        self._writer = self.engine.execution_options(imgcache_write=True)
+        self._dialect = self.engine.dialect.name
+        self._index = _SharedIndex(self)
+
+    def __repr__(self) -> str:
+        return f"SqlStore({self.engine.url.render_as_string(hide_password=True)!r})"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- writing -------------------------------------------------------------------------
+
+    def put(
+        self,
+        data: bytes,
+        *,
+        url: str,
+        client_name: str,
+        bucket: str = "",
+        lookup_time: datetime | None = None,
+        filename: str | None = None,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        info: ImageInfo | None = None,
+        similar_to: str | None = None,
+        similar_distance: int | None = None,
+    ) -> PutResult:
+        validate_bucket(bucket)
+        if info is None:
+            info = self.inspector.inspect(data)
+        elif info.content_hash != content_hash(data):
+            raise ValueError("the ImageInfo given does not describe these bytes")
+        now = utcnow()
+        lookup_time = lookup_time or now
+        key = blob_key(info.content_hash, info.extension)
+        self.blobs.put(key, data)  # bytes first: a row never points at nothing
+        values = dict(
+            bucket=bucket,
+            content_hash=info.content_hash,
+            content_type=info.content_type,
+            file_size=info.size,
+            width=info.width,
+            height=info.height,
+            perceptual_hash=info.perceptual_hash,
+            phash_int=to_signed(int(info.perceptual_hash, 16)),
+            hash_algorithm=info.algorithm,
+            flat=info.flat,
+            blob_key=key,
+            original_filename=(filename or None) and filename[:255],
+            client_name=client_name[:255],
+            lookup_time=lookup_time,
+            created_at=now,
+            similar_to=similar_to,
+            similar_distance=similar_distance,
+        )
+        with self._write() as conn:
+            image_id = self._image_id(conn, bucket, info.content_hash)
+            created = False
+            if image_id is None:
+                created = self._insert_ignore(conn, ImageRow, values)
+                image_id = self._image_id(conn, bucket, info.content_hash)
+                assert image_id is not None
+            self._upsert_url(
+                conn,
+                image_id=image_id,
+                bucket=bucket,
+                url=url,
+                client_name=client_name,
+                lookup_time=lookup_time,
+                etag=etag,
+                last_modified=last_modified,
+                duplicate=None if created else "exact",
+                saved_bytes=0 if created else info.size,
+            )
+        if not self.blobs.exists(key):  # a concurrent delete removed it before our row landed
+            self.blobs.put(key, data)
+        entry = self._entry(bucket, info.content_hash, url=url, client_name=client_name)
+        assert entry is not None
+        return PutResult(entry, created)
+
+    def record_url(
+        self,
+        content_hash: str,
+        *,
+        url: str,
+        client_name: str,
+        bucket: str = "",
+        lookup_time: datetime | None = None,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        duplicate: str | None = None,
+        saved_bytes: int = 0,
+    ) -> Entry | None:
+        """Note that ``url`` answered with an image already cached (a 304, a skipped near-dup)."""
+        validate_bucket(bucket)
+        with self._write() as conn:
+            image_id = self._image_id(conn, bucket, content_hash)
+            if image_id is None:
+                return None
+            self._upsert_url(
+                conn,
+                image_id=image_id,
+                bucket=bucket,
+                url=url,
+                client_name=client_name,
+                lookup_time=lookup_time or utcnow(),
+                etag=etag,
+                last_modified=last_modified,
+                duplicate=duplicate,
+                saved_bytes=saved_bytes,
+            )
+        return self._entry(bucket, content_hash, url=url, client_name=client_name)
+
+    def delete(self, content_hash: str, bucket: str = "") -> bool:
+        validate_bucket(bucket)
+        with self._write() as conn:
+            row = conn.execute(
+                select(ImageRow.id, ImageRow.blob_key).where(
+                    ImageRow.bucket == bucket, ImageRow.content_hash == content_hash
+                )
+            ).first()
+            if row is None:
+                return False
+            conn.execute(delete(UrlRow).where(UrlRow.image_id == row.id))
+            conn.execute(delete(ImageRow).where(ImageRow.id == row.id))
+            still_used = conn.execute(
+                select(ImageRow.id).where(ImageRow.content_hash == content_hash).limit(1)
+            ).first()
+        self._index.forget(row.id)
+        if still_used is None:  # the same bytes may live on in another bucket
+            self.blobs.delete(row.blob_key)
+        return True
+
+    def _write(self):  # type: ignore[no-untyped-def]
+        return _retrying_begin(self._writer)
+
+    def _image_id(self, conn: Any, bucket: str, chash: str) -> int | None:
+        return conn.execute(
+            select(ImageRow.id).where(ImageRow.bucket == bucket, ImageRow.content_hash == chash)
+        ).scalar()
+
+    def _insert_ignore(self, conn: Any, model: Any, values: dict[str, Any]) -> bool:
+        """Insert unless the unique key exists; True when this call inserted the row."""
+        if self._dialect in ("sqlite", "postgresql"):
+            ins = (sqlite_insert if self._dialect == "sqlite" else pg_insert)(model).values(**values)
+            return conn.execute(ins.on_conflict_do_nothing().returning(model.id)).first() is not None
+        if self._dialect in ("mysql", "mariadb"):
+            stmt = mysql_insert(model).values(**values).prefix_with("IGNORE")
+            return conn.execute(stmt).rowcount == 1
+        else:  # pragma: no cover - other dialects: plain insert, duplicate key means "exists"
+            try:
+                with conn.begin_nested():
+                    conn.execute(model.__table__.insert().values(**values))
+                return True
+            except IntegrityError:
+                return False
+
+    def _upsert_url(self, conn: Any, **values: Any) -> None:
+        values["url_hash"] = content_hash(values["url"].encode("utf-8", "surrogatepass"))
+        values["client_name"] = values["client_name"][:255]
+        values["created_at"] = utcnow()
+        refresh = {k: values[k] for k in ("lookup_time", "etag", "last_modified")}
+        key = {k: values[k] for k in ("image_id", "url_hash", "client_name")}
+        if self._dialect in ("sqlite", "postgresql"):
+            ins = (sqlite_insert if self._dialect == "sqlite" else pg_insert)(UrlRow).values(**values)
+            stmt = ins.on_conflict_do_update(index_elements=list(key), set_=refresh)
+            conn.execute(stmt)
+        elif self._dialect in ("mysql", "mariadb"):
+            conn.execute(mysql_insert(UrlRow).values(**values).on_duplicate_key_update(**refresh))
+        else:  # pragma: no cover
+            done = conn.execute(update(UrlRow).filter_by(**key).values(**refresh)).rowcount
+            if not done:
+                conn.execute(UrlRow.__table__.insert().values(**values))
+
+    # -- reading -------------------------------------------------------------------------
+
+    def get_bytes(self, content_hash: str, bucket: str = "") -> bytes | None:
+        with self.engine.connect() as conn:
+            key = conn.execute(
+                select(ImageRow.blob_key).where(ImageRow.bucket == bucket, ImageRow.content_hash == content_hash)
+            ).scalar()
+        return None if key is None else self.blobs.get(key)
+
+    def get_meta(self, content_hash: str, bucket: str = "") -> Entry | None:
+        return self._entry(bucket, content_hash)
+
+    def lookup(self, url: str, bucket: str = "") -> Entry | None:
+        url_hash = content_hash(url.encode("utf-8", "surrogatepass"))
+        stmt = (
+            _joined()
+            .where(UrlRow.bucket == bucket, UrlRow.url_hash == url_hash, UrlRow.url == url)
+            .order_by(UrlRow.lookup_time.desc(), UrlRow.id.desc())
+            .limit(1)
+        )
+        return self._first(stmt)
+
+    def search(self, url_contains: str, bucket: str = "", limit: int = 100) -> list[Entry]:
+        stmt = (
+            _joined()
+            .where(UrlRow.bucket == bucket, UrlRow.url.contains(url_contains, autoescape=True))
+            .order_by(UrlRow.lookup_time.desc(), UrlRow.id.desc())
+            .limit(limit)
+        )
+        return self._all(stmt)
+
+    def urls(self, content_hash: str, bucket: str = "") -> list[Entry]:
+        """Every URL record of one image, most recent first."""
+        stmt = (
+            _joined()
+            .where(ImageRow.bucket == bucket, ImageRow.content_hash == content_hash)
+            .order_by(UrlRow.lookup_time.desc(), UrlRow.id.desc())
+        )
+        return self._all(stmt)
+
+    def similar(
+        self,
+        perceptual_hash: str,
+        max_distance: int = 4,
+        bucket: str = "",
+        limit: int = 100,
+        algorithm: str = "phash",
+    ) -> list[Entry]:
+        """Images whose hash is within ``max_distance`` bits, nearest first (flat ones never)."""
+        validate_phash(perceptual_hash)
+        validate_distance(max_distance)
+        hits = self._index.query(bucket, algorithm, int(perceptual_hash, 16), max_distance)
+        out: list[Entry] = []
+        for start in range(0, len(hits), max(limit, 1)):
+            chunk = hits[start : start + max(limit, 1)]
+            by_id = self._latest_by_image([i for i, _ in chunk])
+            for image_id, dist in chunk:
+                entry = by_id.get(image_id)
+                if entry is not None:  # deleted since the index saw it
+                    out.append(replace(entry, hamming_distance=dist))
+            if len(out) >= limit:
+                break
+        return out[:limit]
+
+    def images(self, bucket: str | None = None, batch: int = 1000) -> Iterator[Entry]:
+        """Every image (with its most recent URL), oldest first; ``None`` walks every bucket."""
+        last = 0
+        while True:
+            stmt = select(ImageRow.id).where(ImageRow.id > last).order_by(ImageRow.id).limit(batch)
+            if bucket is not None:
+                stmt = stmt.where(ImageRow.bucket == bucket)
+            with self.engine.connect() as conn:
+                ids = list(conn.execute(stmt).scalars())
+            if not ids:
+                return
+            by_id = self._latest_by_image(ids)
+            for image_id in ids:
+                if image_id in by_id:
+                    yield by_id[image_id]
+            last = ids[-1]
+
+    def buckets(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(ImageRow.bucket).distinct().order_by(ImageRow.bucket)).scalars())
+
+    def usage(self) -> list[Usage]:
+        out: dict[str, Usage] = {}
+        with self.engine.connect() as conn:
+            for bucket, n, size in conn.execute(
+                select(ImageRow.bucket, func.count(), func.coalesce(func.sum(ImageRow.file_size), 0)).group_by(
+                    ImageRow.bucket
+                )
+            ):
+                out[bucket] = Usage(bucket, images=int(n), bytes=int(size))
+            stmt = select(
+                UrlRow.bucket,
+                UrlRow.client_name,
+                UrlRow.duplicate,
+                func.count(),
+                func.coalesce(func.sum(UrlRow.saved_bytes), 0),
+            ).group_by(UrlRow.bucket, UrlRow.client_name, UrlRow.duplicate)
+            for bucket, client, dup, n, saved in conn.execute(stmt):
+                usage = out.setdefault(bucket, Usage(bucket))
+                per = usage.clients.setdefault(client, Usage(bucket))
+                for target in (usage, per):
+                    target.urls += int(n)
+                    if dup == "exact":
+                        target.exact_duplicates += int(n)
+                        target.exact_bytes_saved += int(saved)
+                    elif dup == "similar":
+                        target.similar_duplicates += int(n)
+                        target.similar_bytes_saved += int(saved)
+            stmt = (
+                select(ImageRow.bucket, ImageRow.client_name, func.count(), func.sum(ImageRow.file_size))
+                .group_by(ImageRow.bucket, ImageRow.client_name)
+            )
+            for bucket, client, n, size in conn.execute(stmt):
+                per = out[bucket].clients.setdefault(client, Usage(bucket))
+                per.images += int(n)
+                per.bytes += int(size or 0)
+            # near-duplicates kept in annotate mode count too (their bytes were stored)
+            stmt = select(ImageRow.bucket, func.count()).where(ImageRow.similar_to.is_not(None)).group_by(ImageRow.bucket)
+            for bucket, n in conn.execute(stmt):
+                out[bucket].similar_duplicates += int(n)
+        return [out[b] for b in sorted(out)]
+
+    # -- maintenance (the gc command) ------------------------------------------------------
+
+    def referenced_blob_keys(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return set(conn.execute(select(ImageRow.blob_key).distinct()).scalars())
+
+    def orphan_blobs(self, grace_seconds: float) -> list[tuple[str, int]]:
+        """Blobs no row points at, older than the grace period: (key, size)."""
+        cutoff = time.time() - grace_seconds
+        keys = list(self.blobs.iter_keys())
+        used = self.referenced_blob_keys()  # read after listing: a blob written meanwhile is young
+        return [(k, size) for k, mtime, size in keys if k not in used and mtime < cutoff and _is_blob(k)]
+
+    def missing_blobs(self) -> list[Entry]:
+        """Rows whose bytes are gone (someone deleted files by hand)."""
+        return [e for e in self.images() if not self.blobs.exists(e.path or "")]
+
+    def expired(self, older_than: datetime, bucket: str | None = None) -> list[Entry]:
+        """Images no URL has been seen at since ``older_than``."""
+        newest = (
+            select(UrlRow.image_id, func.max(UrlRow.lookup_time).label("seen"))
+            .group_by(UrlRow.image_id)
+            .subquery()
+        )
+        stmt = select(ImageRow.id).join(newest, newest.c.image_id == ImageRow.id).where(newest.c.seen < older_than)
+        if bucket is not None:
+            stmt = stmt.where(ImageRow.bucket == bucket)
+        with self.engine.connect() as conn:
+            ids = list(conn.execute(stmt).scalars())
+        return list(self._latest_by_image(ids).values())
+
+    # -- rows to entries -------------------------------------------------------------------
+
+    def _entry(self, bucket: str, chash: str, url: str | None = None, client_name: str | None = None) -> Entry | None:
+        stmt = _joined().where(ImageRow.bucket == bucket, ImageRow.content_hash == chash)
+        if url is not None:
+            stmt = stmt.where(UrlRow.url_hash == content_hash(url.encode("utf-8", "surrogatepass")))
+            if client_name is not None:
+                stmt = stmt.where(UrlRow.client_name == client_name[:255])
+        return self._first(stmt.order_by(UrlRow.lookup_time.desc(), UrlRow.id.desc()).limit(1))
+
+    def _latest_by_image(self, image_ids: Sequence[int]) -> dict[int, Entry]:
+        if not image_ids:
+            return {}
+        latest = (
+            select(func.max(UrlRow.id)).where(UrlRow.image_id.in_(image_ids)).group_by(UrlRow.image_id)
+        ).scalar_subquery()
+        stmt = _joined().where(UrlRow.id.in_(latest))
+        with Session(self.engine) as session:
+            return {row.ImageRow.id: _to_entry(row.ImageRow, row.UrlRow) for row in session.execute(stmt)}
+
+    def _first(self, stmt: Select[Any]) -> Entry | None:
+        with Session(self.engine) as session:
+            row = session.execute(stmt).first()
+            return None if row is None else _to_entry(row.ImageRow, row.UrlRow)
+
+    def _all(self, stmt: Select[Any]) -> list[Entry]:
+        with Session(self.engine) as session:
+            return [_to_entry(r.ImageRow, r.UrlRow) for r in session.execute(stmt)]
+
+
+def _joined() -> Select[Any]:
+    return select(ImageRow, UrlRow).join(UrlRow, UrlRow.image_id == ImageRow.id)
+
+
+def _to_entry(img: ImageRow, rec: UrlRow) -> Entry:
+    return Entry(
+        url=rec.url,
+        content_hash=img.content_hash,
+        content_type=img.content_type,
+        file_size_bytes=img.file_size,
+        original_filename=img.original_filename,
+        width=img.width,
+        height=img.height,
+        perceptual_hash=img.perceptual_hash,
+        client_name=rec.client_name,
+        lookup_time=rec.lookup_time,
+        created_at=img.created_at,
+        bucket=img.bucket,
+        hash_algorithm=img.hash_algorithm,
+        flat=img.flat,
+        etag=rec.etag,
+        last_modified=rec.last_modified,
+        path=img.blob_key,
+        similar_to=img.similar_to,
+        similar_distance=img.similar_distance,
+    )
+
+
+def _is_blob(key: str) -> bool:
+    return bool(HASH_RE.match(hash_of_key(key)))
+
+
+class _retrying_begin:
+    """``engine.begin()`` that retries a transaction the database aborted for a lock/deadlock."""
+
+    def __init__(self, engine: Any, attempts: int = 5) -> None:
+        self.engine = engine
+        self.attempts = attempts
+
+    def __enter__(self) -> Any:
+        last: Exception | None = None
+        for attempt in range(self.attempts):
+            try:
+                self._ctx = self.engine.begin()
+                return self._ctx.__enter__()
+            except OperationalError as exc:  # locked at BEGIN IMMEDIATE past the busy timeout
+                last = exc
+                time.sleep(0.05 * (attempt + 1))
+        raise StoreError(f"database busy: {last}")
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._ctx.__exit__(*exc)
+
+
+class _SharedIndex:
+    """The in-memory similarity index of one process, kept in step with the database.
+
+    Before each query it reads the rows added since the last one it saw (one indexed range
+    query on the primary key), so images stored by other processes are found too. Ids that
+    were skipped (a transaction still open elsewhere, or a sequence value burnt by a
+    conflict) are re-asked for a while in case they commit late. Deleted rows drop out when
+    the matches are fetched from the database.
+    """
+
+    GAP_TTL = 30.0
+    MAX_GAPS = 512
+
+    def __init__(self, store: SqlStore) -> None:
+        self.store = store
+        self.lock = threading.Lock()
+        self.indexes: dict[tuple[str, str], HammingIndex] = {}
+        self.high = 0
+        self.gaps: dict[int, float] = {}
+        self.loaded = False
+
+    def forget(self, image_id: int) -> None:
+        with self.lock:
+            for index in self.indexes.values():
+                index.remove(image_id)
+
+    def query(self, bucket: str, algorithm: str, value: int, max_distance: int) -> list[tuple[int, int]]:
+        with self.lock:
+            self._refresh()
+            index = self.indexes.get((bucket, algorithm))
+            return [] if index is None else index.query(value, max_distance)
+
+    def _refresh(self) -> None:
+        cols = (ImageRow.id, ImageRow.bucket, ImageRow.hash_algorithm, ImageRow.phash_int, ImageRow.flat)
+        now = time.monotonic()
+        self.gaps = {i: t for i, t in self.gaps.items() if now - t < self.GAP_TTL}
+        cond = ImageRow.id > self.high
+        if self.gaps:
+            cond = or_(cond, ImageRow.id.in_(list(self.gaps)))
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(select(*cols).where(cond).order_by(ImageRow.id)).all()
+        if not rows:
+            return
+        if not self.loaded:
+            self._bulk_load(rows)
+            self.loaded = True
+        else:
+            for image_id, bucket, algorithm, phash, flat in rows:
+                self.gaps.pop(image_id, None)
+                if phash is not None and not flat:
+                    self._index(bucket, algorithm).add(image_id, phash)
+        top = rows[-1][0]
+        if top > self.high:
+            # only the most recent ids can still be in flight elsewhere; older holes are deletes
+            seen = {r[0] for r in rows}
+            for missing in range(max(self.high + 1, top - self.MAX_GAPS), top):
+                if missing not in seen:
+                    self.gaps[missing] = now
+            self.high = top
+        if len(self.gaps) > self.MAX_GAPS:
+            for old in sorted(self.gaps, key=self.gaps.__getitem__)[: len(self.gaps) - self.MAX_GAPS]:
+                del self.gaps[old]
+
+    def _bulk_load(self, rows: Sequence[Any]) -> None:
+        groups: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
+        for image_id, bucket, algorithm, phash, flat in rows:
+            if phash is None or flat:
+                continue
+            ids, values = groups.setdefault((bucket, algorithm), ([], []))
+            ids.append(image_id)
+            values.append(phash)
+        for key, (ids, values) in groups.items():
+            self._index(*key).add_many(np.array(ids), np.array(values, dtype=np.int64).view(np.uint64))
+
+    def _index(self, bucket: str, algorithm: str) -> HammingIndex:
+        key = (bucket, algorithm)
+        if key not in self.indexes:
+            self.indexes[key] = HammingIndex()
+        return self.indexes[key]
