@@ -1,0 +1,229 @@
+"""Hashing and inspection: what the bytes are, hashed exactly as imagehash would, bad input refused."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import zlib
+
+import imagehash
+import numpy as np
+import pytest
+from PIL import Image
+
+from scrapy_imgcache.errors import (
+    EmptyImage,
+    InvalidImage,
+    NotAnImage,
+    TooManyBytes,
+    TooManyPixels,
+    TruncatedImage,
+    UnsupportedFormat,
+)
+from scrapy_imgcache.hashing import ALGORITHMS, ImageLimits, Inspector, content_hash, hamming
+
+from .photos import distinct_images, encode, noise_bytes, photo, solid
+
+FORMATS = {
+    "JPEG": ("image/jpeg", ".jpg"),
+    "PNG": ("image/png", ".png"),
+    "GIF": ("image/gif", ".gif"),
+    "WEBP": ("image/webp", ".webp"),
+    "BMP": ("image/bmp", ".bmp"),
+    "TIFF": ("image/tiff", ".tif"),
+}
+PHOTOS = distinct_images(3, size=(300, 200))
+#: a fast-mode bit difference above this would make near-duplicate thresholds meaningless
+FAST_MAX_BITS = 6
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A ~60-byte PNG claiming ``width`` x ``height``: a header and one pixel row's worth of data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 4)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def tiny_psd() -> bytes:
+    """A valid 2x2 greyscale Photoshop file (Pillow reads PSD but cannot write it)."""
+    header = b"8BPS" + struct.pack(">H6xHIIHH", 1, 1, 2, 2, 8, 1)
+    sections = struct.pack(">III", 0, 0, 0)  # colour mode data, image resources, layers
+    return header + sections + struct.pack(">H", 0) + bytes([0, 64, 128, 255])
+
+
+def tiny_eps() -> bytes:
+    """An EPS file: Pillow recognises its header; reading pixels would run Ghostscript."""
+    return (
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\n"
+        b"newpath 0 0 moveto 10 10 lineto stroke\nshowpage\n%%EOF\n"
+    )
+
+
+def pdf_bytes() -> bytes:
+    buf = io.BytesIO()
+    PHOTOS[0].save(buf, "PDF")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("data", [b"", b"x", noise_bytes(), encode(PHOTOS[0])], ids=["empty", "one", "noise", "jpeg"])
+def test_content_hash_is_blake2b_256(data):
+    assert content_hash(data) == hashlib.blake2b(data, digest_size=32).hexdigest()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_hashes_equal_imagehash_on_real_photos(fmt, algorithm):
+    """The stored hash must be interchangeable with one computed by imagehash elsewhere."""
+    inspector = Inspector(algorithm=algorithm)
+    for img in PHOTOS:
+        data = encode(img, fmt)
+        expected = str(getattr(imagehash, algorithm)(Image.open(io.BytesIO(data))))
+        info = inspector.inspect(data)
+        assert info.perceptual_hash == expected
+        assert info.algorithm == algorithm
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_format_mime_and_size_come_from_the_bytes(fmt):
+    img = PHOTOS[1]
+    data = encode(img, fmt)
+    info = Inspector().inspect(data)
+    assert (info.format, (info.content_type, info.extension)) == (fmt, FORMATS[fmt])
+    assert (info.width, info.height, info.size) == (*img.size, len(data))
+    assert info.content_hash == content_hash(data)
+    assert not info.flat
+
+
+def test_hamming_counts_differing_bits():
+    assert hamming("0000000000000000", "ffffffffffffffff") == 64
+    assert hamming("8000000000000001", "0000000000000000") == 2
+    assert hamming("0123456789abcdef", "0123456789abcdef") == 0
+
+
+def test_unknown_algorithm_is_refused():
+    with pytest.raises(ValueError, match="unknown hash algorithm"):
+        Inspector(algorithm="md5")
+
+
+@pytest.mark.parametrize(
+    "data, error",
+    [
+        pytest.param(tiny_psd(), UnsupportedFormat, id="psd"),
+        pytest.param(tiny_eps(), UnsupportedFormat, id="eps"),
+        pytest.param(pdf_bytes(), NotAnImage, id="pdf"),
+    ],
+)
+def test_non_web_formats_are_refused(data, error):
+    """PSD/EPS/PDF parsers (and Ghostscript behind EPS) must never see crawled bytes."""
+    with pytest.raises(error):
+        Inspector().inspect(data)
+
+
+def _truncated(fmt: str) -> bytes:
+    data = encode(PHOTOS[0], fmt)
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(
+    "data, limits, error",
+    [
+        pytest.param(b"", ImageLimits(), EmptyImage, id="empty"),
+        pytest.param(noise_bytes(), ImageLimits(), NotAnImage, id="noise"),
+        pytest.param(b"<html><body>404</body></html>", ImageLimits(), NotAnImage, id="html"),
+        pytest.param(_truncated("JPEG"), ImageLimits(), TruncatedImage, id="truncated-jpeg"),
+        pytest.param(_truncated("PNG"), ImageLimits(), TruncatedImage, id="truncated-png"),
+        pytest.param(encode(PHOTOS[0]), ImageLimits(max_bytes=1000), TooManyBytes, id="too-many-bytes"),
+        pytest.param(encode(PHOTOS[0]), ImageLimits(max_pixels=300 * 200 - 1), TooManyPixels, id="too-many-pixels"),
+        pytest.param(png_header_only(100_000, 100_000), ImageLimits(), TooManyPixels, id="bomb"),
+        pytest.param(png_header_only(6000, 6000), ImageLimits(), TooManyPixels, id="over-our-limit"),
+        pytest.param(png_header_only(0, 10), ImageLimits(), InvalidImage, id="zero-width"),
+    ],
+)
+def test_invalid_input_raises_a_typed_error(data, limits, error):
+    with pytest.raises(error):
+        Inspector(limits).inspect(data)
+
+
+def test_bombs_are_refused_from_the_header_before_decoding():
+    """The bombs hold no pixel data: had they been decoded, the error would be 'truncated'."""
+    with pytest.raises(TooManyPixels, match="from its header"):
+        Inspector().inspect(png_header_only(100_000, 100_000))
+    bomb = png_header_only(6000, 6000)
+    with pytest.raises(TooManyPixels, match="refused before decoding"):
+        Inspector().inspect(bomb)
+    with pytest.raises(TruncatedImage):  # the same bytes, let through, fail only on decoding
+        Inspector(ImageLimits(max_pixels=6000 * 6000)).inspect(bomb)
+
+
+def test_animated_gif_is_hashed_on_its_first_frame():
+    first, second = PHOTOS[0], PHOTOS[2]
+    buf = io.BytesIO()
+    first.save(buf, "GIF", save_all=True, append_images=[second], duration=100, loop=0)
+    data = buf.getvalue()
+    assert Image.open(io.BytesIO(data)).n_frames == 2
+    info = Inspector().inspect(data)
+    assert info.perceptual_hash == str(imagehash.phash(Image.open(io.BytesIO(encode(first, "GIF")))))
+    assert info.perceptual_hash != str(imagehash.phash(Image.open(io.BytesIO(encode(second, "GIF")))))
+
+
+def _near_flat() -> bytes:
+    rng = np.random.default_rng(1)
+    arr = (128 + rng.integers(-1, 2, (64, 64, 3))).astype(np.uint8)
+    return encode(Image.fromarray(arr), "PNG")
+
+
+def _transparent(mode: str, fmt: str) -> bytes:
+    rng = np.random.default_rng(2)
+    rgba = rng.integers(0, 256, (48, 48, 4), dtype=np.uint8)
+    rgba[..., 3] = 0  # colours underneath are noise: only the alpha says "nothing to see"
+    img = Image.fromarray(rgba, "RGBA")
+    if mode == "P":
+        img = Image.new("P", (48, 48), 0)
+        img.putpalette([255, 0, 0] * 256)
+        return encode(img, fmt, transparency=0)
+    return encode(img, fmt)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(solid((255, 255, 255)), id="white"),
+        pytest.param(solid((0, 0, 0), fmt="JPEG"), id="black-jpeg"),
+        pytest.param(solid((200, 30, 90), fmt="WEBP"), id="pink-webp"),
+        pytest.param(solid((7,), mode="L", fmt="GIF"), id="grey-gif"),
+        pytest.param(solid((1, 2, 3), size=(1, 1)), id="1x1"),
+        pytest.param(_transparent("RGBA", "PNG"), id="transparent-rgba"),
+        pytest.param(_transparent("P", "GIF"), id="transparent-gif"),
+        pytest.param(_near_flat(), id="near-flat-noise"),
+    ],
+)
+def test_flat_images_are_marked_flat(data):
+    assert Inspector().inspect(data).flat
+
+
+def test_fast_mode_stays_close_to_imagehash():
+    """Reduced-scale JPEG decoding may move a few bits, never enough to change a match."""
+    diffs = fast_mode_bit_differences(distinct_images(14, size=(1024, 768)))
+    assert max(diffs) <= FAST_MAX_BITS
+    assert np.mean(diffs) <= FAST_MAX_BITS / 2
+
+
+def fast_mode_bit_differences(images: list[Image.Image]) -> list[int]:
+    """Bits between fast-mode pHash and imagehash.phash, one per photo (docs/hashing-accuracy.md)."""
+    fast = Inspector(fast=True)
+    out = []
+    for img in images:
+        data = encode(img)
+        info = fast.inspect(data)
+        assert (info.width, info.height) == img.size  # the size reported is the real one
+        out.append(hamming(info.perceptual_hash, str(imagehash.phash(Image.open(io.BytesIO(data))))))
+    return out
+
+
+def test_real_photo_is_not_flat():
+    assert not Inspector().inspect(encode(photo("camera"))).flat
