@@ -1,0 +1,71 @@
+"""Prometheus metrics, one registry per app (never the process-global one).
+
+A registry of its own lets several apps live in one process (tests, embedding) without
+"duplicated timeseries" errors. Routes are labelled by their template (``/images/{content_hash}``),
+never by the raw path, so label cardinality stays bounded whatever clients send.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "imgcache_http_requests",
+            "HTTP requests answered, by method, route template and status",
+            ("method", "route", "status"),
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "imgcache_http_request_duration_seconds",
+            "Time to answer an HTTP request, by method and route template",
+            ("method", "route"),
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.uploads = Counter(
+            "imgcache_uploads",
+            "Images submitted to POST /images, by outcome (created, duplicate or the refusal reason)",
+            ("outcome",),
+            registry=self.registry,
+        )
+        self.upload_bytes = Counter(
+            "imgcache_upload_bytes",
+            "Bytes of images newly stored",
+            registry=self.registry,
+        )
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def observing_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observing_send)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope.get("method", "")
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(method, route).observe(time.perf_counter() - start)
