@@ -502,16 +502,18 @@ class SqlStore:
 
     # -- maintenance (the gc command) ------------------------------------------------------
 
-    def referenced_blob_keys(self) -> set[str]:
+    def referenced_hashes(self) -> set[str]:
         with self.engine.connect() as conn:
-            return set(conn.execute(select(ImageRow.blob_key).distinct()).scalars())
+            return set(conn.execute(select(ImageRow.content_hash).distinct()).scalars())
 
     def orphan_blobs(self, grace_seconds: float) -> list[tuple[str, int]]:
-        """Blobs no row points at, older than the grace period: (key, size)."""
+        """Blobs (and thumbnails) of contents no row holds, older than the grace period."""
         cutoff = time.time() - grace_seconds
         keys = list(self.blobs.iter_keys())
-        used = self.referenced_blob_keys()  # read after listing: a blob written meanwhile is young
-        return [(k, size) for k, mtime, size in keys if k not in used and mtime < cutoff and _is_blob(k)]
+        used = self.referenced_hashes()  # read after listing: a blob written meanwhile is young
+        return [
+            (k, size) for k, mtime, size in keys if _is_blob(k) and hash_of_key(k) not in used and mtime < cutoff
+        ]
 
     def missing_blobs(self) -> list[Entry]:
         """Rows whose bytes are gone (someone deleted files by hand)."""

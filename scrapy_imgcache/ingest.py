@@ -1,0 +1,134 @@
+"""Deciding what one fetched image is to the cache: new, an exact duplicate, or a near one.
+
+Shared by the pipeline (its own downloads) and the middleware (image responses of spiders
+that never use the pipeline), so both apply one policy. Blocking: run it in a thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from PIL import Image
+
+from .config import ImgCacheConfig
+from .errors import InvalidImage
+from .hashing import ImageInfo, Inspector
+from .store import Entry, SqlStore, Store
+
+
+class ImageTooSmall(InvalidImage):
+    """Below ``IMAGES_MIN_WIDTH``/``IMAGES_MIN_HEIGHT`` (as Scrapy's ImagesPipeline refuses it)."""
+
+    reason = "too_small"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one image; becomes one entry of the item's results field."""
+
+    entry: Entry
+    created: bool
+    duplicate: str | None = None  # "exact" | "similar" | None
+    duplicate_of: str | None = None
+    hamming_distance: int | None = None
+    stored: bool = True  # False: a near-duplicate not stored again (skip/drop)
+    size: int = 0
+
+
+class Ingestor:
+    def __init__(
+        self,
+        store: Store,
+        config: ImgCacheConfig,
+        inspector: Inspector | None = None,
+        min_width: int = 0,
+        min_height: int = 0,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.inspector = inspector or config.inspector()
+        self.min_width = min_width
+        self.min_height = min_height
+
+    def ingest(
+        self,
+        data: bytes,
+        *,
+        url: str,
+        client_name: str,
+        lookup_time: datetime | None = None,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        filename: str | None = None,
+        on_similar: str | None = None,
+    ) -> Outcome:
+        """Inspect (raising a typed InvalidImage for bad bytes), dedupe and record ``data``."""
+        info = self.inspector.inspect(data)
+        if info.width < self.min_width or info.height < self.min_height:
+            raise ImageTooSmall(
+                f"{info.width}x{info.height} is smaller than the minimum {self.min_width}x{self.min_height}"
+            )
+        bucket = self.config.bucket
+        common: dict[str, Any] = dict(
+            url=url, client_name=client_name, bucket=bucket, lookup_time=lookup_time, etag=etag,
+            last_modified=last_modified,
+        )
+        policy = on_similar or self.config.on_similar
+        if self.store.get_meta(info.content_hash, bucket) is None and not info.flat:
+            near = self.store.similar(
+                info.perceptual_hash, self.config.similarity_threshold, bucket, limit=1, algorithm=info.algorithm
+            )
+            if near:
+                return self._near_duplicate(data, info, near[0], policy, filename, common)
+        result = self.store.put(data, info=info, filename=filename, **common)
+        return Outcome(
+            result.entry,
+            result.created,
+            duplicate=None if result.created else "exact",
+            duplicate_of=None if result.created else info.content_hash,
+            stored=result.created,
+            size=info.size,
+        )
+
+    def _near_duplicate(
+        self, data: bytes, info: ImageInfo, near: Entry, policy: str, filename: str | None, common: dict[str, Any]
+    ) -> Outcome:
+        dist = near.hamming_distance
+        if policy == "annotate":
+            result = self.store.put(
+                data, info=info, filename=filename, similar_to=near.content_hash, similar_distance=dist, **common
+            )
+            return Outcome(result.entry, result.created, "similar", near.content_hash, dist, True, info.size)
+        # skip and drop: the bytes are not stored again; the URL points at the image we have
+        entry = self.store.record_url(near.content_hash, duplicate="similar", saved_bytes=info.size, **common)
+        return Outcome(entry or near, False, "similar", near.content_hash, dist, False, info.size)
+
+
+def checksum(data: bytes) -> str:
+    """MD5, the ``checksum`` Scrapy's FilesPipeline/ImagesPipeline put in their results."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def make_thumbnails(store: Store, content_hash: str, data: bytes, sizes: dict[str, tuple[int, int]]) -> dict[str, str]:
+    """JPEG thumbnails (as ImagesPipeline makes them) kept beside the blobs, once per content."""
+    if not sizes or not isinstance(store, SqlStore):
+        return {}
+    paths: dict[str, str] = {}
+    img: Image.Image | None = None
+    for name, (width, height) in sizes.items():
+        key = f"thumbs/{name}/{content_hash[:2]}/{content_hash}.jpg"
+        if not store.blobs.exists(key):
+            if img is None:
+                img = Image.open(io.BytesIO(data))
+                img.load()
+            thumb = img.convert("RGB")
+            thumb.thumbnail((width, height), Image.Resampling.LANCZOS)
+            buf = io.BytesIO()
+            thumb.save(buf, "JPEG", quality=85)
+            store.blobs.put(key, buf.getvalue())
+        paths[name] = key
+    return paths

@@ -1,0 +1,213 @@
+"""``ImgCacheMiddleware``: answers image requests from the shared cache, and fills it.
+
+For an image request (the pipeline's own, or any request with ``meta["imgcache"] = True``):
+- a fresh cached URL (seen within ``IMGCACHE_EXPIRES``) is answered from the cache, no network;
+- a stale one is revalidated with ``If-None-Match``/``If-Modified-Since``; a 304 is answered
+  from the cache and refreshes the entry; a changed image becomes a new version of the URL.
+
+Image responses fetched from the network (recognised by their bytes, never by Content-Type)
+are stored, so the cache fills even for spiders that never use the pipeline; the pipeline
+stores its own downloads itself. Non-image responses pass through untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from scrapy import signals
+from scrapy.exceptions import NotConfigured
+from scrapy.http import Response
+from scrapy.utils.httpobj import urlparse_cached
+
+from .context import ImgCacheContext, in_thread
+from .errors import InvalidImage, StoreError
+from .ingest import Ingestor
+from .store import Entry
+
+if TYPE_CHECKING:
+    from scrapy import Request, Spider
+    from scrapy.crawler import Crawler
+
+logger = logging.getLogger(__name__)
+
+#: Request.meta key: True marks a request as an image request (the pipeline sets it)
+META_KEY = "imgcache"
+#: Request.meta key the middleware sets: the cache Entry a response was answered from
+META_ENTRY = "imgcache_entry"
+#: Request.meta key the middleware sets: "hit" | "revalidated" | "miss" | "stale"
+META_STATUS = "imgcache_status"
+#: Request.meta key the pipeline sets on its own requests (it stores them itself)
+META_PIPELINE = "imgcache_pipeline"
+RESPONSE_FLAG = "imgcache"
+
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+
+
+_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".avif")
+
+
+def is_image_request(request: Request) -> bool:
+    """Marked with ``meta["imgcache"]``, or an http(s) URL whose path ends like an image.
+
+    (The extension only decides whether to look the URL up; what is served is whatever
+    bytes the cache holds for that URL, and what is stored is judged by its bytes.)
+    """
+    parsed = urlparse_cached(request)
+    if parsed.scheme not in ("http", "https") or request.meta.get(META_KEY) is False:
+        return False
+    return bool(request.meta.get(META_KEY)) or parsed.path.lower().endswith(_EXTENSIONS)
+
+
+def looks_like_image(body: bytes) -> bool:
+    """A cheap signature check on the first bytes; the full check happens when hashing."""
+    return body.startswith(_MAGIC) or (body[:4] == b"RIFF" and body[8:12] == b"WEBP")
+
+
+class ImgCacheMiddleware:
+    def __init__(self, crawler: Crawler) -> None:
+        self.ctx = ImgCacheContext.of(crawler)
+        if not self.ctx.config.enabled:
+            raise NotConfigured("IMGCACHE_ENABLED is False")
+        self.config = self.ctx.config
+        self.ingestor: Ingestor | None = None
+        crawler.signals.connect(self.spider_opened, signal=signals.spider_opened)
+        crawler.signals.connect(self.spider_closed, signal=signals.spider_closed)
+
+    @classmethod
+    def from_crawler(cls, crawler: Crawler) -> ImgCacheMiddleware:
+        return cls(crawler)
+
+    async def spider_opened(self, spider: Spider) -> None:
+        store = await self.ctx.open()
+        self.ingestor = Ingestor(store, self.config)
+
+    async def spider_closed(self, spider: Spider) -> None:
+        await self.ctx.release()
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def process_request(self, request: Request, spider: Spider | None = None) -> Response | None:
+        if not is_image_request(request):
+            return None
+        try:
+            entry = await in_thread(self.ctx.store.lookup, request.url, self.config.bucket)
+        except StoreError as exc:
+            return self._store_failed(request, exc)
+        if entry is None:
+            request.meta[META_STATUS] = "miss"
+            self.ctx.inc("miss")
+            return None
+        if self._fresh(entry):
+            self.ctx.inc("hit")
+            return await self._cached_response(request, entry, "hit")
+        request.meta[META_STATUS] = "stale"
+        request.meta[META_ENTRY] = entry
+        if entry.etag:
+            request.headers[b"If-None-Match"] = entry.etag
+        if entry.last_modified:
+            request.headers[b"If-Modified-Since"] = entry.last_modified
+        return None
+
+    def _fresh(self, entry: Entry) -> bool:
+        if self.config.expires <= 0:
+            return False
+        return entry.lookup_time > datetime.now(timezone.utc) - timedelta(seconds=self.config.expires)
+
+    async def _cached_response(self, request: Request, entry: Entry, status: str) -> Response | None:
+        body = await in_thread(self.ctx.store.get_bytes, entry.content_hash, entry.bucket)
+        if body is None:  # the row outlived its bytes (see imgcache-gc): fetch it again
+            logger.warning("imgcache: bytes of %s are missing from the cache; downloading", request.url)
+            request.meta[META_STATUS] = "miss"
+            return None
+        request.meta[META_ENTRY] = entry
+        request.meta[META_STATUS] = status
+        headers = {"Content-Type": entry.content_type, "X-Imgcache": status}
+        if entry.etag:
+            headers["ETag"] = entry.etag
+        if entry.last_modified:
+            headers["Last-Modified"] = entry.last_modified
+        logger.debug("Image (%s): %s served from the cache (%s)", status, request.url, entry.content_hash[:12])
+        return Response(request.url, status=200, headers=headers, body=body, flags=[RESPONSE_FLAG, status],
+                        request=request)
+
+    def _store_failed(self, request: Request, exc: Exception) -> None:
+        self.ctx.inc("store_error")
+        if self.config.on_store_error == "fail":
+            raise exc
+        logger.warning("imgcache: store unavailable, %s fetched uncached: %s", request.url, exc)
+        return None
+
+    # -- responses -------------------------------------------------------------------------
+
+    async def process_response(self, request: Request, response: Response, spider: Spider | None = None) -> Any:
+        if RESPONSE_FLAG in response.flags:
+            return response
+        status = request.meta.get(META_STATUS)
+        entry: Entry | None = request.meta.get(META_ENTRY)
+        if response.status == 304 and status == "stale" and entry is not None:
+            try:
+                await in_thread(self._refresh, request, response, entry)
+            except StoreError as exc:
+                self._store_failed(request, exc)
+                return response
+            self.ctx.inc("revalidated")
+            return await self._cached_response(request, entry, "revalidated") or response
+        if response.status != 200:
+            return response
+        is_image = looks_like_image(response.body)
+        if is_image or request.meta.get(META_KEY):
+            self.ctx.inc("downloaded_bytes", len(response.body))
+            if status == "stale":
+                self.ctx.inc("expired")
+        if is_image and not request.meta.get(META_PIPELINE):
+            await self._store_response(request, response)
+        return response
+
+    def _refresh(self, request: Request, response: Response, entry: Entry) -> None:
+        """A 304: the URL still has this image; note when we saw it (and any new validators)."""
+        etag = _header(response, b"ETag") or entry.etag
+        modified = _header(response, b"Last-Modified") or entry.last_modified
+        self.ctx.store.record_url(
+            entry.content_hash, url=request.url, client_name=self.ctx.client_name(), bucket=entry.bucket,
+            etag=etag, last_modified=modified,
+        )
+
+    async def _store_response(self, request: Request, response: Response) -> None:
+        assert self.ingestor is not None
+        try:
+            outcome = await in_thread(
+                self.ingestor.ingest,
+                response.body,
+                url=response.url,
+                client_name=self.ctx.client_name(),
+                etag=_header(response, b"ETag"),
+                last_modified=_header(response, b"Last-Modified"),
+                on_similar="skip" if self.config.on_similar == "skip" else "annotate",
+            )
+        except InvalidImage as exc:
+            self.ctx.inc(f"invalid/{exc.reason}")
+            logger.warning("imgcache: not caching %s: %s", response.url, exc)
+            return
+        except StoreError as exc:
+            self._store_failed(request, exc)
+            return
+        self.ctx.inc("downloaded_bytes", len(response.body))
+        record_outcome(self.ctx, outcome)
+        request.meta[META_ENTRY] = outcome.entry
+
+
+def record_outcome(ctx: ImgCacheContext, outcome: Any) -> None:
+    """The stats every stored image counts in, wherever it was stored from."""
+    if outcome.created:
+        ctx.inc("stored")
+    if outcome.duplicate:
+        ctx.inc(f"duplicate/{outcome.duplicate}")
+    if not outcome.stored:
+        ctx.inc("bytes_saved", outcome.size)
+
+
+def _header(response: Response, name: bytes) -> str | None:
+    value = response.headers.get(name)
+    return value.decode("latin-1") if value else None
