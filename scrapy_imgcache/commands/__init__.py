@@ -1,0 +1,235 @@
+"""What the ``scrapy imgcache-*`` commands share: settings → store, errors → exit codes, output.
+
+Scrapy imports every command module to list them in ``scrapy --help``, so this module and
+the command modules import only the standard library and Scrapy at the top; Pillow,
+SQLAlchemy and the store are imported inside ``run()``.
+
+Exit codes, the same for every command: 0 done (something found), 1 nothing found,
+2 usage or configuration error, 3 the store or a fetched URL failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from abc import abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from scrapy.commands import ScrapyCommand
+from scrapy.exceptions import UsageError
+
+if TYPE_CHECKING:
+    from ..config import ImgCacheConfig
+    from ..store import Entry, Store
+    from .sheet import Card
+
+EXIT_OK = 0
+EXIT_NOTHING = 1
+EXIT_USAGE = 2
+EXIT_FAILED = 3
+URL_WIDTH = 60
+
+T = TypeVar("T")
+
+
+class CommandFailed(Exception):
+    """A one-line reason to stop with :data:`EXIT_FAILED` (no traceback)."""
+
+
+class ImgCacheCommand(ScrapyCommand):
+    """Base of the imgcache commands: a project's settings, no crawler, no log noise."""
+
+    requires_project = True
+    requires_crawler_process = False
+    default_settings: ClassVar[dict[str, Any]] = {"LOG_ENABLED": False}
+    #: the command reads the database directly (what the REST API of a remote store lacks)
+    needs_database: ClassVar[bool] = False
+
+    def run(self, args: list[str], opts: argparse.Namespace) -> None:
+        from ..errors import ConfigError, StoreError
+
+        try:
+            self.exitcode = self.execute(args, opts)
+        except ConfigError as exc:
+            raise UsageError(str(exc), print_help=False) from None
+        except (StoreError, CommandFailed) as exc:
+            print(f"{self.name}: error: {_one_line(exc)}", file=sys.stderr)
+            self.exitcode = EXIT_FAILED
+
+    @abstractmethod
+    def execute(self, args: list[str], opts: argparse.Namespace) -> int:
+        """Do the work; return the exit code."""
+
+    @property
+    def name(self) -> str:
+        return "imgcache-" + type(self).__module__.rsplit(".", 1)[-1].replace("import_dir", "import")
+
+    def config(self) -> ImgCacheConfig:
+        from ..config import ImgCacheConfig
+
+        return ImgCacheConfig.from_settings(self.settings)
+
+    def open_store(self, config: ImgCacheConfig) -> Store:
+        """The configured store; a one-line usage error where a remote one cannot do the job."""
+        if self.needs_database and config.is_remote:
+            raise UsageError(
+                f"{self.name} reads the cache database directly, but IMGCACHE_URL names a remote "
+                f"imgcache service ({config.url}) whose REST API cannot do this; run it where "
+                "the service's database is configured",
+                print_help=False,
+            )
+        try:
+            return config.open_store()
+        except ImportError as exc:
+            raise CommandFailed(f"cannot open the store {config.url}: {exc}") from exc
+
+
+def add_bucket_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--bucket",
+        metavar="NAME",
+        default=None,
+        help=f"the bucket to {what} (default IMGCACHE_BUCKET, which is '' unless set)",
+    )
+
+
+def add_distance_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-distance",
+        metavar="N",
+        type=int,
+        default=None,
+        help="Hamming distance in bits (0-32) at which two perceptual hashes count as the same "
+        "picture (default IMGCACHE_SIMILARITY_THRESHOLD, which is 8 unless set)",
+    )
+
+
+def add_output_options(parser: argparse.ArgumentParser, html_what: str) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object a line, for scripts")
+    parser.add_argument("--html", metavar="FILE", default=None, help=f"also write {html_what} to FILE")
+
+
+def bucket_of(opts: argparse.Namespace, config: ImgCacheConfig) -> str:
+    from ..store import validate_bucket
+
+    bucket = config.bucket if opts.bucket is None else opts.bucket
+    try:
+        return validate_bucket(bucket)
+    except ValueError as exc:
+        raise UsageError(str(exc), print_help=False) from None
+
+
+def distance_of(opts: argparse.Namespace, config: ImgCacheConfig) -> int:
+    from ..store import validate_distance
+
+    distance = config.similarity_threshold if opts.max_distance is None else opts.max_distance
+    try:
+        return validate_distance(distance)
+    except ValueError as exc:
+        raise UsageError(str(exc), print_help=False) from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: at least 1 is expected")
+    return value
+
+
+def human_size(size: float) -> str:
+    """``1536`` → ``1.5 KiB``: sizes as people read them."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def dimensions(entry: Entry) -> str:
+    return f"{entry.width}x{entry.height}" if entry.width and entry.height else "?"
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]], right: Iterable[int] = ()) -> str:
+    """A plain text table; columns listed in ``right`` are right-aligned (numbers)."""
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    align = set(right)
+    lines = []
+    for row in cells:
+        parts = [c.rjust(w) if i in align else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """An image and every URL record of it, oldest first: what the reports show per image."""
+
+    entry: Entry
+    records: Sequence[Entry]
+
+    @classmethod
+    def of(cls, store: Store, entry: Entry) -> Sighting:
+        records = store.urls(entry.content_hash, entry.bucket) or [entry]
+        return cls(entry, sorted(records, key=lambda r: r.lookup_time))
+
+    @property
+    def urls(self) -> list[str]:
+        return list(dict.fromkeys(r.url for r in self.records))
+
+    @property
+    def clients(self) -> list[str]:
+        return sorted({r.client_name for r in self.records})
+
+    def details(self) -> list[str]:
+        e = self.entry
+        return [
+            f"{human_size(e.file_size_bytes)}, {dimensions(e)}, {e.content_type}",
+            f"content hash {e.content_hash[:16]}…",
+            f"{len(self.urls)} URL(s), seen by {', '.join(self.clients)}",
+        ]
+
+    def card(self, store: Store, title: str) -> Card:
+        from .sheet import Card
+
+        data = store.get_bytes(self.entry.content_hash, self.entry.bucket)
+        return Card(data, title, self.details(), self.urls)
+
+    def to_json(self, **extra: Any) -> dict[str, Any]:
+        data = self.entry.to_json()
+        data.update(urls=self.urls, clients=self.clients, **extra)
+        return data
+
+
+def sightings_table(rows: Iterable[tuple[int, Sighting]]) -> str:
+    """Images as a table: a distance, then what the image is and where it was seen."""
+    out = []
+    for dist, s in rows:
+        first = s.urls[0] if s.urls else ""
+        if len(first) > URL_WIDTH:
+            first = first[: URL_WIDTH - 1] + "…"
+        size = human_size(s.entry.file_size_bytes)
+        out.append((dist, s.entry.content_hash[:12], dimensions(s.entry), size, len(s.urls), len(s.clients), first))
+    return table(("DIST", "HASH", "DIMENSIONS", "SIZE", "URLS", "SPIDERS", "FIRST URL"), out, right=(0, 3, 4, 5))
+
+
+def print_json(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj, ensure_ascii=False, sort_keys=True, default=str))
+
+
+def progress(items: Iterable[T], total: int | None, desc: str) -> Iterator[T]:
+    """A tqdm bar on stderr when tqdm (the ``cli`` extra) is installed and stderr is a terminal."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        yield from items
+        return
+    yield from tqdm(items, total=total, desc=desc, unit="img", file=sys.stderr, disable=None, leave=False)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
