@@ -24,7 +24,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, P
 from .errors import ConfigError, StoreError
 
 VERSION_TABLE = "imgcache_alembic_version"
-HEAD = "0001"
+HEAD = "0002"
 _MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 

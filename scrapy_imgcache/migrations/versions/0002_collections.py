@@ -1,0 +1,63 @@
+"""VisualSnoop collections: key pairs, the ids images were added under, accepted requests.
+
+Revision ID: 0002
+Revises: 0001
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+from scrapy_imgcache.collections import CaseSensitive
+from scrapy_imgcache.models import BUCKET_LENGTH, RowId, UTCDateTime
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "imgcache_collections",
+        sa.Column("id", RowId, primary_key=True, autoincrement=True),
+        sa.Column("ref", sa.String(16), nullable=False, unique=True),
+        sa.Column("name", CaseSensitive, nullable=False, unique=True),
+        sa.Column("bucket", sa.String(BUCKET_LENGTH), nullable=False, unique=True),
+        sa.Column("owner", sa.String(255), nullable=False),
+        sa.Column("public_key", sa.String(40), nullable=False, unique=True),
+        sa.Column("secret", sa.String(255), nullable=False),
+        sa.Column("created_at", UTCDateTime, nullable=False),
+        sa.Column("key_created_at", UTCDateTime, nullable=False),
+        sqlite_autoincrement=True,
+    )
+    op.create_table(
+        "imgcache_collection_images",
+        sa.Column("id", RowId, primary_key=True, autoincrement=True),
+        sa.Column(
+            "collection_id",
+            RowId,
+            sa.ForeignKey("imgcache_collections.id", ondelete="CASCADE"),
+            nullable=False,
+        ),
+        sa.Column("image_id", CaseSensitive, nullable=False),
+        sa.Column("content_hash", sa.String(64), nullable=False),
+        sa.Column("image_time", UTCDateTime, nullable=False),
+        sa.UniqueConstraint("collection_id", "image_id", name="uq_imgcache_collection_images_id"),
+        sqlite_autoincrement=True,
+    )
+    op.create_index(
+        "ix_imgcache_collection_images_hash", "imgcache_collection_images", ["collection_id", "content_hash"]
+    )
+    op.create_index("ix_imgcache_collection_images_time", "imgcache_collection_images", ["collection_id", "image_time"])
+    op.create_table(
+        "imgcache_collection_requests",
+        sa.Column("digest", sa.String(64), primary_key=True),
+        sa.Column("expires_at", UTCDateTime, nullable=False),
+    )
+    op.create_index("ix_imgcache_collection_requests_expires", "imgcache_collection_requests", ["expires_at"])
+
+
+def downgrade() -> None:
+    op.drop_table("imgcache_collection_requests")
+    op.drop_table("imgcache_collection_images")
+    op.drop_table("imgcache_collections")
