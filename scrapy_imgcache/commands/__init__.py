@@ -201,6 +201,7 @@ class Sighting:
 
     def to_json(self, **extra: Any) -> dict[str, Any]:
         data = self.entry.to_json()
+        data.pop("hamming_distance", None)  # the caller's ``distance`` says what it is measured from
         data.update(urls=self.urls, clients=self.clients, **extra)
         return data
 

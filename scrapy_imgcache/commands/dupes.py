@@ -3,7 +3,7 @@
 Groups are the connected components of "within N bits" (union-find over ``store.similar``
 of every image), so a group may chain: A~B and B~C puts A and C together even when they are
 further apart. The distances shown are to the group's reference image, the one with the
-most pixels (the likely original), so such chains are visible.
+most pixels (the likely original; the earliest cached among equals), so such chains are visible.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class Command(ImgCacheCommand):
         return (
             "Group the images of a bucket whose perceptual hashes are within --max-distance bits "
             "of each other (transitively) and list the groups, largest first, each with its "
-            "reference image (the one with the most pixels) first and every other image's distance "
+            "reference image (the one with the most pixels, then the one cached first) first and every other image's distance "
             "to it. Exit code 1 when there is no group."
         )
 
@@ -131,7 +131,8 @@ def clusters(store: SqlStore, bucket: str, distance: int, min_size: int = 2) -> 
     for members in groups.values():
         if len(members) < min_size:
             continue
-        ref = max(members, key=lambda e: ((e.width or 0) * (e.height or 0), e.file_size_bytes, e.content_hash))
+        # the most pixels; among equals the one stored first (the original, more likely)
+        ref = min(members, key=lambda e: (-(e.width or 0) * (e.height or 0), e.created_at, e.content_hash))
         rest = sorted(
             ((hamming(ref.perceptual_hash or "", e.perceptual_hash or ""), e) for e in members if e is not ref),
             key=lambda pair: (pair[0], pair[1].content_hash),
