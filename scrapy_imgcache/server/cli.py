@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from ..collections_cli import SERVER_SUBCOMMAND
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -25,7 +26,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8010
 
 #: name -> (help, function adding its arguments, function running it with the parsed args)
-SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "collections": SERVER_SUBCOMMAND,
+}
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -81,6 +84,7 @@ def serve(store: Store, args: argparse.Namespace) -> None:
 
     from .app import create_app
     from .auth import ApiKeys
+    from .visualsnoop import routers_for
 
     try:
         keys = ApiKeys.from_env(args.read_key, args.write_key)
@@ -94,7 +98,13 @@ def serve(store: Store, args: argparse.Namespace) -> None:
         )
     if args.max_upload_bytes is not None and args.max_upload_bytes < 1:
         raise ConfigError("--max-upload-bytes must be at least 1")
-    app = create_app(store, keys=keys, max_upload_bytes=args.max_upload_bytes, public_serve=args.public_serve)
+    app = create_app(
+        store,
+        keys=keys,
+        max_upload_bytes=args.max_upload_bytes,
+        public_serve=args.public_serve,
+        routers=routers_for(store),
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, server_header=False)
 
 

@@ -1,0 +1,36 @@
+"""``scrapy imgcache-collections create|list|rotate-key|delete``: VisualSnoop collections of this project's cache."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..collections_cli import add_arguments
+from . import ImgCacheCommand
+
+
+class Command(ImgCacheCommand):
+    needs_database = True
+
+    def syntax(self) -> str:
+        return "create NAME [--bucket B] [--user LABEL] [--json] | list [--json] | rotate-key NAME [--json] | delete NAME"
+
+    def short_desc(self) -> str:
+        return "Create, list, re-key and delete VisualSnoop collections (docs/visualsnoop.md)"
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        super().add_options(parser)
+        add_arguments(parser)
+
+    def execute(self, args: list[str], opts: argparse.Namespace) -> int:
+        from scrapy.exceptions import UsageError
+
+        from ..collections import Registry
+        from ..collections_cli import run
+
+        if args:
+            raise UsageError(f"unexpected arguments: {' '.join(args)}", print_help=False)
+        store = self.open_store(self.config())
+        try:
+            return run(Registry(store.engine), opts)  # type: ignore[attr-defined]
+        finally:
+            store.close()
