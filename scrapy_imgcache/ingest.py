@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -53,6 +54,7 @@ class Ingestor:
         self.inspector = inspector or config.inspector()
         self.min_width = min_width
         self.min_height = min_height
+        self._decide = threading.Lock()
 
     def ingest(
         self,
@@ -78,6 +80,13 @@ class Ingestor:
             last_modified=last_modified,
         )
         policy = on_similar or self.config.on_similar
+        with self._decide:  # decoding ran in parallel; check-then-store is one step per crawler
+            return self._record(data, info, policy, filename, common)
+
+    def _record(
+        self, data: bytes, info: ImageInfo, policy: str, filename: str | None, common: dict[str, Any]
+    ) -> Outcome:
+        bucket = self.config.bucket
         if self.store.get_meta(info.content_hash, bucket) is None and not info.flat:
             near = self.store.similar(
                 info.perceptual_hash, self.config.similarity_threshold, bucket, limit=1, algorithm=info.algorithm

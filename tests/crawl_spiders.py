@@ -1,0 +1,132 @@
+"""Spiders, item types and test extensions used by the crawl tests' Scrapy projects."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+import attrs
+import scrapy
+from scrapy import signals
+from twisted.internet import task
+
+
+class ImageItem(scrapy.Item):
+    page = scrapy.Field()
+    image_urls = scrapy.Field()
+    images = scrapy.Field()
+
+
+@dataclass
+class ImageDataclass:
+    page: str = ""
+    image_urls: list[str] = field(default_factory=list)
+    images: list[dict] = field(default_factory=list)
+
+
+@attrs.define
+class ImageAttrs:
+    page: str = ""
+    image_urls: list = attrs.field(factory=list)
+    images: list = attrs.field(factory=list)
+
+
+ITEM_TYPES = {"dict": dict, "item": ImageItem, "dataclass": ImageDataclass, "attrs": ImageAttrs}
+
+
+class PagesSpider(scrapy.Spider):
+    """Pages → one item per page with its <img> URLs; follows links."""
+
+    name = "pages"
+
+    def __init__(self, start: str = "", item: str = "dict", name: str | None = None, **kw):
+        super().__init__(name=name or self.name, **kw)
+        self.start_urls = [u for u in start.split(",") if u]
+        self.item_type = ITEM_TYPES[item]
+
+    def parse(self, response):
+        urls = [response.urljoin(src) for src in response.css("img::attr(src)").getall()]
+        yield self.item_type(page=response.url, image_urls=urls)
+        for href in response.css("a::attr(href)").getall():
+            yield response.follow(href, self.parse)
+
+
+class OtherPagesSpider(PagesSpider):
+    """The same, under another name (a second spider sharing the cache)."""
+
+    name = "otherpages"
+
+
+class FetchSpider(scrapy.Spider):
+    """Requests image URLs directly, without the pipeline (the middleware alone caches)."""
+
+    name = "fetch"
+
+    def __init__(self, urls: str = "", mark: str = "1", **kw):
+        super().__init__(**kw)
+        self.urls = [u for u in urls.split(",") if u]
+        self.mark = mark == "1"
+
+    async def start(self):
+        for url in self.urls:
+            meta = {"imgcache": True} if self.mark else {}
+            yield scrapy.Request(url, meta=meta, dont_filter=True)
+
+    def start_requests(self):  # Scrapy < 2.13 style, kept for older versions
+        for url in self.urls:
+            yield scrapy.Request(url, meta={"imgcache": True} if self.mark else {}, dont_filter=True)
+
+    def parse(self, response):
+        yield {"url": response.url, "status": response.status, "size": len(response.body),
+               "flags": response.flags, "cache": response.meta.get("imgcache_status")}
+
+
+class Heartbeat:
+    """Ticks on the reactor every 5 ms; the largest gap shows whether anything blocked it."""
+
+    def __init__(self, crawler):
+        self.crawler = crawler
+        self.last = None
+        self.max_gap = 0.0
+        self.loop = task.LoopingCall(self.tick)
+        crawler.signals.connect(self.opened, signal=signals.spider_opened)
+        crawler.signals.connect(self.closed, signal=signals.spider_closed)
+
+    @classmethod
+    def from_crawler(cls, crawler):
+        return cls(crawler)
+
+    def tick(self):
+        now = time.perf_counter()
+        if self.last is not None:
+            self.max_gap = max(self.max_gap, now - self.last)
+        self.last = now
+
+    def opened(self, spider):
+        self.loop.start(0.005)
+
+    def closed(self, spider):
+        if self.loop.running:
+            self.loop.stop()
+        self.crawler.stats.set_value("test/heartbeat_max_gap_ms", round(self.max_gap * 1000, 1))
+
+
+class StatsDump:
+    """Writes the final stats to TEST_STATS_FILE as JSON, for the test to read."""
+
+    def __init__(self, crawler):
+        self.crawler = crawler
+        crawler.signals.connect(self.closed, signal=signals.spider_closed)
+
+    @classmethod
+    def from_crawler(cls, crawler):
+        return cls(crawler)
+
+    def closed(self, spider, reason):
+        path = self.crawler.settings.get("TEST_STATS_FILE")
+        if path:
+            stats = {k: v for k, v in self.crawler.stats.get_stats().items() if isinstance(v, (int, float, str))}
+            stats["finish_reason"] = reason
+            with open(path, "w") as fh:
+                json.dump(stats, fh)

@@ -1,0 +1,294 @@
+"""ImgCachePipeline in real ``scrapy crawl`` processes against a real HTTP server."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from scrapy_imgcache.hashing import Inspector
+from scrapy_imgcache.store import SqlStore
+from tests.crawling import PLAIN_REACTOR, crawl, finish_crawl, make_project, start_crawl
+from tests.photos import distinct_images, distinct_jpegs, encode, near_duplicates
+from tests.site import Site
+
+pytestmark = pytest.mark.scrapy_api
+
+
+@pytest.fixture
+def site():
+    s = Site().start()
+    yield s
+    s.stop()
+
+
+def cache_settings(tmp_path: Path, **extra: object) -> dict[str, object]:
+    return {
+        "IMGCACHE_URL": f"sqlite:///{tmp_path / 'cache.sqlite3'}",
+        "IMGCACHE_FILES_STORE": str(tmp_path / "files"),
+        **extra,
+    }
+
+
+def open_cache(tmp_path: Path, url: str | None = None) -> SqlStore:
+    return SqlStore(url or f"sqlite:///{tmp_path / 'cache.sqlite3'}", str(tmp_path / "files"))
+
+
+def png_bomb(width: int = 60_000, height: int = 60_000) -> bytes:
+    """A PNG whose header claims width x height pixels, with one tiny IDAT: a bomb by its header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_first_crawl_dedupes_and_second_crawl_downloads_no_image_bytes(site, tmp_path):
+    photos = distinct_jpegs(3)
+    png = encode(distinct_images(4)[3], "PNG")
+    site.image("/i/a.jpg", photos[0])
+    site.image("/i/a-again.jpg", photos[0])  # the same bytes at another URL
+    site.image("/i/b.jpg", photos[1])
+    site.image("/i/c.png", png, "image/png")
+    site.page("/p1", ["/i/a.jpg", "/i/b.jpg"], ["/p2"])
+    site.page("/p2", ["/i/a-again.jpg", "/i/c.png", "/i/b.jpg"])
+    project = make_project(tmp_path / "proj", cache_settings(tmp_path))
+
+    first = crawl(project, "pages", start=site.url("/p1"))
+    assert first.returncode == 0, first.log[-3000:]
+    by_url = {img["url"]: img for img in first.images}
+    assert set(by_url) == {site.url(p) for p in ("/i/a.jpg", "/i/a-again.jpg", "/i/b.jpg", "/i/c.png")}
+    a, a2 = by_url[site.url("/i/a.jpg")], by_url[site.url("/i/a-again.jpg")]
+    assert a["content_hash"] == a2["content_hash"] == hashlib.blake2b(photos[0], digest_size=32).hexdigest()
+    assert {a["duplicate"], a2["duplicate"]} == {None, "exact"}
+    assert a["checksum"] == hashlib.md5(photos[0]).hexdigest()
+    assert a["status"] == "downloaded" and a["content_type"] == "image/jpeg"
+    assert (a["width"], a["height"]) == (320, 240)
+    assert a["perceptual_hash"] == Inspector().inspect(photos[0]).perceptual_hash
+    c = by_url[site.url("/i/c.png")]
+    assert c["content_type"] == "image/png" and c["path"].endswith(".png")
+    # stored once each, in the original format, byte for byte
+    assert (tmp_path / "files" / c["path"]).read_bytes() == png
+    assert first.stat("stored") == 3 and first.stat("duplicate/exact") == 1
+    assert first.stat("bytes_saved") == len(photos[0])
+    assert site.image_bytes == len(photos[0]) * 2 + len(photos[1]) + len(png)  # b.jpg fetched once per crawl
+    store = open_cache(tmp_path)
+    assert [u.client_name for u in store.urls(a["content_hash"])] == ["pages", "pages"]
+    assert len(list(store.images())) == 3
+
+    site.reset_counts()
+    second = crawl(project, "pages", start=site.url("/p1"))
+    assert second.returncode == 0, second.log[-3000:]
+    assert site.image_bytes == 0 and site.image_hits == 0
+    assert second.stat("hit") == 4 and second.stat("miss") == 0 and second.stat("stored") == 0
+    assert {img["status"] for img in second.images} == {"uptodate"}
+    assert {img["url"]: img["content_hash"] for img in second.images} == {
+        img["url"]: img["content_hash"] for img in first.images
+    }
+
+
+@pytest.mark.parametrize("item_type", ["dict", "item", "dataclass", "attrs"])
+def test_every_item_type(site, tmp_path, item_type):
+    site.image("/i/x.jpg", distinct_jpegs(1)[0])
+    site.page("/p", ["/i/x.jpg"])
+    project = make_project(tmp_path / "proj", cache_settings(tmp_path))
+    result = crawl(project, "pages", start=site.url("/p"), item=item_type)
+    assert result.returncode == 0, result.log[-3000:]
+    assert [img["url"] for img in result.images] == [site.url("/i/x.jpg")]
+
+
+def test_plain_twisted_reactor(site, tmp_path):
+    site.image("/i/x.jpg", distinct_jpegs(1)[0])
+    site.image("/i/y.jpg", distinct_jpegs(2)[1])
+    site.page("/p", ["/i/x.jpg", "/i/y.jpg"])
+    project = make_project(tmp_path / "proj", cache_settings(tmp_path, TWISTED_REACTOR=PLAIN_REACTOR))
+    first = crawl(project, "pages", start=site.url("/p"))
+    assert first.returncode == 0, first.log[-3000:]
+    assert "EPollReactor" in first.log
+    assert first.stat("stored") == 2
+    second = crawl(project, "pages", start=site.url("/p"))
+    assert second.stat("hit") == 2 and len(second.images) == 2
+
+
+@pytest.mark.parametrize("policy", ["annotate", "skip", "drop"])
+def test_near_duplicates_follow_on_similar(site, tmp_path, policy):
+    original = distinct_images(1)[0]
+    variants = near_duplicates(original)
+    site.image("/i/original.jpg", encode(original))
+    site.image("/i/resized.jpg", variants["resized"])
+    site.image("/i/other.jpg", distinct_jpegs(2)[1])
+    site.page("/first", ["/i/original.jpg"])
+    site.page("/second", ["/i/resized.jpg", "/i/other.jpg"])
+    project = make_project(tmp_path / "proj", cache_settings(tmp_path, IMGCACHE_ON_SIMILAR=policy))
+    assert crawl(project, "pages", start=site.url("/first")).returncode == 0
+    result = crawl(project, "pages", start=site.url("/second"))
+    assert result.returncode == 0, result.log[-3000:]
+    store = open_cache(tmp_path)
+    original_hash = hashlib.blake2b(encode(original), digest_size=32).hexdigest()
+    stored = {e.content_hash for e in store.images()}
+    if policy == "drop":
+        assert result.items == []
+        assert result.stat("dropped/similar") == 1
+        assert "near-duplicate image" in result.log
+        assert len(stored) == 2  # the near-duplicate's bytes were not stored
+        return
+    (item,) = result.items
+    near = next(img for img in item["images"] if img["url"].endswith("resized.jpg"))
+    assert near["duplicate"] == "similar" and near["duplicate_of"] == original_hash
+    assert 0 <= near["hamming_distance"] <= 8
+    assert result.stat("duplicate/similar") == 1
+    if policy == "annotate":
+        assert len(stored) == 3
+        assert store.get_meta(near["content_hash"]).similar_to == original_hash
+    else:  # skip: the URL points at the image we had; its bytes were not stored
+        assert len(stored) == 2 and near["content_hash"] == original_hash
+        assert result.stat("bytes_saved") == len(variants["resized"])
+        assert store.lookup(site.url("/i/resized.jpg")).content_hash == original_hash
+
+
+def test_bad_images_are_reported_once_and_never_stored(site, tmp_path):
+    good = distinct_jpegs(1)[0]
+    truncated = good[: len(good) // 2]
+    site.image("/i/good.jpg", good)
+    site.image("/i/error.jpg", b"gone", status=500)
+    site.image("/i/empty.jpg", b"")
+    site.image("/i/html.jpg", b"<html>not an image</html>")
+    site.image("/i/truncated.jpg", truncated)
+    site.image("/i/bomb.png", png_bomb(), "image/png")
+    site.image("/i/huge.jpg", encode(Image.new("RGB", (1200, 1200), (10, 20, 30)), quality=100) + b"\0" * 300_000)
+    site.image("/i/eps.jpg", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n")
+    paths = ["/i/good.jpg", "/i/error.jpg", "/i/empty.jpg", "/i/html.jpg", "/i/truncated.jpg", "/i/bomb.png",
+             "/i/huge.jpg", "/i/eps.jpg", "/i/missing.jpg"]
+    site.page("/p", paths)
+    project = make_project(tmp_path / "proj", cache_settings(tmp_path, IMGCACHE_MAX_BYTES=200_000))
+    result = crawl(project, "pages", start=site.url("/p"))
+    assert result.returncode == 0, result.log[-3000:]
+    (item,) = result.items
+    assert [img["url"] for img in item["images"]] == [site.url("/i/good.jpg")]  # the item keeps its good image
+    expected = {
+        "http_error": 2,  # 500 and 404
+        "empty": 1,
+        "not_an_image": 1,
+        "truncated": 1,
+        "too_many_pixels": 1,
+        "too_many_bytes": 1,
+        "unsupported_format": 1,
+    }
+    for reason, count in expected.items():
+        assert result.stat(f"invalid/{reason}") == count, reason
+    for path in paths[1:]:
+        assert result.log.count(site.url(path)) >= 1
+        failed_lines = [ln for ln in result.log.splitlines() if "[scrapy_imgcache" in ln and site.url(path) in ln]
+        assert len(failed_lines) == 1, path  # logged once, with its URL and reason
+    store = open_cache(tmp_path)
+    assert [e.url for e in store.images()] == [site.url("/i/good.jpg")]
+    assert sum(1 for _ in (tmp_path / "files").rglob("*") if _.is_file()) == 1
+
+
+def test_reactor_keeps_ticking_while_large_images_are_processed(site, tmp_path):
+    big = [encode(img.resize((4000, 3000)), quality=95) for img in distinct_images(6)]
+    for i, data in enumerate(big):
+        site.image(f"/i/big{i}.jpg", data)
+    site.page("/p", [f"/i/big{i}.jpg" for i in range(len(big))])
+    start = time.perf_counter()
+    Inspector().inspect(big[0])
+    one_image = time.perf_counter() - start  # what one image would block the reactor for
+    project = make_project(tmp_path / "proj", cache_settings(tmp_path))
+    result = crawl(project, "pages", start=site.url("/p"))
+    assert result.returncode == 0, result.log[-3000:]
+    assert result.stat("stored") == 6
+    gap_ms = result.stats["test/heartbeat_max_gap_ms"]
+    print(f"largest reactor gap {gap_ms} ms; one image takes {one_image * 1000:.0f} ms to hash")
+    assert gap_ms < one_image * 1000  # any one image hashed on the reactor would stall it this long
+
+
+def test_thumbs_and_minimum_size(site, tmp_path):
+    site.image("/i/big.jpg", distinct_jpegs(1)[0])
+    site.image("/i/small.jpg", encode(distinct_images(2)[1].resize((40, 30))))
+    site.page("/p", ["/i/big.jpg", "/i/small.jpg"])
+    settings = cache_settings(tmp_path, IMAGES_THUMBS={"small": (50, 50)}, IMAGES_MIN_WIDTH=100, IMAGES_MIN_HEIGHT=100)
+    project = make_project(tmp_path / "proj", settings)
+    result = crawl(project, "pages", start=site.url("/p"))
+    assert result.returncode == 0, result.log[-3000:]
+    (img,) = result.images
+    assert img["url"].endswith("big.jpg")
+    thumb = Image.open(tmp_path / "files" / img["thumbs"]["small"])
+    assert max(thumb.size) == 50 and thumb.format == "JPEG"
+    assert result.stat("invalid/too_small") == 1
+
+
+def test_custom_fields(site, tmp_path):
+    site.image("/i/x.jpg", distinct_jpegs(1)[0])
+    site.page("/p", ["/i/x.jpg"])
+    project = make_project(
+        tmp_path / "proj", cache_settings(tmp_path, IMAGES_URLS_FIELD="image_urls", IMAGES_RESULT_FIELD="cached")
+    )
+    result = crawl(project, "pages", start=site.url("/p"))
+    assert result.items[0]["cached"][0]["url"] == site.url("/i/x.jpg")
+    assert "images" not in result.items[0] or result.items[0]["images"] == []
+
+
+def test_disabled(site, tmp_path):
+    site.image("/i/x.jpg", distinct_jpegs(1)[0])
+    site.page("/p", ["/i/x.jpg"])
+    project = make_project(tmp_path / "proj", cache_settings(tmp_path, IMGCACHE_ENABLED=False))
+    result = crawl(project, "pages", start=site.url("/p"))
+    assert result.returncode == 0
+    assert result.items[0].get("images") in (None, [])
+    assert not any(k.startswith("imgcache/") for k in result.stats)
+    assert not (tmp_path / "cache.sqlite3").exists()
+
+
+def test_bad_setting_stops_the_crawl_at_start_naming_it(site, tmp_path):
+    site.page("/p", [])
+    project = make_project(tmp_path / "proj", cache_settings(tmp_path, IMGCACHE_ON_SIMILAR="ignore"))
+    result = crawl(project, "pages", start=site.url("/p"))
+    assert "IMGCACHE_ON_SIMILAR='ignore': one of annotate, skip, drop is expected" in result.log
+    assert site.hits["/p"] == 0
+
+
+def test_unreachable_store_is_a_clear_error_at_start(site, tmp_path):
+    site.page("/p", [])
+    project = make_project(
+        tmp_path / "proj", cache_settings(tmp_path, IMGCACHE_URL="postgresql+psycopg://nobody@127.0.0.1:1/none")
+    )
+    result = crawl(project, "pages", start=site.url("/p"))
+    assert "cannot reach the database" in result.log or "cannot open the image cache" in result.log
+    assert site.hits["/p"] == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_two_crawl_processes_share_one_cache(site, tmp_path, backend, request):
+    url = (
+        f"sqlite:///{tmp_path / 'cache.sqlite3'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    )
+    photos = distinct_jpegs(12)
+    for i, data in enumerate(photos):
+        site.image(f"/shop/{i}.jpg", data)
+        site.image(f"/blog/{i}.jpg", data)  # the same photos, elsewhere
+    site.page("/shop", [f"/shop/{i}.jpg" for i in range(12)])
+    site.page("/blog", [f"/blog/{i}.jpg" for i in range(12)])
+    project = make_project(tmp_path / "proj", cache_settings(tmp_path, IMGCACHE_URL=url))
+    runs = [
+        start_crawl(project, "pages", start=site.url("/shop")),
+        start_crawl(project, "otherpages", start=site.url("/blog")),
+    ]
+    results = [finish_crawl(*run) for run in runs]
+    for r in results:
+        assert r.returncode == 0, r.log[-3000:]
+        assert "Traceback" not in r.log and "locked" not in r.log
+        assert len(r.images) == 12
+    store = open_cache(tmp_path, url)
+    images = list(store.images())
+    assert len(images) == 12  # one row per content, whichever process stored it first
+    for e in images:
+        assert sorted(u.client_name for u in store.urls(e.content_hash)) == ["otherpages", "pages"]
+    assert sum(r.stat("stored") for r in results) == 12
+    assert sum(r.stat("duplicate/exact") for r in results) == 12
