@@ -1,0 +1,49 @@
+"""``scrapy imgcache-stats``: the figures are those of what was stored."""
+
+from __future__ import annotations
+
+from .conftest import Filled, Project, json_lines
+
+
+def test_figures_match_what_was_stored(filled: Filled):
+    store = filled.project.store()
+    try:  # a near-duplicate skipped by a third spider: a URL record with the bytes it saved
+        store.record_url(
+            filled.original, url="https://c.example/a-again.jpg", client_name="spider_c", duplicate="similar", saved_bytes=12345
+        )
+    finally:
+        store.close()
+    proc = filled.project.run("imgcache-stats", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {(r["bucket"], r["client"]): r for r in json_lines(proc.stdout)}
+    size = filled.sizes
+    main = [filled.original, *filled.near.values(), filled.twice, *filled.others]
+    spider_a = [filled.original, filled.twice, *filled.others]
+    assert rows[("", None)] == {
+        "bucket": "", "client": None, "images": 7, "urls": 9, "bytes": sum(size[h] for h in main),
+        "exact_duplicates": 1, "exact_bytes_saved": size[filled.twice],
+        "similar_duplicates": 1, "similar_bytes_saved": 12345,
+    }
+    assert rows[("", "spider_a")]["images"] == 4
+    assert rows[("", "spider_a")]["bytes"] == sum(size[h] for h in spider_a)
+    assert rows[("", "spider_a")]["urls"] == 4
+    assert rows[("", "spider_b")]["images"] == 3 and rows[("", "spider_b")]["urls"] == 4
+    assert rows[("", "spider_b")]["exact_duplicates"] == 1
+    assert rows[("", "spider_b")]["exact_bytes_saved"] == size[filled.twice]
+    assert rows[("", "spider_c")]["images"] == 0 and rows[("", "spider_c")]["similar_bytes_saved"] == 12345
+    assert rows[("other", None)]["images"] == 1 and rows[("other", None)]["bytes"] == size[filled.other_bucket]
+    assert set(rows) == {("", None), ("", "spider_a"), ("", "spider_b"), ("", "spider_c"), ("other", None), ("other", "spider_a")}
+
+    text = filled.project.run("imgcache-stats")
+    assert text.returncode == 0
+    lines = text.stdout.splitlines()
+    assert lines[0].split()[:4] == ["BUCKET", "CLIENT", "IMAGES", "URLS"]
+    assert any(line.startswith("''") and line.split()[2:4] == ["7", "9"] for line in lines)
+    assert any(line.startswith("'other'") for line in lines)
+    assert "8 image(s) in 2 bucket(s)" in text.stdout
+
+
+def test_empty_cache(project: Project):
+    proc = project.run("imgcache-stats")
+    assert proc.returncode == 1
+    assert proc.stdout.strip() == "The cache is empty."
