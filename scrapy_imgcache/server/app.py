@@ -150,7 +150,7 @@ def _auth_dependency(keys: ApiKeys, scope: str) -> Callable[..., None]:
 
     header = APIKeyHeader(name=HEADER, auto_error=False, description="a read or write API key")
 
-    def check(key: Annotated[str | None, Security(header)]) -> None:
+    def check(key: str | None = Security(header)) -> None:  # a default: ``header`` is local
         granted = keys.scope_of(key)
         if granted is None:
             raise ApiError(401, "unauthorized", f"a valid {HEADER} header is required")
