@@ -1,0 +1,90 @@
+"""ImgCacheMiddleware alone (no pipeline): fills the cache, serves hits, revalidates."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.crawling import crawl, make_project
+from tests.photos import distinct_jpegs
+from tests.site import Site
+from tests.test_pipelines import cache_settings, open_cache
+
+pytestmark = pytest.mark.scrapy_api
+
+MIDDLEWARE_ONLY = {
+    "ADDONS": {},
+    "DOWNLOADER_MIDDLEWARES": {"scrapy_imgcache.middleware.ImgCacheMiddleware": 585},
+}
+
+
+@pytest.fixture
+def site():
+    s = Site().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def photos(site):
+    data = distinct_jpegs(3)
+    for i, body in enumerate(data):
+        site.image(f"/img/{i}", body)  # no extension: only the bytes say these are images
+    site.page("/page.html", [])
+    return data
+
+
+def urls(site, *paths: str) -> str:
+    return ",".join(site.url(p) for p in paths)
+
+
+def test_fills_the_cache_from_unmarked_image_responses_and_leaves_pages_alone(site, photos, tmp_path):
+    project = make_project(tmp_path / "proj", {**cache_settings(tmp_path), **MIDDLEWARE_ONLY})
+    result = crawl(project, "fetch", urls=urls(site, "/img/0", "/img/1", "/page.html"), mark="0")
+    assert result.returncode == 0, result.log[-3000:]
+    store = open_cache(tmp_path)
+    assert sorted(e.url for e in store.images()) == [site.url("/img/0"), site.url("/img/1")]
+    page = next(i for i in result.items if i["url"].endswith("page.html"))
+    assert page["size"] == len(site.routes["/page.html"].body) and page["flags"] == []
+    assert result.stat("stored") == 2
+
+
+def test_marked_requests_are_answered_from_the_cache(site, photos, tmp_path):
+    project = make_project(tmp_path / "proj", {**cache_settings(tmp_path), **MIDDLEWARE_ONLY})
+    wanted = urls(site, "/img/0", "/img/1", "/img/2")
+    assert crawl(project, "fetch", urls=wanted).stat("stored") == 3
+    site.reset_counts()
+    second = crawl(project, "fetch", urls=wanted)
+    assert second.returncode == 0, second.log[-3000:]
+    assert site.image_hits == 0 and site.image_bytes == 0
+    assert second.stat("hit") == 3
+    assert sorted(i["size"] for i in second.items) == sorted(len(p) for p in photos)
+    assert all(i["flags"] == ["imgcache", "hit"] and i["cache"] == "hit" for i in second.items)
+
+
+def test_stale_entries_are_revalidated_with_304(site, photos, tmp_path):
+    settings = {**cache_settings(tmp_path, IMGCACHE_EXPIRES=0), **MIDDLEWARE_ONLY}
+    project = make_project(tmp_path / "proj", settings)
+    wanted = urls(site, "/img/0", "/img/1")
+    crawl(project, "fetch", urls=wanted)
+    before = {e.url: e.lookup_time for e in open_cache(tmp_path).images()}
+    site.reset_counts()
+    second = crawl(project, "fetch", urls=wanted)
+    assert second.returncode == 0, second.log[-3000:]
+    assert sum(site.not_modified.values()) == 2 and site.image_bytes == 0
+    assert second.stat("revalidated") == 2
+    assert all(i["cache"] == "revalidated" and i["status"] == 200 for i in second.items)
+    after = {e.url: e.lookup_time for e in open_cache(tmp_path).images()}
+    assert all(after[u] > before[u] for u in before)  # the 304 refreshed the entries
+
+
+def test_a_changed_image_becomes_a_new_version_of_its_url(site, photos, tmp_path):
+    settings = {**cache_settings(tmp_path, IMGCACHE_EXPIRES=0), **MIDDLEWARE_ONLY}
+    project = make_project(tmp_path / "proj", settings)
+    crawl(project, "fetch", urls=urls(site, "/img/0"))
+    site.image("/img/0", photos[2], mtime=1_800_000_000.0)  # new bytes, new validators
+    second = crawl(project, "fetch", urls=urls(site, "/img/0"))
+    assert second.stat("expired") == 1 and second.stat("stored") == 1
+    store = open_cache(tmp_path)
+    current = store.lookup(site.url("/img/0"))
+    assert current.file_size_bytes == len(photos[2])
+    assert len(list(store.images())) == 2  # the old version is kept
