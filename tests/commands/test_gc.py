@@ -1,0 +1,94 @@
+"""``scrapy imgcache-gc``: orphan blobs, rows without bytes, old entries; a dry run touches nothing."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import timedelta
+
+from scrapy_imgcache.blobs import blob_key
+from scrapy_imgcache.hashing import content_hash
+from scrapy_imgcache.store import utcnow
+from tests.photos import distinct_images, encode, noise_bytes
+
+from .conftest import Filled, assert_one_line_error
+
+
+def _blob(filled: Filled, data: bytes, age: float):
+    path = filled.project.files / blob_key(content_hash(data), ".jpg")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    os.utime(path, (time.time() - age, time.time() - age))
+    return path
+
+
+def test_dry_run_then_real_run(filled: Filled):
+    old_orphan = _blob(filled, noise_bytes(5000, seed=1), age=2 * 3600)  # past the 1 h grace
+    young_orphan = _blob(filled, noise_bytes(3000, seed=2), age=60)  # a write in flight, maybe
+    damaged = filled.others[1]
+    store = filled.project.store()
+    try:
+        (filled.project.files / store.get_meta(damaged).path).unlink()
+    finally:
+        store.close()
+
+    dry = filled.project.run("imgcache-gc", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    assert lines[0] == "1 row(s) whose bytes are missing:" and damaged in lines[1]  # reported first
+    assert "Would remove 1 row(s) whose bytes are missing." in lines
+    assert "Would remove 1 blob(s) no row references, older than 3600 s (4.9 KiB)." in lines
+    assert lines[-1] == "Would free 4.9 KiB (5000 bytes)."
+    assert old_orphan.exists() and young_orphan.exists()
+    store = filled.project.store()
+    try:
+        assert store.get_meta(damaged) is not None
+    finally:
+        store.close()
+
+    real = filled.project.run("imgcache-gc")
+    assert real.returncode == 0, real.stderr
+    assert real.stdout.splitlines()[0] == "1 row(s) whose bytes are missing:"
+    assert "Removed 1 row(s) whose bytes are missing." in real.stdout
+    assert "Removed 1 blob(s) no row references" in real.stdout
+    assert real.stdout.splitlines()[-1] == "Freed 4.9 KiB (5000 bytes)."
+    assert not old_orphan.exists() and young_orphan.exists()
+    store = filled.project.store()
+    try:
+        assert store.get_meta(damaged) is None
+        left = {e.content_hash for e in store.images("")}
+        assert left == {filled.original, *filled.near.values(), filled.twice, filled.others[0]}
+        assert all(store.get_bytes(h) is not None for h in left)
+    finally:
+        store.close()
+
+    again = filled.project.run("imgcache-gc")
+    assert "Removed 0 row(s)" in again.stdout and again.stdout.splitlines()[-1] == "Freed 0 B (0 bytes)."
+
+
+def test_older_than_removes_images_not_seen_since(filled: Filled):
+    stale = encode(distinct_images(6)[5])
+    store = filled.project.store()
+    try:
+        entry = store.put(stale, url="https://gone.example/x.jpg", client_name="spider_a", lookup_time=utcnow() - timedelta(days=100)).entry
+    finally:
+        store.close()
+    blob = filled.project.files / entry.path
+
+    dry = filled.project.run("imgcache-gc", "--dry-run", "--older-than", "30")
+    assert dry.returncode == 0, dry.stderr
+    assert "Would remove 1 image(s) not seen since" in dry.stdout and blob.exists()
+
+    real = filled.project.run("imgcache-gc", "--older-than", "30")
+    assert real.returncode == 0, real.stderr
+    assert "Removed 1 image(s) not seen since" in real.stdout
+    assert real.stdout.splitlines()[-1].endswith(f"({len(stale)} bytes).")
+    assert not blob.exists()
+    store = filled.project.store()
+    try:
+        assert store.get_meta(entry.content_hash) is None
+        assert store.get_meta(filled.original) is not None  # seen just now: kept
+    finally:
+        store.close()
+
+    assert_one_line_error(filled.project.run("imgcache-gc", "--older-than", "-1"), 2, "--older-than")

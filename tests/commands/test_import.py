@@ -1,0 +1,95 @@
+"""``scrapy imgcache-import DIR``: an old image folder into the cache, once, with non-images reported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.photos import distinct_images, encode, near_duplicates, noise_bytes
+
+from .conftest import Project, assert_one_line_error
+
+
+def _old_images_store(root: Path) -> dict[str, Path]:
+    a, b, c = distinct_images(3)
+    full = root / "full"
+    (full / "sub").mkdir(parents=True)
+    files = {
+        "a": full / "a.jpg",
+        "b": full / "b.png",
+        "c": full / "sub" / "c.jpg",
+        "copy": full / "copy-of-a.jpg",
+        "near": full / "near-a.jpg",
+        "notes": root / "notes.txt",
+        "noise": root / "noise.jpg",
+        "empty": root / "empty.jpg",
+        "cut": root / "cut.jpg",
+    }
+    a_bytes = encode(a)
+    files["a"].write_bytes(a_bytes)
+    files["b"].write_bytes(encode(b, "PNG"))
+    files["c"].write_bytes(encode(c))
+    files["copy"].write_bytes(a_bytes)
+    files["near"].write_bytes(near_duplicates(a)["brightened"])
+    files["notes"].write_text("these are not images\n")
+    files["noise"].write_bytes(noise_bytes())
+    files["empty"].write_bytes(b"")
+    files["cut"].write_bytes(encode(c)[:3000])
+    return files
+
+
+def _state(project: Project) -> tuple[object, set[str]]:
+    store = project.store()
+    try:
+        return store.usage(), {key for key, _, _ in store.blobs.iter_keys()}
+    finally:
+        store.close()
+
+
+def test_import_twice_adds_nothing_and_reports_non_images(project: Project, tmp_path):
+    files = _old_images_store(tmp_path / "old")
+    first = project.run("imgcache-import", str(tmp_path / "old"))
+    assert first.returncode == 0, first.stderr
+    assert (
+        "9 file(s); 4 image(s) added to bucket ''" in first.stdout
+        and "1 of them near-duplicates" in first.stdout
+        and "1 exact duplicate(s) of cached images recorded, 0 already imported, 4 skipped." in first.stdout
+    ), first.stdout
+    assert "Skipped (1 empty, 2 not_an_image, 1 truncated):" in first.stderr
+    for name, reason in [("notes", "not_an_image"), ("noise", "not_an_image"), ("empty", "empty"), ("cut", "truncated")]:
+        assert f"{files[name]}: {reason}: " in first.stderr
+
+    store = project.store()
+    try:
+        entries = {name: store.lookup(files[name].resolve().as_uri()) for name in ("a", "b", "c", "copy", "near")}
+        assert all(e is not None and e.client_name == "imgcache-import" for e in entries.values()), entries
+        assert entries["copy"].content_hash == entries["a"].content_hash
+        assert entries["near"].similar_to == entries["a"].content_hash
+        assert entries["c"].original_filename == "c.jpg"
+        assert store.lookup(files["notes"].resolve().as_uri()) is None
+        assert sum(1 for _ in store.images()) == 4
+    finally:
+        store.close()
+
+    before = _state(project)
+    second = project.run("imgcache-import", str(tmp_path / "old"))
+    assert second.returncode == 0, second.stderr
+    assert "0 image(s) added" in second.stdout and "0 exact duplicate(s)" in second.stdout
+    assert "5 already imported, 4 skipped." in second.stdout
+    assert _state(project) == before
+
+
+def test_bucket_and_client_name(project: Project, tmp_path):
+    files = _old_images_store(tmp_path / "old")
+    proc = project.run("imgcache-import", str(tmp_path / "old" / "full"), "--bucket", "archive", "--client-name", "old-store")
+    assert proc.returncode == 0, proc.stderr
+    assert "5 file(s); 4 image(s) added to bucket 'archive'" in proc.stdout
+    store = project.store()
+    try:
+        assert store.lookup(files["a"].resolve().as_uri(), "archive").client_name == "old-store"
+        assert store.buckets() == ["archive"]
+    finally:
+        store.close()
+
+
+def test_not_a_directory(project: Project, tmp_path):
+    assert_one_line_error(project.run("imgcache-import", str(tmp_path / "nowhere")), 2, "is not a directory")
