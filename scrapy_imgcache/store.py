@@ -14,17 +14,17 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
 import numpy as np
-from sqlalchemy import Select, and_, delete, func, or_, select, update
+from sqlalchemy import BigInteger, Select, and_, any_, bindparam, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session
 
 from .blobs import BlobStore, blob_key, hash_of_key, open_blob_store
 from .errors import ConfigError, StoreError
@@ -202,6 +202,13 @@ class SqlStore:
         ensure_schema(self.engine)
         self._writer = self.engine.execution_options(imgcache_write=True)
         self._dialect = self.engine.dialect.name
+        # reads need no transaction: on PostgreSQL autocommit saves a BEGIN and a ROLLBACK
+        # round trip per read (psycopg switches it client-side), which similar() feels most
+        self._reader = (
+            self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self._dialect == "postgresql"
+            else self.engine
+        )
         self._index = _SharedIndex(self)
 
     def __repr__(self) -> str:
@@ -425,17 +432,18 @@ class SqlStore:
         """Images whose hash is within ``max_distance`` bits, nearest first (flat ones never)."""
         validate_phash(perceptual_hash)
         validate_distance(max_distance)
-        hits = self._index.query(bucket, algorithm, int(perceptual_hash, 16), max_distance)
         out: list[Entry] = []
-        for start in range(0, len(hits), max(limit, 1)):
-            chunk = hits[start : start + max(limit, 1)]
-            by_id = self._latest_by_image([i for i, _ in chunk])
-            for image_id, dist in chunk:
-                entry = by_id.get(image_id)
-                if entry is not None:  # deleted since the index saw it
-                    out.append(replace(entry, hamming_distance=dist))
-            if len(out) >= limit:
-                break
+        with self._reader.connect() as conn:  # one checkout for the refresh and the rows
+            hits = self._index.query(bucket, algorithm, int(perceptual_hash, 16), max_distance, conn)
+            for start in range(0, len(hits), max(limit, 1)):
+                chunk = hits[start : start + max(limit, 1)]
+                by_id = self._latest_rows([i for i, _ in chunk], conn)
+                for image_id, dist in chunk:
+                    row = by_id.get(image_id)
+                    if row is not None:  # deleted since the index saw it
+                        out.append(_to_entry(row, dist))
+                if len(out) >= limit:
+                    break
         return out[:limit]
 
     def images(self, bucket: str | None = None, batch: int = 1000) -> Iterator[Entry]:
@@ -546,49 +554,89 @@ class SqlStore:
     def _latest_by_image(self, image_ids: Sequence[int]) -> dict[int, Entry]:
         if not image_ids:
             return {}
-        latest = (
-            select(func.max(UrlRow.id)).where(UrlRow.image_id.in_(image_ids)).group_by(UrlRow.image_id)
-        ).scalar_subquery()
-        stmt = _joined().where(UrlRow.id.in_(latest))
-        with Session(self.engine) as session:
-            return {row.ImageRow.id: _to_entry(row.ImageRow, row.UrlRow) for row in session.execute(stmt)}
+        with self.engine.connect() as conn:
+            return {image_id: _to_entry(row) for image_id, row in self._latest_rows(image_ids, conn).items()}
+
+    def _latest_rows(self, image_ids: Sequence[int], conn: Any) -> dict[int, Any]:
+        """Each image's row joined with its most recent URL record, by image id."""
+        if not image_ids:
+            return {}
+        stmt = _LATEST_ROWS[self._dialect == "postgresql"]
+        return {row.image_id: row for row in conn.execute(stmt, {"image_ids": list(image_ids)})}
 
     def _first(self, stmt: Select[Any]) -> Entry | None:
-        with Session(self.engine) as session:
-            row = session.execute(stmt).first()
-            return None if row is None else _to_entry(row.ImageRow, row.UrlRow)
+        with self.engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        return None if row is None else _to_entry(row)
 
     def _all(self, stmt: Select[Any]) -> list[Entry]:
-        with Session(self.engine) as session:
-            return [_to_entry(r.ImageRow, r.UrlRow) for r in session.execute(stmt)]
+        with self.engine.connect() as conn:
+            return [_to_entry(r) for r in conn.execute(stmt)]
+
+
+#: an Entry's fields in order, as plain columns (ORM entities cost ~15 us a row to load)
+_ENTRY_COLUMNS = (
+    ImageRow.id.label("image_id"),
+    UrlRow.url,
+    ImageRow.content_hash,
+    ImageRow.content_type,
+    ImageRow.file_size.label("file_size_bytes"),
+    ImageRow.original_filename,
+    ImageRow.width,
+    ImageRow.height,
+    ImageRow.perceptual_hash,
+    UrlRow.client_name,
+    UrlRow.lookup_time,
+    ImageRow.created_at,
+    ImageRow.bucket,
+    ImageRow.hash_algorithm,
+    ImageRow.flat,
+    UrlRow.etag,
+    UrlRow.last_modified,
+    ImageRow.blob_key.label("path"),
+    ImageRow.similar_to,
+    ImageRow.similar_distance,
+)
+assert [c.key for c in _ENTRY_COLUMNS[1:]] == [f.name for f in fields(Entry)][: len(_ENTRY_COLUMNS) - 1]
 
 
 def _joined() -> Select[Any]:
-    return select(ImageRow, UrlRow).join(UrlRow, UrlRow.image_id == ImageRow.id)
+    return select(*_ENTRY_COLUMNS).select_from(ImageRow).join(UrlRow, UrlRow.image_id == ImageRow.id)
 
 
-def _to_entry(img: ImageRow, rec: UrlRow) -> Entry:
-    return Entry(
-        url=rec.url,
-        content_hash=img.content_hash,
-        content_type=img.content_type,
-        file_size_bytes=img.file_size,
-        original_filename=img.original_filename,
-        width=img.width,
-        height=img.height,
-        perceptual_hash=img.perceptual_hash,
-        client_name=rec.client_name,
-        lookup_time=rec.lookup_time,
-        created_at=img.created_at,
-        bucket=img.bucket,
-        hash_algorithm=img.hash_algorithm,
-        flat=img.flat,
-        etag=rec.etag,
-        last_modified=rec.last_modified,
-        path=img.blob_key,
-        similar_to=img.similar_to,
-        similar_distance=img.similar_distance,
-    )
+def _to_entry(row: Any, hamming_distance: int | None = None) -> Entry:
+    return Entry(*row[1:], hamming_distance=hamming_distance)  # type: ignore[misc]
+
+
+# similar() runs the two statements below on every query, so they are built once: building
+# and cache-keying a statement costs more than a round trip. On PostgreSQL an array parameter
+# keeps the SQL text the same whatever the number of ids, so psycopg prepares it after a few
+# calls (planning the join costs more than running it); elsewhere an expanding IN.
+
+
+def _id_in(column: Any, name: str, postgres: bool) -> Any:
+    if postgres:
+        return column == any_(bindparam(name, type_=ARRAY(BigInteger)))
+    return column.in_(bindparam(name, expanding=True))
+
+
+def _latest_rows_stmt(postgres: bool) -> Select[Any]:
+    wanted = _id_in(UrlRow.image_id, "image_ids", postgres)
+    latest = select(func.max(UrlRow.id)).where(wanted).group_by(UrlRow.image_id).scalar_subquery()
+    return _joined().where(UrlRow.id.in_(latest))
+
+
+def _new_rows_stmt(gaps: bool, postgres: bool) -> Select[Any]:
+    """Rows past the highest id the index has seen, and the recent ids it is still missing."""
+    cond = ImageRow.id > bindparam("high")
+    if gaps:
+        cond = or_(cond, _id_in(ImageRow.id, "gaps", postgres))
+    cols = (ImageRow.id, ImageRow.bucket, ImageRow.hash_algorithm, ImageRow.phash_int, ImageRow.flat)
+    return select(*cols).where(cond).order_by(ImageRow.id)
+
+
+_LATEST_ROWS = {postgres: _latest_rows_stmt(postgres) for postgres in (True, False)}
+_NEW_ROWS = {(gaps, pg): _new_rows_stmt(gaps, pg) for gaps in (True, False) for pg in (True, False)}
 
 
 def _is_blob(key: str) -> bool:
@@ -643,21 +691,24 @@ class _SharedIndex:
             for index in self.indexes.values():
                 index.remove(image_id)
 
-    def query(self, bucket: str, algorithm: str, value: int, max_distance: int) -> list[tuple[int, int]]:
+    def query(
+        self, bucket: str, algorithm: str, value: int, max_distance: int, conn: Any = None
+    ) -> list[tuple[int, int]]:
         with self.lock:
-            self._refresh()
+            self._refresh(conn)
             index = self.indexes.get((bucket, algorithm))
             return [] if index is None else index.query(value, max_distance)
 
-    def _refresh(self) -> None:
-        cols = (ImageRow.id, ImageRow.bucket, ImageRow.hash_algorithm, ImageRow.phash_int, ImageRow.flat)
+    def _refresh(self, conn: Any = None) -> None:
         now = time.monotonic()
         self.gaps = {i: t for i, t in self.gaps.items() if now - t < self.GAP_TTL}
-        cond = ImageRow.id > self.high
-        if self.gaps:
-            cond = or_(cond, ImageRow.id.in_(list(self.gaps)))
-        with self.store.engine.connect() as conn:
-            rows = conn.execute(select(*cols).where(cond).order_by(ImageRow.id)).all()
+        stmt = _NEW_ROWS[bool(self.gaps), self.store._dialect == "postgresql"]
+        params = {"high": self.high, "gaps": list(self.gaps)}
+        if conn is None:
+            with self.store.engine.connect() as conn:
+                rows = conn.execute(stmt, params).all()
+        else:
+            rows = conn.execute(stmt, params).all()
         if not rows:
             return
         if not self.loaded:

@@ -1,0 +1,236 @@
+"""SqlStore on SQLite, PostgreSQL and MariaDB: dedupe, URL history, search, similarity, deletion, GC."""
+
+from __future__ import annotations
+
+import io
+import os
+from datetime import datetime, timedelta, timezone
+
+import imagehash
+import pytest
+from PIL import Image
+from sqlalchemy import func, select
+
+from scrapy_imgcache.blobs import blob_key
+from scrapy_imgcache.errors import InvalidImage
+from scrapy_imgcache.hashing import ImageLimits, Inspector, content_hash, hamming
+from scrapy_imgcache.models import ImageRow, UrlRow
+from scrapy_imgcache.store import SqlStore
+
+from .photos import distinct_images, distinct_jpegs, encode, near_duplicates, noise_bytes, solid
+from .test_hashing import png_header_only, tiny_psd
+
+JPEGS = distinct_jpegs(4)
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def counts(store: SqlStore) -> tuple[int, int, int]:
+    """(image rows, URL rows, blob files): what a refusal must leave untouched."""
+    with store.engine.connect() as conn:
+        images = conn.execute(select(func.count()).select_from(ImageRow)).scalar()
+        urls = conn.execute(select(func.count()).select_from(UrlRow)).scalar()
+    return images, urls, len(list(store.blobs.iter_keys()))
+
+
+def put(store: SqlStore, data: bytes, url: str, **kw):
+    kw.setdefault("client_name", "spider")
+    return store.put(data, url=url, **kw)
+
+
+def test_same_bytes_are_stored_once_and_each_url_recorded(store):
+    first = put(store, JPEGS[0], "https://a.example/1.jpg")
+    again = put(store, JPEGS[0], "https://a.example/1.jpg")
+    elsewhere = put(store, JPEGS[0], "https://b.example/copy.jpg", client_name="other")
+    assert (first.created, again.created, elsewhere.created) == (True, False, False)
+    assert counts(store) == (1, 2, 1)
+    urls = {e.url for e in store.urls(first.entry.content_hash)}
+    assert urls == {"https://a.example/1.jpg", "https://b.example/copy.jpg"}
+    assert elsewhere.entry.url == "https://b.example/copy.jpg"
+    assert elsewhere.entry.client_name == "other"
+
+
+def test_metadata_comes_from_the_bytes_not_the_name(store):
+    data = JPEGS[1]
+    entry = put(store, data, "https://a.example/pic.png", filename="pic.png").entry
+    assert entry.content_hash == content_hash(data)
+    assert (entry.content_type, entry.width, entry.height) == ("image/jpeg", 320, 240)
+    assert entry.file_size_bytes == len(data)
+    assert entry.original_filename == "pic.png"
+    assert entry.perceptual_hash == str(imagehash.phash(Image.open(io.BytesIO(data))))
+    assert entry.path == blob_key(entry.content_hash, ".jpg")
+    assert store.get_bytes(entry.content_hash) == data
+    assert store.get_meta(entry.content_hash) == entry
+    assert store.get_bytes("0" * 64) is None and store.get_meta("0" * 64) is None
+
+
+def test_a_changed_url_keeps_every_version_and_lookup_gives_the_latest(store):
+    url = "https://a.example/logo"
+    old = put(store, JPEGS[0], url, lookup_time=T0).entry
+    new = put(store, JPEGS[1], url, lookup_time=T0 + timedelta(days=1)).entry
+    assert store.lookup(url).content_hash == new.content_hash
+    assert [e.url for e in store.urls(old.content_hash)] == [url]
+    assert [e.url for e in store.urls(new.content_hash)] == [url]
+    put(store, JPEGS[0], url, lookup_time=T0 + timedelta(days=2))  # changed back
+    assert store.lookup(url).content_hash == old.content_hash
+    assert store.lookup(url).lookup_time == T0 + timedelta(days=2)
+    assert store.lookup("https://a.example/other") is None
+    assert counts(store) == (2, 2, 2)
+
+
+def test_search_matches_substrings_with_wildcards_taken_literally(store):
+    urls = ["https://x.example/a%b.jpg", "https://x.example/a_b.jpg", "https://x.example/axb.jpg"]
+    for data, url in zip(JPEGS, urls):
+        put(store, data, url)
+    assert [e.url for e in store.search("a%b")] == [urls[0]]
+    assert [e.url for e in store.search("a_b")] == [urls[1]]
+    assert {e.url for e in store.search("x.example/a")} == set(urls)
+    assert len(store.search("x.example", limit=2)) == 2
+    assert store.search("a%b", bucket="other") == []
+
+
+def test_similar_finds_near_duplicates_nearest_first(store):
+    original = distinct_images(1)[0]
+    stored = put(store, encode(original), "https://a.example/orig.jpg").entry
+    copies = {name: put(store, data, f"https://b.example/{name}").entry for name, data in near_duplicates(original).items()}
+    far = put(store, JPEGS[3], "https://c.example/far.jpg").entry
+    assert hamming(far.perceptual_hash, stored.perceptual_hash) > 10  # a different photo
+    found = store.similar(stored.perceptual_hash, 10)
+    distances = [e.hamming_distance for e in found]
+    assert found[0].content_hash == stored.content_hash and distances[0] == 0
+    assert distances == sorted(distances)
+    assert {e.content_hash for e in copies.values()} <= {e.content_hash for e in found}
+    assert far.content_hash not in {e.content_hash for e in found}
+    for e in found:
+        assert e.hamming_distance == hamming(e.perceptual_hash, stored.perceptual_hash) <= 10
+    exact = [e.content_hash for e in store.similar(stored.perceptual_hash, 0)]
+    assert exact == [e.content_hash for e in found if e.hamming_distance == 0]
+    assert len(store.similar(stored.perceptual_hash, 10, limit=2)) == 2
+
+
+def test_flat_images_never_match(store):
+    flats = [put(store, solid(c), f"https://a.example/{i}.png").entry for i, c in enumerate([(0, 0, 0), (9, 9, 9)])]
+    assert all(e.flat for e in flats)
+    put(store, JPEGS[0], "https://a.example/photo.jpg")
+    for e in flats:
+        found = {f.content_hash for f in store.similar(e.perceptual_hash, 32)}
+        assert not found & {f.content_hash for f in flats}
+
+
+def test_other_algorithms_and_buckets_are_never_compared(store, tmp_path):
+    photo_entry = put(store, JPEGS[0], "https://a.example/p.jpg").entry
+    dstore = SqlStore(store.url, store.blobs, inspector=Inspector(algorithm="dhash"))
+    try:
+        dhashed = dstore.put(JPEGS[1], url="https://a.example/d.jpg", client_name="s").entry
+        assert dhashed.hash_algorithm == "dhash"
+        assert dhashed.content_hash not in {e.content_hash for e in store.similar(dhashed.perceptual_hash, 32)}
+        assert [e.content_hash for e in store.similar(dhashed.perceptual_hash, 0, algorithm="dhash")] == [
+            dhashed.content_hash
+        ]
+    finally:
+        dstore.close()
+    assert store.similar(photo_entry.perceptual_hash, 32, bucket="b") == []
+    in_b = put(store, JPEGS[2], "https://a.example/b.jpg", bucket="b").entry
+    assert [e.content_hash for e in store.similar(in_b.perceptual_hash, 0, bucket="b")] == [in_b.content_hash]
+    assert in_b.content_hash not in {e.content_hash for e in store.similar(in_b.perceptual_hash, 32)}
+    assert store.get_meta(in_b.content_hash) is None and store.lookup("https://a.example/b.jpg") is None
+
+
+def test_delete_removes_bytes_and_urls_but_not_another_buckets_blob(store):
+    a = put(store, JPEGS[0], "https://a.example/1.jpg").entry
+    put(store, JPEGS[0], "https://a.example/2.jpg")
+    put(store, JPEGS[0], "https://b.example/1.jpg", bucket="b")
+    put(store, JPEGS[1], "https://a.example/keep.jpg")
+    assert store.delete(a.content_hash)
+    assert store.get_bytes(a.content_hash) is None and store.urls(a.content_hash) == []
+    assert store.lookup("https://a.example/1.jpg") is None and store.lookup("https://a.example/2.jpg") is None
+    assert store.similar(a.perceptual_hash, 0) == []
+    assert store.get_bytes(a.content_hash, bucket="b") == JPEGS[0]  # the shared blob survives
+    assert not store.delete(a.content_hash)
+    assert store.delete(a.content_hash, bucket="b")
+    assert not store.blobs.exists(a.path)
+    assert counts(store) == (1, 1, 1)
+
+
+def test_usage_counts_images_urls_and_savings(store):
+    put(store, JPEGS[0], "https://a.example/1.jpg", client_name="one")
+    put(store, JPEGS[0], "https://a.example/dup.jpg", client_name="two")
+    put(store, JPEGS[1], "https://a.example/2.jpg", client_name="one")
+    put(store, JPEGS[2], "https://b.example/3.jpg", bucket="b", client_name="one")
+    usage = {u.bucket: u for u in store.usage()}
+    assert sorted(usage) == ["", "b"]
+    main = usage[""]
+    assert (main.images, main.bytes, main.urls) == (2, len(JPEGS[0]) + len(JPEGS[1]), 3)
+    assert (main.exact_duplicates, main.exact_bytes_saved) == (1, len(JPEGS[0]))
+    assert main.clients["one"].images == 2 and main.clients["two"].exact_duplicates == 1
+    assert (usage["b"].images, usage["b"].urls) == (1, 1)
+
+
+def test_record_url_notes_a_url_for_known_bytes_only(store):
+    entry = put(store, JPEGS[0], "https://a.example/1.jpg").entry
+    noted = store.record_url(entry.content_hash, url="https://a.example/304", client_name="s", duplicate="exact")
+    assert noted is not None and noted.url == "https://a.example/304"
+    assert store.record_url("f" * 64, url="https://a.example/x", client_name="s") is None
+    assert counts(store) == (1, 2, 1)
+
+
+def _half(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(noise_bytes(), id="noise"),
+        pytest.param(_half(JPEGS[0]), id="truncated-jpeg"),
+        pytest.param(_half(encode(distinct_images(1)[0], "PNG")), id="truncated-png"),
+        pytest.param(png_header_only(100_000, 100_000), id="bomb"),
+        pytest.param(png_header_only(6000, 6000), id="too-many-pixels"),
+        pytest.param(tiny_psd(), id="psd"),
+        pytest.param(JPEGS[0] + b"\0" * 1_000_000, id="too-many-bytes"),
+    ],
+)
+def test_invalid_input_stores_nothing(db_url, tmp_path, data):
+    store = SqlStore(db_url, str(tmp_path / "files"), inspector=Inspector(ImageLimits(max_bytes=1_000_000)))
+    try:
+        with pytest.raises(InvalidImage):
+            put(store, data, "https://a.example/bad")
+        assert counts(store) == (0, 0, 0)
+        assert store.lookup("https://a.example/bad") is None
+    finally:
+        store.close()
+
+
+def test_bad_arguments_are_refused(store):
+    info = Inspector().inspect(JPEGS[1])
+    with pytest.raises(ValueError, match="does not describe"):
+        put(store, JPEGS[0], "https://a.example/x", info=info)
+    with pytest.raises(ValueError, match="bucket"):
+        put(store, JPEGS[0], "https://a.example/x", bucket="no spaces")
+    with pytest.raises(ValueError, match="perceptual hash"):
+        store.similar("xyz")
+    with pytest.raises(ValueError, match="distance"):
+        store.similar("0" * 16, 33)
+    assert counts(store) == (0, 0, 0)
+
+
+def test_orphan_blobs_respect_the_grace_period(store):
+    kept = put(store, JPEGS[0], "https://a.example/1.jpg").entry
+    old_orphan = blob_key(content_hash(b"old"), ".jpg")
+    young_orphan = blob_key(content_hash(b"young"), ".jpg")
+    store.blobs.put(old_orphan, b"old")
+    store.blobs.put(young_orphan, b"young")
+    hour_ago = datetime.now().timestamp() - 3600
+    for key in (old_orphan, kept.path):
+        os.utime(store.blobs.describe(key), (hour_ago, hour_ago))
+    assert store.orphan_blobs(grace_seconds=600) == [(old_orphan, 3)]
+    assert sorted(store.orphan_blobs(grace_seconds=0)) == sorted([(old_orphan, 3), (young_orphan, 5)])
+
+
+def test_missing_blobs_and_expired_images(store):
+    gone = put(store, JPEGS[0], "https://a.example/1.jpg", lookup_time=T0).entry
+    fresh = put(store, JPEGS[1], "https://a.example/2.jpg", lookup_time=T0 + timedelta(days=30)).entry
+    os.unlink(store.blobs.describe(gone.path))
+    assert [e.content_hash for e in store.missing_blobs()] == [gone.content_hash]
+    assert [e.content_hash for e in store.expired(T0 + timedelta(days=1))] == [gone.content_hash]
+    assert fresh.content_hash not in {e.content_hash for e in store.expired(T0 + timedelta(days=1))}
