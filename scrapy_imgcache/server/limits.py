@@ -17,8 +17,11 @@ class BodyTooLarge(Exception):
     """Raised inside ``receive`` once the body passes the cap."""
 
 
-def error_body(reason: str, detail: object) -> bytes:
-    return json.dumps({"error": reason, "detail": detail}).encode()
+def error_body(reason: str, detail: object, status: int | None = None) -> bytes:
+    body: dict[str, object] = {"error": reason, "detail": detail}
+    if status is not None:  # the VisualSnoop API (/api/v1) answers with status and message
+        body.update(status=status, message=str(detail))
+    return json.dumps(body).encode()
 
 
 class BodyLimitMiddleware:
@@ -70,7 +73,7 @@ class BodyLimitMiddleware:
 
     @staticmethod
     async def _refuse(send: Send, detail: str) -> None:
-        body = error_body("too_many_bytes", detail)
+        body = error_body("too_many_bytes", detail, 413)
         await send(
             {
                 "type": "http.response.start",

@@ -1,0 +1,420 @@
+"""The VisualSnoop collections API, end to end: the published ``visualsnoop==0.2`` client and raw
+HTTP against a real ``imgcache-server`` process, over SQLite and PostgreSQL.
+
+Collections are created with the real ``imgcache-server collections create`` command; images
+"crawled" into a collection's bucket are stored by this process through its own ``SqlStore``
+on the same database and files, as a spider would.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email.utils import formatdate
+from typing import Any
+
+import httpx
+import pytest
+import requests
+from PIL import Image
+
+from scrapy_imgcache.hashing import Inspector, content_hash, hamming
+from scrapy_imgcache.server.visualsnoop import signature
+from scrapy_imgcache.store import SqlStore
+from tests.conftest import _postgres_url
+from tests.photos import distinct_images, distinct_jpegs, encode, near_duplicates, noise_bytes
+
+from .live import SERVER_BIN, LiveServer, imgcache_server
+
+base64.encodestring = base64.encodebytes  # type: ignore[attr-defined]  # the client's one wart (see the spec)
+from visualsnoop.auth import VisualSnoopHMACAuth  # noqa: E402
+from visualsnoop.models import Collection  # noqa: E402
+
+SECRETS_KEY = "test-secrets-key-" + "k" * 24
+SKEW = 60
+MAX_UPLOAD = 1_000_000
+PREFIX = "/api/v1"
+
+
+@dataclass
+class Keys:
+    collection_id: str
+    name: str
+    bucket: str
+    user: str
+    public_key: str
+    secret_key: str
+
+
+@dataclass
+class Deployment:
+    server: LiveServer
+    db: str
+    store: SqlStore
+
+    @property
+    def endpoint(self) -> str:
+        return self.server.url + PREFIX
+
+    def create(self, user: str = "") -> Keys:
+        """A fresh collection over a fresh bucket, made with the real command."""
+        name = f"c{uuid.uuid4().hex[:12]}"
+        out = subprocess.run(
+            [SERVER_BIN, "collections", "create", name, "--user", user, "--json", "--db", self.db],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            check=True,
+        )
+        data = json.loads(out.stdout)
+        return Keys(data["collection_id"], data["name"], data["bucket"], data["user"], data["public_key"], data["secret_key"])
+
+    def client(self, keys: Keys) -> Collection:
+        return Collection(keys.public_key, keys.secret_key, endpoint=self.endpoint)
+
+    def cached(self, keys: Keys) -> list[str]:
+        """Content hashes cached in the collection's bucket."""
+        return sorted(e.content_hash for e in self.store.images(bucket=keys.bucket))
+
+    def blobs(self) -> set[str]:
+        return {k for k, _mtime, _size in self.store.blobs.iter_keys()}
+
+
+def _env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "IMGCACHE_SECRETS_KEY": SECRETS_KEY,
+        "IMGCACHE_VISUALSNOOP_SKEW": str(SKEW),
+        "IMGCACHE_VISUALSNOOP_DISTANCE": "10",
+    }
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def deployment(request, tmp_path_factory) -> Iterator[Deployment]:
+    workdir = tmp_path_factory.mktemp(f"visualsnoop-{request.param}")
+    urls = _postgres_url() if request.param == "postgresql" else None
+    db = next(urls) if urls else f"sqlite:///{workdir / 'cache.sqlite3'}"
+    try:
+        with imgcache_server(db, workdir, "--max-upload-bytes", str(MAX_UPLOAD), env=_env()) as server:
+            store = SqlStore(db, str(server.files))
+            try:
+                yield Deployment(server, db, store)
+            finally:
+                store.close()
+    finally:
+        if urls:
+            urls.close()
+
+
+@pytest.fixture
+def keys(deployment) -> Keys:
+    return deployment.create(user="owner@example.com")
+
+
+@pytest.fixture
+def coll(deployment, keys) -> Collection:
+    return deployment.client(keys)
+
+
+def jpeg(data: bytes) -> io.BytesIO:
+    return io.BytesIO(data)
+
+
+# -- the published client ----------------------------------------------------------------
+
+
+def test_connecting_reports_id_name_and_user(coll, keys):
+    assert (coll.id, coll.name, coll.user) == (keys.collection_id, keys.name, "owner@example.com")
+
+
+def test_add_with_generated_id_is_cached_in_the_bucket(deployment, coll, keys):
+    data = distinct_jpegs(1)[0]
+    answer = coll.add_image(jpeg(data))
+    assert answer["status"] == 201 and answer["message"] == "Added"
+    assert len(answer["image_id"]) == 32 and int(answer["image_id"], 16) >= 0
+    assert answer["collection_id"] == keys.collection_id
+    assert deployment.cached(keys) == [content_hash(data)]
+    entry = deployment.store.get_meta(content_hash(data), keys.bucket)
+    assert entry is not None and entry.client_name == "visualsnoop"
+    got = coll.get_image(answer["image_id"])
+    assert (got["status"], got["message"], got["image_time"]) == (200, "OK", answer["image_time"])
+
+
+def test_own_id_is_not_overwritten_without_update_existing(deployment, coll, keys):
+    first, second, third = distinct_jpegs(3)
+    added = coll.add_image(jpeg(first), image_id="myid12")
+    assert (added["status"], added["message"], added["image_id"]) == (201, "Added", "myid12")
+
+    refused = coll.add_image(jpeg(second), image_id="myid12")
+    assert refused["status"] == 409 and "update_existing" in refused["message"]
+    assert coll.get_image("myid12")["image_time"] == added["image_time"]
+    assert deployment.cached(keys) == [content_hash(first)]
+
+    updated = coll.add_image(jpeg(third), image_id="myid12", update_existing=True)
+    assert (updated["status"], updated["message"]) == (200, "Updated")
+    assert updated["image_time"] > added["image_time"]
+    # the replaced bytes left the bucket; the new ones are cached
+    assert deployment.cached(keys) == [content_hash(third)]
+
+    fresh = coll.add_image(jpeg(second), image_id="new-via-put", update_existing=True)
+    assert (fresh["status"], fresh["message"]) == (201, "Added")
+
+
+def test_delete_and_unknown_ids(deployment, coll, keys):
+    data = distinct_jpegs(1)[0]
+    coll.add_image(jpeg(data), image_id="gone")
+    deleted = coll.delete_image("gone")
+    assert (deleted["status"], deleted["message"], deleted["image_id"]) == (200, "Deleted", "gone")
+    assert deployment.cached(keys) == []
+    # (deleting "gone" again inside the same second would be a byte-identical signed DELETE:
+    # refused as a replay, see test_replayed_post_is_refused_but_repeated_reads_are_not)
+    unknown = (coll.get_image("gone"), coll.search_images_by_id("gone"), coll.get_image("never"), coll.delete_image("never"))
+    for answer in unknown:
+        assert answer["status"] == 404 and answer["message"]
+
+
+def test_get_images_pages_newest_first_to_the_end(coll):
+    added = [coll.add_image(jpeg(data), image_id=f"p{i}")["image_id"] for i, data in enumerate(distinct_jpegs(5))]
+    everything = coll.get_images()
+    assert [i["id"] for i in everything["images"]] == added[::-1]
+    assert everything["next_image_id"] is None
+
+    seen: list[str] = []
+    start = None
+    pages = 0
+    while True:
+        page = coll.get_images(start=start, count=2)
+        assert page["status"] == 200 and page["message"] == "OK"
+        assert len(page["images"]) <= 2
+        seen += [i["id"] for i in page["images"]]
+        pages += 1
+        start = page["next_image_id"]
+        if start is None:
+            break
+        assert start == added[::-1][len(seen)]
+    assert seen == added[::-1] and pages == 3
+
+
+def test_search_by_id_ranks_near_duplicates_and_leaves_the_image_out(coll):
+    original, *others = distinct_images(4)
+    variants = near_duplicates(original)
+    coll.add_image(jpeg(encode(original)), image_id="original")
+    for name in ("resized", "recompressed", "cropped"):
+        coll.add_image(jpeg(variants[name]), image_id=name)
+    for i, img in enumerate(others):
+        coll.add_image(jpeg(encode(img)), image_id=f"other{i}")
+
+    answer = coll.search_images_by_id("original")
+    assert (answer["status"], answer["message"], answer["image_id"]) == (200, "OK", "original")
+    ids = [r["id"] for r in answer["results"]]
+    assert sorted(ids) == ["cropped", "recompressed", "resized"]
+    assert [r["rank"] for r in answer["results"]] == [0, 1, 2]
+    # nearest first, by the pHash distance computed here, independently of the server
+    inspector = Inspector()
+    base = inspector.inspect(encode(original)).perceptual_hash
+    distances = [hamming(base, inspector.inspect(variants[i]).perceptual_hash) for i in ids]
+    assert distances == sorted(distances)
+
+
+def test_search_by_upload_finds_without_storing(deployment, coll, keys):
+    original = distinct_images(1)[0]
+    coll.add_image(jpeg(encode(original)), image_id="original")
+    before = deployment.cached(keys)
+    probe = near_duplicates(original)["brightened"]
+    answer = coll.search_images(jpeg(probe))
+    assert (answer["status"], answer["message"]) == (200, "OK")
+    assert [(r["id"], r["rank"]) for r in answer["results"]] == [("original", 0)]
+    assert deployment.cached(keys) == before and content_hash(probe) not in before
+
+
+def test_crawled_images_appear_under_their_content_hash(deployment, coll, keys):
+    crawled, added = distinct_jpegs(2)
+    deployment.store.put(crawled, url="https://example.com/a.jpg", client_name="spider", bucket=keys.bucket)
+    coll.add_image(jpeg(added), image_id="mine")
+    chash = content_hash(crawled)
+    listed = [i["id"] for i in coll.get_images()["images"]]
+    assert listed == ["mine", chash]
+    assert coll.get_image(chash)["status"] == 200
+    assert coll.search_images_by_id(chash)["results"] == []
+    # the same bytes added under an id are listed once, under that id
+    coll.add_image(jpeg(crawled), image_id="named")
+    assert sorted(i["id"] for i in coll.get_images()["images"]) == ["mine", "named"]
+    assert coll.delete_image("named")["status"] == 200
+    assert deployment.store.get_meta(chash, keys.bucket) is None
+
+
+def test_a_key_pair_reaches_only_its_own_collection(deployment, coll, keys):
+    other = deployment.client(deployment.create())
+    coll.add_image(jpeg(distinct_jpegs(1)[0]), image_id="private")
+    assert other.get_image("private")["status"] == 404
+    assert other.search_images_by_id("private")["status"] == 404
+    assert other.delete_image("private")["status"] == 404
+    assert other.get_images()["images"] == []
+    assert coll.get_image("private")["status"] == 200
+
+
+# -- authentication, raw ------------------------------------------------------------------
+
+
+def signed_headers(keys: Keys, method: str, path: str, date: str | None = None) -> dict[str, str]:
+    date = date or formatdate(usegmt=True)
+    sig = signature(keys.secret_key, method, path.encode(), date).decode()
+    return {"Date": date, "Authorization": f"VSHMAC {keys.public_key}:{sig}"}
+
+
+def assert_refused(response: httpx.Response | requests.Response, status: int = 401) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["status"] == status and body["message"]
+    return body
+
+
+def test_the_signature_helper_matches_the_client(deployment, keys):
+    """The raw tests below sign with the server's function; it must agree with the client."""
+    prepared = requests.Request("GET", deployment.endpoint + "/image/a%20b").prepare()
+    prepared.headers["Date"] = formatdate(usegmt=True)
+    VisualSnoopHMACAuth(keys.public_key, keys.secret_key)(prepared)
+    ours = signed_headers(keys, "GET", PREFIX + "/image/a%20b", prepared.headers["Date"])
+    assert prepared.headers["Authorization"] == ours["Authorization"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({}, id="missing"),
+        pytest.param({"Authorization": "Basic dXNlcjpwYXNz", "Date": formatdate(usegmt=True)}, id="not-vshmac"),
+        pytest.param({"Authorization": "VSHMAC nocolon", "Date": formatdate(usegmt=True)}, id="malformed"),
+        pytest.param({"Authorization": "VSHMAC 0123456789abcdef0123:AAAA", "Date": "yesterday"}, id="bad-date"),
+        pytest.param({"Authorization": "VSHMAC 0123456789abcdef0123:AAAAAAAAAAAAAAAAAAAAAAAAAAA="}, id="no-date"),
+        pytest.param(
+            {"Authorization": "VSHMAC ünïcode:AAAA".encode(), "Date": formatdate(usegmt=True)}, id="non-ascii"
+        ),
+        pytest.param(
+            {"Authorization": "VSHMAC 0123456789abcdef0123:AAAAAAAAAAAAAAAAAAAAAAAAAAA=", "Date": formatdate(usegmt=True)},
+            id="unknown-key",
+        ),
+    ],
+)
+def test_refused_credentials(deployment, keys, headers):
+    response = httpx.get(deployment.endpoint + "/collection", headers=headers)
+    assert_refused(response)
+
+
+def test_wrong_secret_wrong_path_and_stale_dates_are_refused(deployment, keys):
+    url = deployment.endpoint + "/collection"
+    other = deployment.create()
+    assert httpx.get(url, headers=signed_headers(keys, "GET", PREFIX + "/collection")).status_code == 200
+    wrong_secret = signed_headers(Keys(**{**keys.__dict__, "secret_key": other.secret_key}), "GET", PREFIX + "/collection")
+    assert_refused(httpx.get(url, headers=wrong_secret))
+    assert_refused(httpx.get(url, headers=signed_headers(keys, "GET", "/collection")))  # mount prefix left out
+    assert_refused(httpx.get(url, headers=signed_headers(keys, "POST", PREFIX + "/collection")))
+    for offset in (-(SKEW + 30), SKEW + 30):
+        stale = formatdate(time.time() + offset, usegmt=True)
+        body = assert_refused(httpx.get(url, headers=signed_headers(keys, "GET", PREFIX + "/collection", stale)))
+        assert "clock" in body["message"]
+
+
+def test_percent_encoded_path_is_signed_as_sent(deployment, coll, keys):
+    coll.add_image(jpeg(distinct_jpegs(1)[0]), image_id="a b/ü")
+    raw = PREFIX + "/image/a%20b/%C3%BC"
+    ok = httpx.get(deployment.server.url + raw, headers=signed_headers(keys, "GET", raw))
+    assert ok.status_code == 200 and ok.json()["image_id"] == "a b/ü"
+    decoded = signed_headers(keys, "GET", PREFIX + "/image/a b/ü")
+    assert_refused(httpx.get(deployment.server.url + raw, headers=decoded))
+
+
+def test_replayed_post_is_refused_but_repeated_reads_are_not(deployment, coll, keys):
+    session = requests.Session()
+    auth = VisualSnoopHMACAuth(keys.public_key, keys.secret_key)
+    data = distinct_jpegs(1)[0]
+    post = requests.Request("POST", deployment.endpoint + "/image/replayed", data=data, auth=auth).prepare()
+    assert session.send(post).status_code == 201
+    body = assert_refused(session.send(post))
+    assert "replay" in body["message"]
+
+    delete = requests.Request("DELETE", deployment.endpoint + "/image/replayed", auth=auth).prepare()
+    assert session.send(delete).status_code == 200
+    assert_refused(session.send(delete))
+    assert deployment.cached(keys) == []
+
+    coll.add_image(jpeg(data), image_id="read-me")
+    for path in ("/image/read-me", "/images", "/search/read-me"):
+        get = requests.Request("GET", deployment.endpoint + path, auth=auth).prepare()
+        assert [session.send(get).status_code for _ in range(3)] == [200, 200, 200]
+    search = requests.Request("POST", deployment.endpoint + "/search", data=data, auth=auth).prepare()
+    answers = [session.send(search).json() for _ in range(3)]
+    assert [a["status"] for a in answers] == [200, 200, 200]
+    assert answers[0]["results"][0]["id"] == "read-me"
+
+
+def test_unknown_calls_answer_json(deployment, keys):
+    response = httpx.patch(deployment.endpoint + "/image/x", headers=signed_headers(keys, "PATCH", PREFIX + "/image/x"))
+    assert_refused(response, 404)
+    assert_refused(httpx.get(deployment.endpoint + "/nothing-here"), 404)
+
+
+# -- bad input: refused with a JSON 4xx, nothing stored --------------------------------------
+
+
+def _bomb() -> bytes:
+    buf = io.BytesIO()
+    Image.new("1", (6000, 6000)).save(buf, "PNG")  # 36 Mpx, a few KB: over the 25 Mpx limit
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "path, body, status",
+    [
+        pytest.param("/image/" + "x" * 101, "photo", 400, id="id-too-long"),
+        pytest.param("/image/", "photo", 400, id="id-empty"),
+        pytest.param("/image", b"", 400, id="empty-body"),
+        pytest.param("/image/fine", noise_bytes(), 415, id="not-an-image"),
+        pytest.param("/image/fine", b"%PDF-1.4\n" + noise_bytes(), 415, id="pdf"),
+        pytest.param("/image/fine", "bomb", 413, id="bomb"),
+        pytest.param("/image/fine", "truncated", 422, id="truncated"),
+        pytest.param("/image/fine", b"\0" * (MAX_UPLOAD + 1), 413, id="oversized"),
+        pytest.param("/image/fine", b"\0" * (MAX_UPLOAD + 200_000), 413, id="oversized-past-form-slack"),
+        pytest.param("/search", noise_bytes(), 415, id="search-not-an-image"),
+        pytest.param("/search", b"", 400, id="search-empty"),
+    ],
+)
+def test_bad_uploads_store_nothing(deployment, coll, keys, path, body, status):
+    photo = distinct_jpegs(1)[0]
+    data = {"photo": photo, "bomb": _bomb(), "truncated": photo[: len(photo) // 3]}.get(body, body)  # type: ignore[call-overload]
+    blobs = deployment.blobs()
+    response = requests.post(
+        deployment.endpoint + path, data=data, auth=VisualSnoopHMACAuth(keys.public_key, keys.secret_key)
+    )
+    assert_refused(response, status)
+    assert deployment.cached(keys) == []
+    assert coll.get_images()["images"] == []
+    assert deployment.blobs() == blobs
+
+
+def test_oversized_stream_without_length_is_cut_off(deployment, coll, keys):
+    def chunks() -> Iterator[bytes]:
+        for _ in range(MAX_UPLOAD // 65536 + 2):
+            yield b"\xff" * 65536
+
+    response = requests.post(
+        deployment.endpoint + "/image/streamed", data=chunks(), auth=VisualSnoopHMACAuth(keys.public_key, keys.secret_key)
+    )
+    assert_refused(response, 413)
+    assert deployment.cached(keys) == []
+
+
+def test_id_of_100_characters_is_fine_and_bad_listing_parameters_are_refused(deployment, coll, keys):
+    long_id = "i" * 100
+    assert coll.add_image(jpeg(distinct_jpegs(1)[0]), image_id=long_id)["status"] == 201
+    assert coll.get_image(long_id)["image_id"] == long_id
+    assert coll.get_image("i" * 101)["status"] == 400
+    auth = VisualSnoopHMACAuth(keys.public_key, keys.secret_key)
+    for params, status in (({"count": "abc"}, 400), ({"count": "0"}, 400), ({"count": "100000"}, 400), ({"start": "nope"}, 404)):
+        assert_refused(requests.get(deployment.endpoint + "/images", params=params, auth=auth), status)
