@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 from abc import abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -72,6 +72,11 @@ class ImgCacheCommand(ScrapyCommand):
 
         return ImgCacheConfig.from_settings(self.settings)
 
+    def search_scope(self, opts: argparse.Namespace) -> tuple[ImgCacheConfig, str, int]:
+        """The settings, and the bucket and distance of ``add_search_options``, checked."""
+        config = self.config()
+        return config, bucket_of(opts, config), distance_of(opts, config)
+
     def open_store(self, config: ImgCacheConfig) -> Store:
         """The configured store; a one-line usage error where a remote one cannot do the job."""
         if self.needs_database and config.is_remote:
@@ -96,7 +101,8 @@ def add_bucket_option(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
-def add_distance_option(parser: argparse.ArgumentParser) -> None:
+def add_search_options(parser: argparse.ArgumentParser, bucket_what: str, limit: int | None, html_what: str) -> None:
+    """The options of the commands that look for look-alikes (similar, dupes)."""
     parser.add_argument(
         "--max-distance",
         metavar="N",
@@ -105,9 +111,11 @@ def add_distance_option(parser: argparse.ArgumentParser) -> None:
         help="Hamming distance in bits (0-32) at which two perceptual hashes count as the same "
         "picture (default IMGCACHE_SIMILARITY_THRESHOLD, which is 8 unless set)",
     )
-
-
-def add_output_options(parser: argparse.ArgumentParser, html_what: str) -> None:
+    add_bucket_option(parser, bucket_what)
+    shown = f"{limit}" if limit else "all"
+    parser.add_argument(
+        "--limit", metavar="N", type=positive_int, default=limit, help=f"show at most N results (default {shown})"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object a line, for scripts")
     parser.add_argument("--html", metavar="FILE", default=None, help=f"also write {html_what} to FILE")
 
@@ -115,19 +123,19 @@ def add_output_options(parser: argparse.ArgumentParser, html_what: str) -> None:
 def bucket_of(opts: argparse.Namespace, config: ImgCacheConfig) -> str:
     from ..store import validate_bucket
 
-    bucket = config.bucket if opts.bucket is None else opts.bucket
-    try:
-        return validate_bucket(bucket)
-    except ValueError as exc:
-        raise UsageError(str(exc), print_help=False) from None
+    return _usable(validate_bucket, config.bucket if opts.bucket is None else opts.bucket)
 
 
 def distance_of(opts: argparse.Namespace, config: ImgCacheConfig) -> int:
     from ..store import validate_distance
 
-    distance = config.similarity_threshold if opts.max_distance is None else opts.max_distance
+    return _usable(validate_distance, config.similarity_threshold if opts.max_distance is None else opts.max_distance)
+
+
+def _usable(check: Callable[[T], T], value: T) -> T:
+    """``check(value)``, its ValueError turned into a one-line usage error (exit 2)."""
     try:
-        return validate_distance(distance)
+        return check(value)
     except ValueError as exc:
         raise UsageError(str(exc), print_help=False) from None
 
@@ -160,7 +168,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]], right: Itera
     align = set(right)
     lines = []
     for row in cells:
-        parts = [c.rjust(w) if i in align else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        parts = [c.rjust(w) if i in align else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
         lines.append("  ".join(parts).rstrip())
     return "\n".join(lines)
 

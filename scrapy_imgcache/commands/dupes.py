@@ -17,12 +17,7 @@ from . import (
     EXIT_OK,
     ImgCacheCommand,
     Sighting,
-    add_bucket_option,
-    add_distance_option,
-    add_output_options,
-    bucket_of,
-    distance_of,
-    human_size,
+    add_search_options,
     positive_int,
     print_json,
     progress,
@@ -45,26 +40,19 @@ class Command(ImgCacheCommand):
         return (
             "Group the images of a bucket whose perceptual hashes are within --max-distance bits "
             "of each other (transitively) and list the groups, largest first, each with its "
-            "reference image (the one with the most pixels, then the one cached first) first and every other image's distance "
-            "to it. Exit code 1 when there is no group."
+            "reference image (the one with the most pixels, then the one cached first) first and "
+            "every other image's distance to it. Exit code 1 when there is no group."
         )
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         super().add_options(parser)
-        add_distance_option(parser)
-        add_bucket_option(parser, "examine")
         parser.add_argument(
             "--min-size", metavar="N", type=positive_int, default=2, help="show groups of at least N images (default 2)"
         )
-        parser.add_argument(
-            "--limit", metavar="N", type=positive_int, default=None, help="show the N largest groups (default all)"
-        )
-        add_output_options(parser, "a gallery of the groups (a stand-alone HTML page)")
+        add_search_options(parser, "examine", None, "a gallery of the groups (a stand-alone HTML page)")
 
     def execute(self, args: list[str], opts: argparse.Namespace) -> int:
-        config = self.config()
-        bucket = bucket_of(opts, config)
-        distance = distance_of(opts, config)
+        config, bucket, distance = self.search_scope(opts)
         store: SqlStore = self.open_store(config)  # type: ignore[assignment]
         try:
             found = clusters(store, bucket, distance, max(opts.min_size, 2))[: opts.limit]
@@ -99,7 +87,9 @@ class Command(ImgCacheCommand):
             cards = [s.card(store, "reference" if i == 0 else f"distance {d}") for i, (d, s) in enumerate(group)]
             cards[0].query = True
             sections.append(Section(f"Group {number}: {len(group)} images", cards))
-        intro = [f"{len(shown)} group(s) of near-duplicates within {distance} bits in bucket {bucket!r}, largest first."]
+        intro = [
+            f"{len(shown)} group(s) of near-duplicates within {distance} bits in bucket {bucket!r}, largest first."
+        ]
         write_page(path, "imgcache: near-duplicate groups", intro, sections)
         print(f"Gallery written to {path}", file=sys.stderr)
 

@@ -74,7 +74,9 @@ class Command(ImgCacheCommand):
                 expired = store.expired(cutoff)
                 size = _remove(store, expired, opts.dry_run)
                 freed += size
-                print(f"{verb} {len(expired)} image(s) not seen since {cutoff:%Y-%m-%d %H:%M} UTC ({human_size(size)}).")
+                print(
+                    f"{verb} {len(expired)} image(s) not seen since {cutoff:%Y-%m-%d %H:%M} UTC ({human_size(size)})."
+                )
 
             orphans = store.orphan_blobs(config.gc_grace)
             size = sum(s for _, s in orphans)

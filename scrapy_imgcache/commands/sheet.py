@@ -81,9 +81,7 @@ def render_card(card: Card) -> str:
     else:
         picture = f'<div class="noimg">{e(card.missing)}</div>'
     lines = "".join(f"<br>{e(line)}" for line in card.lines)
-    links = "".join(
-        f'<li><a href="{e(url)}">{e(url)}</a></li>' for url in card.urls[:MAX_URLS_SHOWN]
-    )
+    links = "".join(f'<li><a href="{e(url)}">{e(url)}</a></li>' for url in card.urls[:MAX_URLS_SHOWN])
     if len(card.urls) > MAX_URLS_SHOWN:
         links += f"<li>and {len(card.urls) - MAX_URLS_SHOWN} more</li>"
     cls = ' class="query"' if card.query else ""
@@ -101,9 +99,7 @@ def render_page(title: str, intro: Sequence[str], sections: Sequence[Section]) -
         body.append('<div class="row">' + "".join(render_card(c) for c in section.cards) + "</div>")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{e(title)}</title><style>{_STYLE}</style></head>\n<body>\n"
-        + "\n".join(body)
-        + "\n</body></html>\n"
+        f"<title>{e(title)}</title><style>{_STYLE}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
     )
 
 

@@ -22,14 +22,9 @@ from . import (
     CommandFailed,
     ImgCacheCommand,
     Sighting,
-    add_bucket_option,
-    add_distance_option,
-    add_output_options,
-    bucket_of,
+    add_search_options,
     dimensions,
-    distance_of,
     human_size,
-    positive_int,
     print_json,
     sightings_table,
 )
@@ -74,25 +69,22 @@ class Command(ImgCacheCommand):
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         super().add_options(parser)
-        add_distance_option(parser)
-        add_bucket_option(parser, "search")
-        parser.add_argument(
-            "--limit", metavar="N", type=positive_int, default=50, help="show at most N matches (default 50)"
+        add_search_options(
+            parser, "search", 50, "a contact sheet of the query and its matches (a stand-alone HTML page)"
         )
-        add_output_options(parser, "a contact sheet of the query and its matches (a stand-alone HTML page)")
 
     def execute(self, args: list[str], opts: argparse.Namespace) -> int:
         if len(args) != 1:
             raise UsageError("exactly one TARGET is expected", print_help=False)
-        config = self.config()
-        bucket = bucket_of(opts, config)
-        distance = distance_of(opts, config)
+        config, bucket, distance = self.search_scope(opts)
         store = self.open_store(config)
         try:
             query = resolve(args[0], store, config, bucket)
             say = (lambda text: print(text, file=sys.stderr)) if opts.json else print
             say(f"Query: {query.description}")
-            say(f"Perceptual hash {query.perceptual_hash} ({query.algorithm}), bucket {bucket!r}, max distance {distance}")
+            say(
+                f"Perceptual hash {query.perceptual_hash} ({query.algorithm}), bucket {bucket!r}, up to {distance} bits"
+            )
             matches = [] if query.flat else self._matches(store, query, distance, bucket, opts.limit)
             if opts.html:
                 self._sheet(opts.html, store, query, matches, distance, bucket)
@@ -155,7 +147,7 @@ def resolve(target: str, store: Store, config: ImgCacheConfig, bucket: str) -> Q
             raise UsageError(f"cached image {chash} has no perceptual hash", print_help=False)
         return Query(
             "content hash",
-            f"cached image {chash} ({human_size(entry.file_size_bytes)}, {dimensions(entry)}, last seen at {entry.url})",
+            f"cached image {chash} ({human_size(entry.file_size_bytes)}, {dimensions(entry)}, seen at {entry.url})",
             entry.perceptual_hash,
             entry.hash_algorithm,
             data=store.get_bytes(chash, bucket),

@@ -30,7 +30,9 @@ class Command(ImgCacheCommand):
     def add_options(self, parser: argparse.ArgumentParser) -> None:
         super().add_options(parser)
         parser.add_argument(
-            "--json", action="store_true", help="one JSON object a line, for each bucket (client null) and each client in it"
+            "--json",
+            action="store_true",
+            help="one JSON object a line, for each bucket (client null) and each client in it",
         )
 
     def execute(self, args: list[str], opts: argparse.Namespace) -> int:
@@ -71,7 +73,8 @@ class Command(ImgCacheCommand):
             )
         )
         total = sum(u.exact_bytes_saved + u.similar_bytes_saved for u in usages)
-        print(f"{sum(u.images for u in usages)} image(s) in {len(usages)} bucket(s); duplicates saved {human_size(total)}.")
+        images = sum(u.images for u in usages)
+        print(f"{images} image(s) in {len(usages)} bucket(s); duplicates saved {human_size(total)}.")
         return EXIT_OK
 
 

@@ -108,7 +108,10 @@ def filled(project: Project) -> Iterator[Filled]:
         }
         twice = put(encode(b), "https://a.example/b.jpg", "spider_a")
         assert put(encode(b), "https://b.example/b-copy.jpg", "spider_b") == twice
-        others = [put(encode(c), "https://a.example/c.jpg", "spider_a"), put(encode(d), "https://a.example/d.jpg", "spider_a")]
+        others = [
+            put(encode(c), "https://a.example/c.jpg", "spider_a"),
+            put(encode(d), "https://a.example/d.jpg", "spider_a"),
+        ]
         other_bucket = put(encode(e), "https://a.example/e.jpg", "spider_a", bucket="other")
         yield Filled(project, original, near, others, twice, sizes, variants["brightened"], other_bucket)
     finally:

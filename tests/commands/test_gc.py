@@ -70,7 +70,9 @@ def test_older_than_removes_images_not_seen_since(filled: Filled):
     stale = encode(distinct_images(6)[5])
     store = filled.project.store()
     try:
-        entry = store.put(stale, url="https://gone.example/x.jpg", client_name="spider_a", lookup_time=utcnow() - timedelta(days=100)).entry
+        entry = store.put(
+            stale, url="https://gone.example/x.jpg", client_name="spider_a", lookup_time=utcnow() - timedelta(days=100)
+        ).entry
     finally:
         store.close()
     blob = filled.project.files / entry.path

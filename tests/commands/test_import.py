@@ -55,7 +55,12 @@ def test_import_twice_adds_nothing_and_reports_non_images(project: Project, tmp_
         and "1 exact duplicate(s) of cached images recorded, 0 already imported, 4 skipped." in first.stdout
     ), first.stdout
     assert "Skipped (1 empty, 2 not_an_image, 1 truncated):" in first.stderr
-    for name, reason in [("notes", "not_an_image"), ("noise", "not_an_image"), ("empty", "empty"), ("cut", "truncated")]:
+    for name, reason in [
+        ("notes", "not_an_image"),
+        ("noise", "not_an_image"),
+        ("empty", "empty"),
+        ("cut", "truncated"),
+    ]:
         assert f"{files[name]}: {reason}: " in first.stderr
 
     store = project.store()
@@ -80,7 +85,9 @@ def test_import_twice_adds_nothing_and_reports_non_images(project: Project, tmp_
 
 def test_bucket_and_client_name(project: Project, tmp_path):
     files = _old_images_store(tmp_path / "old")
-    proc = project.run("imgcache-import", str(tmp_path / "old" / "full"), "--bucket", "archive", "--client-name", "old-store")
+    proc = project.run(
+        "imgcache-import", str(tmp_path / "old" / "full"), "--bucket", "archive", "--client-name", "old-store"
+    )
     assert proc.returncode == 0, proc.stderr
     assert "5 file(s); 4 image(s) added to bucket 'archive'" in proc.stdout
     store = project.store()

@@ -9,7 +9,11 @@ def test_figures_match_what_was_stored(filled: Filled):
     store = filled.project.store()
     try:  # a near-duplicate skipped by a third spider: a URL record with the bytes it saved
         store.record_url(
-            filled.original, url="https://c.example/a-again.jpg", client_name="spider_c", duplicate="similar", saved_bytes=12345
+            filled.original,
+            url="https://c.example/a-again.jpg",
+            client_name="spider_c",
+            duplicate="similar",
+            saved_bytes=12345,
         )
     finally:
         store.close()
@@ -20,9 +24,15 @@ def test_figures_match_what_was_stored(filled: Filled):
     main = [filled.original, *filled.near.values(), filled.twice, *filled.others]
     spider_a = [filled.original, filled.twice, *filled.others]
     assert rows[("", None)] == {
-        "bucket": "", "client": None, "images": 7, "urls": 9, "bytes": sum(size[h] for h in main),
-        "exact_duplicates": 1, "exact_bytes_saved": size[filled.twice],
-        "similar_duplicates": 1, "similar_bytes_saved": 12345,
+        "bucket": "",
+        "client": None,
+        "images": 7,
+        "urls": 9,
+        "bytes": sum(size[h] for h in main),
+        "exact_duplicates": 1,
+        "exact_bytes_saved": size[filled.twice],
+        "similar_duplicates": 1,
+        "similar_bytes_saved": 12345,
     }
     assert rows[("", "spider_a")]["images"] == 4
     assert rows[("", "spider_a")]["bytes"] == sum(size[h] for h in spider_a)
@@ -32,7 +42,14 @@ def test_figures_match_what_was_stored(filled: Filled):
     assert rows[("", "spider_b")]["exact_bytes_saved"] == size[filled.twice]
     assert rows[("", "spider_c")]["images"] == 0 and rows[("", "spider_c")]["similar_bytes_saved"] == 12345
     assert rows[("other", None)]["images"] == 1 and rows[("other", None)]["bytes"] == size[filled.other_bucket]
-    assert set(rows) == {("", None), ("", "spider_a"), ("", "spider_b"), ("", "spider_c"), ("other", None), ("other", "spider_a")}
+    assert set(rows) == {
+        ("", None),
+        ("", "spider_a"),
+        ("", "spider_b"),
+        ("", "spider_c"),
+        ("other", None),
+        ("other", "spider_a"),
+    }
 
     text = filled.project.run("imgcache-stats")
     assert text.returncode == 0
