@@ -1,0 +1,233 @@
+"""RemoteStore against a real imgcache-server process, and against services that are down or stuck."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+
+import pytest
+
+from scrapy_imgcache.config import ImgCacheConfig
+from scrapy_imgcache.errors import EmptyImage, NotAnImage, StoreError, TooManyPixels
+from scrapy_imgcache.hashing import content_hash
+from scrapy_imgcache.remote import RemoteStore
+from scrapy_imgcache.store import SqlStore
+from tests.photos import distinct_images, encode, near_duplicates, noise_bytes
+from tests.server.conftest import fresh_jpegs, fresh_url
+from tests.server.live import LiveServer, free_port, imgcache_server
+from tests.server.test_input_validation import bomb_png
+
+WRITE_KEY = "w" * 32
+READ_KEY = "r" * 32
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory) -> Iterator[LiveServer]:
+    workdir = tmp_path_factory.mktemp("remote")
+    with imgcache_server(f"sqlite:///{workdir / 'cache.sqlite3'}", workdir) as server:
+        yield server
+
+
+@pytest.fixture
+def remote(live) -> Iterator[RemoteStore]:
+    store = RemoteStore(live.url, timeout=10, retries=1)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def bucket() -> str:
+    return f"r-{uuid.uuid4().hex[:10]}"
+
+
+def test_put_get_lookup_delete_round_trip(remote, bucket, live):
+    (data,) = fresh_jpegs(1)
+    url, other = fresh_url(), fresh_url()
+    when = datetime(2024, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+    first = remote.put(data, url=url, client_name="s1", bucket=bucket, lookup_time=when, filename="a.jpg", etag='"v1"')
+    assert first.created
+    entry = first.entry
+    assert entry.content_hash == content_hash(data) and entry.bucket == bucket
+    assert entry.lookup_time == when and entry.original_filename == "a.jpg" and entry.etag == '"v1"'
+    assert entry.width == 160 and entry.content_type == "image/jpeg"
+    again = remote.put(data, url=other, client_name="s2", bucket=bucket)
+    assert not again.created and again.entry.url == other
+    assert remote.get_bytes(entry.content_hash, bucket) == data
+    assert remote.get_meta(entry.content_hash, bucket).perceptual_hash == entry.perceptual_hash
+    assert remote.lookup(url, bucket).etag == '"v1"'
+    assert {e.url for e in remote.search(url.split("/")[3], bucket)} == {url}
+    assert {e.url for e in remote.urls(entry.content_hash, bucket)} == {url, other}
+    assert remote.delete(entry.content_hash, bucket) is True
+    assert remote.delete(entry.content_hash, bucket) is False
+    assert remote.get_meta(entry.content_hash, bucket) is None
+    assert remote.get_bytes(entry.content_hash, bucket) is None
+    assert remote.lookup(url, bucket) is None and remote.lookup(other, bucket) is None
+    assert remote.urls(entry.content_hash, bucket) == []
+
+
+def test_malformed_hashes_name_nothing(remote):
+    assert remote.get_meta("../../etc/passwd") is None
+    assert remote.get_bytes("ABC") is None
+    assert remote.delete("x" * 64) is False
+    assert remote.urls("") == []
+
+
+def test_record_url_stores_the_bytes_again_under_the_new_url(remote, bucket):
+    (data,) = fresh_jpegs(1)
+    entry = remote.put(data, url=fresh_url(), client_name="s1", bucket=bucket, filename="orig.jpg").entry
+    new_url = fresh_url("seen-again")
+    recorded = remote.record_url(entry.content_hash, url=new_url, client_name="s2", bucket=bucket, etag='"e"')
+    assert recorded is not None
+    assert recorded.url == new_url and recorded.content_hash == entry.content_hash and recorded.etag == '"e"'
+    assert remote.lookup(new_url, bucket).content_hash == entry.content_hash
+    assert len(remote.urls(entry.content_hash, bucket)) == 2
+    usage = {u.bucket: u for u in remote.usage()}[bucket]
+    assert usage.images == 1 and usage.urls == 2 and usage.exact_duplicates == 1
+    assert remote.record_url("0" * 64, url=fresh_url(), client_name="s", bucket=bucket) is None
+
+
+def test_similar_nearest_first(remote, bucket):
+    original = distinct_images(1, size=(320, 240))[0]
+    stored = [remote.put(d, url=fresh_url(n), client_name="s", bucket=bucket).entry for n, d in near_duplicates(original).items()]
+    base = remote.put(encode(original, "PNG"), url=fresh_url(), client_name="s", bucket=bucket).entry
+    hits = remote.similar(base.perceptual_hash, 10, bucket)
+    assert [h.hamming_distance for h in hits] == sorted(h.hamming_distance for h in hits)
+    assert hits[0].hamming_distance == 0
+    assert {e.content_hash for e in stored} <= {h.content_hash for h in hits}
+    assert len(remote.similar(base.perceptual_hash, 10, bucket, limit=2)) == 2
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [(b"", EmptyImage), (noise_bytes(), NotAnImage), (bomb_png(), TooManyPixels)],
+    ids=["empty", "noise", "bomb"],
+)
+def test_refused_images_raise_the_local_typed_errors(remote, bucket, data, error):
+    with pytest.raises(error):
+        remote.put(data, url=fresh_url(), client_name="s", bucket=bucket)
+    assert remote.search("example.com", bucket) == []
+
+
+def test_bad_bucket_is_refused_before_sending(remote):
+    with pytest.raises(ValueError, match="bucket"):
+        remote.put(b"x", url=fresh_url(), client_name="s", bucket="no/slash")
+
+
+def test_api_keys(tmp_path):
+    db = f"sqlite:///{tmp_path / 'c.sqlite3'}"
+    with imgcache_server(db, tmp_path, "--write-key", WRITE_KEY, "--read-key", READ_KEY) as server:
+        (data,) = fresh_jpegs(1)
+        writer = RemoteStore(server.url, api_key=WRITE_KEY)
+        reader = RemoteStore(server.url, api_key=READ_KEY)
+        anonymous = RemoteStore(server.url)
+        try:
+            entry = writer.put(data, url=fresh_url(), client_name="s").entry
+            assert reader.get_bytes(entry.content_hash) == data
+            with pytest.raises(StoreError, match="403.*IMGCACHE_API_KEY"):
+                reader.put(data, url=fresh_url(), client_name="s")
+            with pytest.raises(StoreError, match="401"):
+                anonymous.get_meta(entry.content_hash)
+        finally:
+            for s in (writer, reader, anonymous):
+                s.close()
+
+
+def test_service_down_is_a_quick_store_error():
+    store = RemoteStore(f"http://127.0.0.1:{free_port()}", timeout=2, retries=2, backoff=0.05)
+    start = time.monotonic()
+    with pytest.raises(StoreError, match="cannot connect.*after 3 attempt"):
+        store.get_meta("0" * 64)
+    assert time.monotonic() - start < 5
+    assert store.health() is False
+
+
+def test_stuck_service_times_out():
+    """A service that accepts the connection and never answers: a StoreError, not a hang."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    try:
+        store = RemoteStore(f"http://127.0.0.1:{port}", timeout=0.5, retries=1, backoff=0.05)
+        start = time.monotonic()
+        with pytest.raises(StoreError, match="timed out.*after 2 attempt"):
+            store.put(b"x", url=fresh_url(), client_name="s")
+        assert time.monotonic() - start < 4
+    finally:
+        listener.close()
+
+
+class _Flaky(http.server.BaseHTTPRequestHandler):
+    """Answers 503 to the first ``failures`` requests, then a 404 (an image that is not there)."""
+
+    failures = 0
+    seen = 0
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        type(self).seen += 1
+        status = 503 if type(self).seen <= type(self).failures else 404
+        body = b'{"error": "x", "detail": "flaky"}'
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("failures", "retries", "succeeds"), [(2, 2, True), (3, 2, False)])
+def test_5xx_is_retried_a_bounded_number_of_times(failures, retries, succeeds):
+    handler = type("Flaky", (_Flaky,), {"failures": failures, "seen": 0})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        store = RemoteStore(f"http://127.0.0.1:{server.server_port}", retries=retries, backoff=0.01)
+        if succeeds:
+            assert store.get_meta("0" * 64) is None
+        else:
+            with pytest.raises(StoreError, match="answered 503: flaky"):
+                store.get_meta("0" * 64)
+        assert handler.seen == min(failures + 1, retries + 1)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_settings_open_a_remote_store(live):
+    config = ImgCacheConfig.from_settings(
+        {"IMGCACHE_URL": live.url, "IMGCACHE_API_KEY": WRITE_KEY, "IMGCACHE_TIMEOUT": 3, "IMGCACHE_RETRIES": 4}
+    )
+    store = config.open_store()
+    try:
+        assert isinstance(store, RemoteStore)
+        assert store.retries == 4 and store._http.timeout.read == 3
+        assert store._http.headers["X-API-Key"] == WRITE_KEY
+        assert store.health() is True
+    finally:
+        store.close()
+
+
+def test_remote_and_local_views_agree(live, tmp_path, bucket):
+    """What RemoteStore returns is what the service's own database holds."""
+    (data,) = fresh_jpegs(1)
+    remote = RemoteStore(live.url)
+    try:
+        entry = remote.put(data, url=fresh_url(), client_name="s", bucket=bucket).entry
+    finally:
+        remote.close()
+    db = next(live.files.parent.glob("cache.sqlite3"))
+    local = SqlStore(f"sqlite:///{db}", str(live.files))
+    try:
+        mine = local.get_meta(entry.content_hash, bucket)
+        assert mine is not None
+        assert mine.to_json() == {**entry.to_json()}
+    finally:
+        local.close()
