@@ -18,6 +18,7 @@ from scrapy_imgcache.models import ImageRow, UrlRow
 from scrapy_imgcache.store import SqlStore
 
 from .photos import distinct_images, distinct_jpegs, encode, near_duplicates, noise_bytes, solid
+from .procs import run_processes
 from .test_hashing import png_header_only, tiny_psd
 
 JPEGS = distinct_jpegs(4)
@@ -234,3 +235,34 @@ def test_missing_blobs_and_expired_images(store):
     assert [e.content_hash for e in store.missing_blobs()] == [gone.content_hash]
     assert [e.content_hash for e in store.expired(T0 + timedelta(days=1))] == [gone.content_hash]
     assert fresh.content_hash not in {e.content_hash for e in store.expired(T0 + timedelta(days=1))}
+
+
+def test_many_processes_share_one_store(db_url, tmp_path):
+    """Overlapping images from 4 processes at once: one row and one blob per content, every URL."""
+    files = str(tmp_path / "files")
+    images = distinct_jpegs(6)
+    per_process = [
+        [("put", images[(j + i) % len(images)], f"https://p{i}.example/{j}") for j in range(len(images))]
+        for i in range(4)
+    ]
+    run_processes(db_url, files, per_process)
+    store = SqlStore(db_url, files)
+    try:
+        assert counts(store) == (6, 24, 6)
+        for data in images:
+            assert store.get_bytes(content_hash(data)) == data
+            assert len(store.urls(content_hash(data))) == 4
+    finally:
+        store.close()
+
+
+def test_similar_sees_other_processes_changes_after_building_its_index(store, tmp_path):
+    mine = put(store, JPEGS[0], "https://a.example/mine.jpg").entry
+    theirs_data = JPEGS[1]
+    theirs = Inspector().inspect(theirs_data)
+    assert [e.content_hash for e in store.similar(mine.perceptual_hash, 0)] == [mine.content_hash]  # index built
+    assert store.similar(theirs.perceptual_hash, 0) == []
+    run_processes(store.url, str(tmp_path / "files"), [[("put", theirs_data, "https://b.example/theirs.jpg")]])
+    assert [e.content_hash for e in store.similar(theirs.perceptual_hash, 0)] == [theirs.content_hash]
+    run_processes(store.url, str(tmp_path / "files"), [[("delete", mine.content_hash)]])
+    assert store.similar(mine.perceptual_hash, 0) == []
