@@ -120,7 +120,7 @@ def _data_path(name: str) -> str:
     """``<project>/.scrapy/<name>`` inside a Scrapy project, ``./.scrapy/<name>`` elsewhere."""
     from scrapy.utils.project import data_path
 
-    return data_path(name, createdir=True)
+    return os.path.abspath(data_path(name))
 
 
 def _default_files(url: str) -> str:

@@ -73,10 +73,6 @@ class FetchSpider(scrapy.Spider):
             meta = {"imgcache": True} if self.mark else {}
             yield scrapy.Request(url, meta=meta, dont_filter=True)
 
-    def start_requests(self):  # Scrapy < 2.13 style, kept for older versions
-        for url in self.urls:
-            yield scrapy.Request(url, meta={"imgcache": True} if self.mark else {}, dont_filter=True)
-
     def parse(self, response):
         yield {"url": response.url, "status": response.status, "size": len(response.body),
                "flags": response.flags, "cache": response.meta.get("imgcache_status")}

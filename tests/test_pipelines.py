@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import io
-import struct
 import time
-import zlib
 from pathlib import Path
 
 import pytest
@@ -15,7 +12,7 @@ from PIL import Image
 from scrapy_imgcache.hashing import Inspector
 from scrapy_imgcache.store import SqlStore
 from tests.crawling import PLAIN_REACTOR, crawl, finish_crawl, make_project, start_crawl
-from tests.photos import distinct_images, distinct_jpegs, encode, near_duplicates
+from tests.photos import distinct_images, distinct_jpegs, encode, near_duplicates, png_bomb
 from tests.site import Site
 
 pytestmark = pytest.mark.scrapy_api
@@ -38,16 +35,6 @@ def cache_settings(tmp_path: Path, **extra: object) -> dict[str, object]:
 
 def open_cache(tmp_path: Path, url: str | None = None) -> SqlStore:
     return SqlStore(url or f"sqlite:///{tmp_path / 'cache.sqlite3'}", str(tmp_path / "files"))
-
-
-def png_bomb(width: int = 60_000, height: int = 60_000) -> bytes:
-    """A PNG whose header claims width x height pixels, with one tiny IDAT: a bomb by its header."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def test_first_crawl_dedupes_and_second_crawl_downloads_no_image_bytes(site, tmp_path):

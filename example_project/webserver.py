@@ -1,0 +1,135 @@
+"""The demo's web site: a real HTTP server on 127.0.0.1 serving pages and images, counting what it serves.
+
+Images carry an ETag and a Last-Modified and answer conditional requests with 304, so the
+demo (and the tests) can show that a second crawl downloaded no image bytes and that
+revalidation worked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from email.utils import formatdate, parsedate_to_datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Route:
+    body: bytes
+    content_type: str
+    is_image: bool
+    status: int = 200
+    validators: bool = True
+    mtime: float = 1_700_000_000.0
+
+    @property
+    def etag(self) -> str:
+        return '"' + hashlib.blake2b(self.body, digest_size=8).hexdigest() + '"'
+
+    @property
+    def last_modified(self) -> str:
+        return formatdate(self.mtime, usegmt=True)
+
+
+class Site:
+    def __init__(self) -> None:
+        self.routes: dict[str, Route] = {}
+        self.hits: Counter[str] = Counter()
+        self.not_modified: Counter[str] = Counter()
+        self.image_bytes = 0
+        self.lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    # -- content -----------------------------------------------------------------------
+
+    def image(self, path: str, body: bytes, content_type: str = "image/jpeg", **kw: object) -> str:
+        self.routes[path] = Route(body, content_type, True, **kw)  # type: ignore[arg-type]
+        return self.url(path)
+
+    def page(self, path: str, image_paths: list[str], links: list[str] = ()) -> str:  # type: ignore[assignment]
+        """A bare page: its images, then its links."""
+        imgs = "".join(f'<img src="{p}">' for p in image_paths)
+        anchors = "".join(f'<a href="{p}">next</a>' for p in links)
+        return self.html(path, f"<html><body>{imgs}{anchors}</body></html>")
+
+    def html(self, path: str, text: str) -> str:
+        self.routes[path] = Route(text.encode(), "text/html; charset=utf-8", False)
+        return self.url(path)
+
+    def url(self, path: str) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}{path}"
+
+    def reset_counts(self) -> None:
+        with self.lock:
+            self.hits.clear()
+            self.not_modified.clear()
+            self.image_bytes = 0
+
+    @property
+    def image_hits(self) -> int:
+        return sum(n for p, n in self.hits.items() if p in self.routes and self.routes[p].is_image)
+
+    # -- server ------------------------------------------------------------------------
+
+    def start(self) -> Site:
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                path = self.path.split("?", 1)[0]
+                route = site.routes.get(path)
+                with site.lock:
+                    site.hits[path] += 1
+                if route is None:
+                    return self._send(404, b"not found", "text/plain")
+                headers = {}
+                if route.validators:
+                    headers = {"ETag": route.etag, "Last-Modified": route.last_modified}
+                    if self._not_modified(route):
+                        with site.lock:
+                            site.not_modified[path] += 1
+                        return self._send(304, b"", route.content_type, headers)
+                if route.is_image and route.status == 200:
+                    with site.lock:
+                        site.image_bytes += len(route.body)
+                return self._send(route.status, route.body, route.content_type, headers)
+
+            def _not_modified(self, route: Route) -> bool:
+                inm = self.headers.get("If-None-Match")
+                if inm is not None:
+                    return inm == route.etag
+                ims = self.headers.get("If-Modified-Since")
+                if ims:
+                    try:
+                        return parsedate_to_datetime(ims).timestamp() >= int(route.mtime)
+                    except (TypeError, ValueError):
+                        return False
+                return False
+
+            def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                if status != 304:
+                    self.wfile.write(body)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
