@@ -74,20 +74,24 @@ class HammingIndex:
         self._merge(np.asarray(ids, dtype=np.int64), np.asarray(values).astype(np.uint64))
 
     def remove(self, row_id: int) -> None:
-        self._removed.add(row_id)
+        """Forget a row. An id the index does not hold is ignored (row ids are never reused).
+
+        Marking absent ids (the store forgets a deleted row in every bucket's index) made
+        ``len()`` negative and dropped that id from a later ``add_many``.
+        """
+        if row_id not in self._removed and (row_id in self._tail_ids or bool((self._ids == row_id).any())):
+            self._removed.add(row_id)
 
     def _merge(self, ids: np.ndarray | None = None, values: np.ndarray | None = None) -> None:
-        parts_ids = [self._ids, np.array(self._tail_ids, dtype=np.int64)]
-        parts_vals = [self._hashes, np.array(self._tail_hashes, dtype=np.uint64)]
-        if ids is not None and values is not None:
-            parts_ids.append(ids)
-            parts_vals.append(values)
-        all_ids = np.concatenate(parts_ids)
-        all_vals = np.concatenate(parts_vals)
-        if self._removed:
+        all_ids = np.concatenate([self._ids, np.array(self._tail_ids, dtype=np.int64)])
+        all_vals = np.concatenate([self._hashes, np.array(self._tail_hashes, dtype=np.uint64)])
+        if self._removed:  # only rows held before this call can have been removed
             keep = ~np.isin(all_ids, np.fromiter(self._removed, dtype=np.int64))
             all_ids, all_vals = all_ids[keep], all_vals[keep]
             self._removed.clear()
+        if ids is not None and values is not None:
+            all_ids = np.concatenate([all_ids, ids])
+            all_vals = np.concatenate([all_vals, values])
         self._ids, self._hashes = all_ids, all_vals
         self._tail_ids, self._tail_hashes = [], []
         self._order, self._offsets = [], []
