@@ -193,7 +193,6 @@ class ImgCacheMiddleware:
         except StoreError as exc:
             self._store_failed(request, exc)
             return
-        self.ctx.inc("downloaded_bytes", len(response.body))
         record_outcome(self.ctx, outcome)
         request.meta[META_ENTRY] = outcome.entry
 

@@ -46,6 +46,7 @@ def test_fills_the_cache_from_unmarked_image_responses_and_leaves_pages_alone(si
     page = next(i for i in result.items if i["url"].endswith("page.html"))
     assert page["size"] == len(site.routes["/page.html"].body) and page["flags"] == []
     assert result.stat("stored") == 2
+    assert result.stat("downloaded_bytes") == site.image_bytes == len(photos[0]) + len(photos[1])
 
 
 def test_marked_requests_are_answered_from_the_cache(site, photos, tmp_path):
