@@ -1,5 +1,5 @@
 """The VisualSnoop collections API, end to end: the published ``visualsnoop==0.2`` client and raw
-HTTP against a real ``imgcache-server`` process, over SQLite and PostgreSQL.
+HTTP against a real ``imgcache-server`` process, over SQLite, PostgreSQL and MariaDB.
 
 Collections are created with the real ``imgcache-server collections create`` command; images
 "crawled" into a collection's bucket are stored by this process through its own ``SqlStore``
@@ -28,7 +28,7 @@ from PIL import Image
 from scrapy_imgcache.hashing import Inspector, content_hash, hamming
 from scrapy_imgcache.server.visualsnoop import signature
 from scrapy_imgcache.store import SqlStore
-from tests.conftest import _postgres_url
+from tests.conftest import _mysql_url, _postgres_url
 from tests.photos import distinct_images, distinct_jpegs, encode, near_duplicates, noise_bytes
 
 from .live import SERVER_BIN, LiveServer, imgcache_server
@@ -96,10 +96,17 @@ def _env() -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    scope="module",
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ],
+)
 def deployment(request, tmp_path_factory) -> Iterator[Deployment]:
     workdir = tmp_path_factory.mktemp(f"visualsnoop-{request.param}")
-    urls = _postgres_url() if request.param == "postgresql" else None
+    urls = {"postgresql": _postgres_url, "mysql": _mysql_url}.get(request.param, lambda: None)()
     db = next(urls) if urls else f"sqlite:///{workdir / 'cache.sqlite3'}"
     try:
         with imgcache_server(db, workdir, "--max-upload-bytes", str(MAX_UPLOAD), env=_env()) as server:
