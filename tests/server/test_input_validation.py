@@ -190,8 +190,15 @@ def test_bad_hash_on_delete(http, guarded):
     assert_error(http.delete("/images/" + "Z" * 64), 422, "invalid_request")
 
 
-def test_unknown_route_is_json_404(http):
+def test_unknown_route_and_method_are_json(http):
     assert_error(http.get("/nothing/here"), 404, "not_found")
+    assert_error(http.put("/images", content=b"x"), 405, "method_not_allowed")
+
+
+def test_malformed_multipart_is_400(http, guarded):
+    resp = http.post("/images", content=b"garbage", headers={"Content-Type": "multipart/form-data; boundary=zz"})
+    assert_error(resp, (400, 422))
+    nothing_stored(http, guarded)
 
 
 def test_valid_image_after_the_refusals_is_stored(http, guarded):
