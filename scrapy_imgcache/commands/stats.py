@@ -14,8 +14,6 @@ HEADERS = ("BUCKET", "CLIENT", "IMAGES", "URLS", "BYTES", "EXACT DUPES", "EXACT 
 
 
 class Command(ImgCacheCommand):
-    needs_database = True
-
     def short_desc(self) -> str:
         return "Show images, URLs, bytes and duplicates saved, per bucket and client"
 

@@ -34,7 +34,7 @@ def test_listing_them_imports_nothing_heavy():
     assert out.strip() == f"{sorted(COMMANDS)} []"
 
 
-@pytest.mark.parametrize("command", ["imgcache-stats", "imgcache-dupes", "imgcache-gc"])
+@pytest.mark.parametrize("command", ["imgcache-dupes", "imgcache-gc"])
 def test_database_commands_refuse_a_remote_store_in_one_line(project: Project, command: str):
     proc = project.run(command, "-s", "IMGCACHE_URL=http://127.0.0.1:9/")
     assert_one_line_error(proc, 2, "remote imgcache service", "http://127.0.0.1:9/")
