@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
+import tempfile
 from datetime import datetime, timedelta, timezone
 
 import imagehash
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from sqlalchemy import func, select
 
@@ -266,3 +270,75 @@ def test_similar_sees_other_processes_changes_after_building_its_index(store, tm
     assert [e.content_hash for e in store.similar(theirs.perceptual_hash, 0)] == [theirs.content_hash]
     run_processes(store.url, str(tmp_path / "files"), [[("delete", mine.content_hash)]])
     assert store.similar(mine.perceptual_hash, 0) == []
+
+
+# -- the store against a model: a dict of what should be there ----------------------------------
+
+POOL = [*JPEGS, *list(near_duplicates(distinct_images(4)[0]).values())[:2], solid((40, 40, 40))]
+URLS = ["https://a.example/x", "https://a.example/y", "https://b.example/x"]
+BUCKETS = ["", "b"]
+item, url_, bucket_ = st.integers(0, len(POOL) - 1), st.sampled_from(URLS), st.sampled_from(BUCKETS)
+STORE_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), item, url_, bucket_),
+        st.tuples(st.just("delete"), item, bucket_),
+        st.tuples(st.just("lookup"), url_, bucket_),
+        st.tuples(st.just("similar"), item, st.sampled_from([0, 4, 10, 32]), bucket_),
+    ),
+    max_size=20,
+)
+
+
+@functools.cache
+def pool_infos() -> list:
+    return [Inspector().inspect(data) for data in POOL]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(STORE_OPS)
+def test_store_behaves_like_a_dict_model(ops):
+    """Random put/delete/lookup/similar sequences on real photos agree with a plain model."""
+    infos = pool_infos()
+    images: dict[tuple[str, str], int] = {}  # (bucket, content hash) -> pool index
+    seen: dict[tuple[str, str], dict[str, int]] = {}  # (bucket, url) -> content hash -> step
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqlStore(f"sqlite:///{tmp}/model.sqlite3", f"{tmp}/files")
+        try:
+            for step, (op, *args) in enumerate(ops):
+                if op == "put":
+                    i, url, bucket = args
+                    chash = infos[i].content_hash
+                    result = store.put(POOL[i], url=url, client_name="m", bucket=bucket, info=infos[i],
+                                       lookup_time=T0 + timedelta(seconds=step))
+                    assert result.created == ((bucket, chash) not in images)
+                    images[bucket, chash] = i
+                    seen.setdefault((bucket, url), {})[chash] = step
+                elif op == "delete":
+                    i, bucket = args
+                    chash = infos[i].content_hash
+                    assert store.delete(chash, bucket) == ((bucket, chash) in images)
+                    images.pop((bucket, chash), None)
+                    for (b, _url), versions in seen.items():
+                        if b == bucket:  # the image's URL records go with it
+                            versions.pop(chash, None)
+                    assert store.blobs.exists(blob_key(chash, infos[i].extension)) == any(
+                        ch == chash for _, ch in images
+                    )
+                elif op == "lookup":
+                    url, bucket = args
+                    versions = {ch: s for ch, s in seen.get((bucket, url), {}).items() if (bucket, ch) in images}
+                    found = store.lookup(url, bucket)
+                    assert (found and found.content_hash) == (max(versions, key=versions.get) if versions else None)
+                else:
+                    i, distance, bucket = args
+                    query = infos[i].perceptual_hash
+                    expected = sorted(
+                        (hamming(query, infos[j].perceptual_hash), ch)
+                        for (b, ch), j in images.items()
+                        if b == bucket and not infos[j].flat and hamming(query, infos[j].perceptual_hash) <= distance
+                    )
+                    found = store.similar(query, distance, bucket)
+                    assert sorted((e.hamming_distance, e.content_hash) for e in found) == expected
+                    assert [e.hamming_distance for e in found] == sorted(e.hamming_distance for e in found)
+        finally:
+            store.close()
