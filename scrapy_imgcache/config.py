@@ -69,7 +69,7 @@ class ImgCacheConfig:
             value = settings.get(name)
             return DEFAULTS[name] if value is None else value
 
-        url = get("IMGCACHE_URL") or f"sqlite:///{_data_path(DEFAULT_DB_NAME)}"
+        url = _str("IMGCACHE_URL", get("IMGCACHE_URL") or f"sqlite:///{_data_path(DEFAULT_DB_NAME)}")
         files = get("IMGCACHE_FILES_STORE") or _default_files(url)
         bucket = _str("IMGCACHE_BUCKET", get("IMGCACHE_BUCKET"))
         if not BUCKET_RE.match(bucket):
@@ -78,10 +78,10 @@ class ImgCacheConfig:
         threshold = _int("IMGCACHE_SIMILARITY_THRESHOLD", get("IMGCACHE_SIMILARITY_THRESHOLD"), 0, MAX_DISTANCE)
         return cls(
             enabled=_bool("IMGCACHE_ENABLED", get("IMGCACHE_ENABLED")),
-            url=_str("IMGCACHE_URL", url),
+            url=url,
             files_store=_str("IMGCACHE_FILES_STORE", files),
             bucket=bucket,
-            client_name=get("IMGCACHE_CLIENT_NAME") or None,
+            client_name=_str("IMGCACHE_CLIENT_NAME", get("IMGCACHE_CLIENT_NAME") or "") or None,
             hash=algorithm,
             fast_hash=_bool("IMGCACHE_FAST_HASH", get("IMGCACHE_FAST_HASH")),
             similarity_threshold=threshold,
@@ -89,7 +89,7 @@ class ImgCacheConfig:
             expires=_float("IMGCACHE_EXPIRES", get("IMGCACHE_EXPIRES"), 0),
             max_bytes=_int("IMGCACHE_MAX_BYTES", get("IMGCACHE_MAX_BYTES"), 1),
             max_pixels=_int("IMGCACHE_MAX_PIXELS", get("IMGCACHE_MAX_PIXELS"), 1),
-            api_key=get("IMGCACHE_API_KEY") or None,
+            api_key=_str("IMGCACHE_API_KEY", get("IMGCACHE_API_KEY") or "") or None,
             timeout=_float("IMGCACHE_TIMEOUT", get("IMGCACHE_TIMEOUT"), 0.001),
             retries=_int("IMGCACHE_RETRIES", get("IMGCACHE_RETRIES"), 0, 10),
             on_store_error=_choice("IMGCACHE_ON_STORE_ERROR", get("IMGCACHE_ON_STORE_ERROR"), ON_STORE_ERROR),
@@ -161,7 +161,7 @@ def _int(name: str, value: Any, low: int, high: int | None = None) -> int:
 
 def _float(name: str, value: Any, low: float) -> float:
     try:
-        number = float(value)
+        number = None if isinstance(value, bool) else float(value)
     except (TypeError, ValueError):
         number = None
     if number is None or number < low or number != number:

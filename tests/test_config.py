@@ -1,0 +1,72 @@
+"""ImgCacheConfig.from_settings: Scrapy-style values parsed, every bad value named in a ConfigError."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from scrapy_imgcache.config import DEFAULTS, ImgCacheConfig
+from scrapy_imgcache.errors import ConfigError
+
+BASE = {"IMGCACHE_URL": "sqlite:////tmp/imgcache-config-test/cache.sqlite3"}
+
+BAD = {
+    "IMGCACHE_ENABLED": ["maybe", 2],
+    "IMGCACHE_URL": [123, ["sqlite://"]],
+    "IMGCACHE_FILES_STORE": [123],
+    "IMGCACHE_BUCKET": ["has space", "x" * 65, "a/b", 5],
+    "IMGCACHE_CLIENT_NAME": [123, ["spider"]],
+    "IMGCACHE_HASH": ["md5", "PHASH"],
+    "IMGCACHE_FAST_HASH": ["fast"],
+    "IMGCACHE_SIMILARITY_THRESHOLD": [-1, 33, "abc", "8.5", True],
+    "IMGCACHE_ON_SIMILAR": ["ignore", ""],
+    "IMGCACHE_EXPIRES": [-1, "soon", float("nan"), True],
+    "IMGCACHE_MAX_BYTES": [0, "big"],
+    "IMGCACHE_MAX_PIXELS": [0, -5],
+    "IMGCACHE_API_KEY": [123],
+    "IMGCACHE_TIMEOUT": [0, -1, "slow"],
+    "IMGCACHE_RETRIES": [-1, 11, "x"],
+    "IMGCACHE_ON_STORE_ERROR": ["ignore"],
+    "IMGCACHE_GC_GRACE": [-5, "later"],
+}
+
+
+@pytest.mark.parametrize(
+    "name, value", [pytest.param(n, v, id=f"{n}={v!r}"[:60]) for n, values in BAD.items() for v in values]
+)
+def test_every_bad_value_raises_a_config_error_naming_the_setting(name, value):
+    with pytest.raises(ConfigError) as caught:
+        ImgCacheConfig.from_settings({**BASE, name: value})
+    assert str(caught.value).startswith(f"{name}=")
+
+
+def test_every_setting_has_a_bad_value_tested():
+    assert set(BAD) == set(DEFAULTS)
+
+
+def test_command_line_strings_are_parsed():
+    """``scrapy crawl -s NAME=VALUE`` hands every value over as a string."""
+    config = ImgCacheConfig.from_settings(
+        {**BASE, "IMGCACHE_ENABLED": "0", "IMGCACHE_FAST_HASH": "yes", "IMGCACHE_SIMILARITY_THRESHOLD": "6",
+         "IMGCACHE_TIMEOUT": "2.5", "IMGCACHE_MAX_BYTES": " 1000 ", "IMGCACHE_HASH": "dhash"}
+    )
+    assert (config.enabled, config.fast_hash, config.similarity_threshold) == (False, True, 6)
+    assert (config.timeout, config.max_bytes, config.hash) == (2.5, 1000, "dhash")
+    inspector = config.inspector()
+    assert (inspector.algorithm, inspector.fast, inspector.limits.max_bytes) == ("dhash", True, 1000)
+
+
+def test_defaults_put_the_cache_in_the_project_data_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = ImgCacheConfig.from_settings({})
+    data = os.path.realpath(tmp_path / ".scrapy")
+    assert config.url == f"sqlite:///{data}/imgcache.sqlite3"
+    assert os.path.realpath(config.files_store) == os.path.join(data, "imgcache-files")
+    assert (config.bucket, config.client_name, config.api_key, config.is_remote) == ("", None, None, False)
+    assert config.similarity_threshold == DEFAULTS["IMGCACHE_SIMILARITY_THRESHOLD"]
+
+
+def test_a_remote_url_needs_no_files_store():
+    config = ImgCacheConfig.from_settings({"IMGCACHE_URL": "https://cache.example", "IMGCACHE_API_KEY": "k"})
+    assert config.is_remote and config.files_store == "" and config.api_key == "k"
