@@ -311,10 +311,9 @@ class Registry:
 
     def remember_request(self, digest: str, expires_at: datetime) -> bool:
         """Record an accepted state-changing request; False when it was recorded already."""
-        with self._writer.begin() as conn:
-            conn.execute(delete(RequestRow).where(RequestRow.expires_at < utcnow()))
         try:
             with self._writer.begin() as conn:
+                conn.execute(delete(RequestRow).where(RequestRow.expires_at < utcnow()))
                 conn.execute(insert(RequestRow).values(digest=digest, expires_at=expires_at))
         except IntegrityError:
             return False
