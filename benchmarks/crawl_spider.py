@@ -1,0 +1,100 @@
+"""The spider and the measuring extension of the crawl benchmark's generated Scrapy project.
+
+The spider reads the index page, follows every page (or its share of them: ``-a share=i/n``
+for i in 0..n-1) and yields one dict item per page with the page's ``<img>`` URLs, which
+either pipeline then fetches. :class:`BenchStats` times the crawl from ``spider_opened``
+to ``spider_closed``, counts the image results the items came back with, samples the RSS
+four times a second, and writes it all with the crawl's stats to ``BENCH_OUT`` as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from collections import Counter
+
+import scrapy
+from scrapy import signals
+from twisted.internet import task
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class BenchSpider(scrapy.Spider):
+    name = "bench"
+
+    def __init__(self, start: str = "", share: str = "0/1", **kw):
+        super().__init__(**kw)
+        self.start_urls = [start]
+        self.share, self.of = (int(x) for x in share.split("/"))
+
+    def parse(self, response):
+        for k, href in enumerate(response.css("a::attr(href)").getall()):
+            if k % self.of == self.share:
+                yield response.follow(href, self.parse_page)
+
+    def parse_page(self, response):
+        yield {"page": response.url, "image_urls": [response.urljoin(s) for s in response.css("img::attr(src)").getall()]}
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * _PAGE
+
+
+class BenchStats:
+    def __init__(self, crawler):
+        self.crawler = crawler
+        self.images = 0
+        self.status: Counter[str] = Counter()
+        self.duplicate: Counter[str] = Counter()
+        self.samples: list[tuple[int, int]] = []
+        self.loop = task.LoopingCall(self.sample)
+        crawler.signals.connect(self.opened, signal=signals.spider_opened)
+        crawler.signals.connect(self.closed, signal=signals.spider_closed)
+        crawler.signals.connect(self.scraped, signal=signals.item_scraped)
+
+    @classmethod
+    def from_crawler(cls, crawler):
+        return cls(crawler)
+
+    def opened(self, spider):
+        self.t0 = time.perf_counter()
+        self.wall0 = time.time()
+        self.cpu0 = os.times()
+        self.loop.start(0.25)
+
+    def scraped(self, item, spider):
+        for result in item.get("images") or []:
+            self.images += 1
+            self.status[str(result.get("status"))] += 1
+            self.duplicate[str(result.get("duplicate"))] += 1
+
+    def sample(self):
+        self.samples.append((self.images, rss_bytes()))
+
+    def closed(self, spider, reason):
+        elapsed = time.perf_counter() - self.t0
+        cpu = os.times()
+        if self.loop.running:
+            self.loop.stop()
+        self.sample()
+        out = {
+            "elapsed": elapsed,
+            "start": self.wall0,
+            "end": self.wall0 + elapsed,
+            "images": self.images,
+            "status": dict(self.status),
+            "duplicate": dict(self.duplicate),
+            "cpu_seconds": (cpu.user - self.cpu0.user) + (cpu.system - self.cpu0.system),
+            "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "samples": self.samples,
+            "finish_reason": reason,
+            "stats": {k: v for k, v in self.crawler.stats.get_stats().items() if isinstance(v, (int, float, str))},
+        }
+        path = self.crawler.settings.get("BENCH_OUT")
+        if path:
+            with open(path, "w") as fh:
+                json.dump(out, fh)
