@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -45,27 +46,34 @@ class ImgCacheCommand(ScrapyCommand):
     requires_project = True
     requires_crawler_process = False
     default_settings: ClassVar[dict[str, Any]] = {"LOG_ENABLED": False}
+    #: the name it is registered under in pyproject.toml, for its error messages;
+    #: ``imgcache-<module name>`` unless a subclass says otherwise
+    name: ClassVar[str] = "imgcache"
     #: the command reads the database directly (what the REST API of a remote store lacks)
     needs_database: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = "imgcache-" + cls.__module__.rsplit(".", 1)[-1]
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         from ..errors import ConfigError, StoreError
 
         try:
             self.exitcode = self.execute(args, opts)
+            sys.stdout.flush()  # here, so that a closed pipe is caught below
         except ConfigError as exc:
             raise UsageError(str(exc), print_help=False) from None
         except (StoreError, CommandFailed) as exc:
             print(f"{self.name}: error: {_one_line(exc)}", file=sys.stderr)
             self.exitcode = EXIT_FAILED
+        except BrokenPipeError:  # the reader went away (``| head``): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
     @abstractmethod
     def execute(self, args: list[str], opts: argparse.Namespace) -> int:
         """Do the work; return the exit code."""
-
-    @property
-    def name(self) -> str:
-        return "imgcache-" + type(self).__module__.rsplit(".", 1)[-1].replace("import_dir", "import")
 
     def config(self) -> ImgCacheConfig:
         from ..config import ImgCacheConfig

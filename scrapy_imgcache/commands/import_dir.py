@@ -38,6 +38,8 @@ class Tally:
 
 
 class Command(ImgCacheCommand):
+    name = "imgcache-import"
+
     def syntax(self) -> str:
         return "[options] DIR"
 
@@ -103,23 +105,23 @@ def _import_file(store: Store, config: ImgCacheConfig, path: Path, bucket: str, 
         return
     try:
         info = store.inspector.inspect(data)
-    except InvalidImage as exc:
+        near = None
+        if not info.flat:
+            hits = store.similar(info.perceptual_hash, config.similarity_threshold, bucket, 2, info.algorithm)
+            near = next((h for h in hits if h.content_hash != info.content_hash), None)
+        result = store.put(
+            data,
+            url=url,
+            client_name=client,
+            bucket=bucket,
+            filename=path.name,
+            info=info,
+            similar_to=near.content_hash if near else None,
+            similar_distance=near.hamming_distance if near else None,
+        )
+    except InvalidImage as exc:  # refused here, or by a remote service with tighter limits
         tally.skipped.append((str(path), exc.reason, exc.message))
         return
-    near = None
-    if not info.flat:
-        hits = store.similar(info.perceptual_hash, config.similarity_threshold, bucket, 2, info.algorithm)
-        near = next((h for h in hits if h.content_hash != info.content_hash), None)
-    result = store.put(
-        data,
-        url=url,
-        client_name=client,
-        bucket=bucket,
-        filename=path.name,
-        info=info,
-        similar_to=near.content_hash if near else None,
-        similar_distance=near.hamming_distance if near else None,
-    )
     if not result.created:
         tally.exact += 1
     else:

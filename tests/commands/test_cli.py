@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from tests.photos import distinct_jpegs
+
 from .conftest import Project, assert_one_line_error
 
 COMMANDS = ("imgcache-similar", "imgcache-stats", "imgcache-dupes", "imgcache-import", "imgcache-gc")
@@ -43,3 +45,25 @@ def test_database_commands_refuse_a_remote_store_in_one_line(project: Project, c
 def test_a_bad_setting_is_a_usage_error(project: Project):
     proc = project.run("imgcache-stats", "-s", "IMGCACHE_SIMILARITY_THRESHOLD=lots")
     assert_one_line_error(proc, 2, "IMGCACHE_SIMILARITY_THRESHOLD")
+
+
+def test_a_reader_that_goes_away_is_no_traceback(project: Project):
+    """``scrapy imgcache-stats --json | head -1`` on a big report: the pipe closes before the end."""
+    store = project.store()
+    try:
+        for i, data in enumerate(distinct_jpegs(3)):
+            store.put(data, url=f"https://a.example/{i}.jpg", client_name=f"spider_{i}")
+    finally:
+        store.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scrapy", "imgcache-stats", "--json"],
+        cwd=project.root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # gone before the command writes a byte
+    err = proc.stderr.read()
+    proc.wait(60)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
