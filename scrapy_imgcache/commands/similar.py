@@ -169,15 +169,13 @@ def fetch(url: str, timeout: float, max_bytes: int) -> bytes:
     import urllib.error
     import urllib.request
 
-    from .. import __name__ as package
-
-    request = urllib.request.Request(url, headers={"User-Agent": f"{package} imgcache-similar"})
+    request = urllib.request.Request(url, headers={"User-Agent": "scrapy-imgcache (imgcache-similar)"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s) only
             length = response.headers.get("Content-Length")
             if length and length.isdigit() and int(length) > max_bytes:
                 raise UsageError(f"{url} is {length} bytes, over IMGCACHE_MAX_BYTES ({max_bytes})", print_help=False)
-            data = response.read(max_bytes + 1)
+            data: bytes = response.read(max_bytes + 1)
     except urllib.error.HTTPError as exc:
         raise CommandFailed(f"cannot fetch {url}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:

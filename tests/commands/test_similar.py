@@ -124,6 +124,8 @@ def test_url_is_fetched_once_and_not_stored(filled: Filled, image_server: str):
 
     missing = filled.project.run("imgcache-similar", f"{image_server}/gone.jpg")
     assert_one_line_error(missing, 3, "HTTP 404")
+    too_big = filled.project.run("imgcache-similar", url, "-s", "IMGCACHE_MAX_BYTES=1000")
+    assert_one_line_error(too_big, 2, "over IMGCACHE_MAX_BYTES")
 
 
 @pytest.mark.parametrize(
