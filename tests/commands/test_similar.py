@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from scrapy_imgcache.hashing import Inspector, hamming
+from tests.photos import solid
 
 from .conftest import HOSTILE_URL, Filled, assert_one_line_error, json_lines, render
 
@@ -160,3 +161,11 @@ def test_contact_sheet_renders_every_thumbnail_in_a_browser(filled: Filled, tmp_
     assert HOSTILE_URL in rendered.links  # shown as the text it is
     for content_hash in filled.near.values():
         assert content_hash[:16] in text
+
+
+def test_a_flat_image_matches_nothing_and_says_why(filled: Filled, tmp_path):
+    flat = tmp_path / "grey.png"
+    flat.write_bytes(solid((128, 128, 128), (200, 150)))
+    proc = filled.project.run("imgcache-similar", str(flat), "--max-distance", "32")
+    assert proc.returncode == 1, proc.stderr
+    assert "No cached image is within 32 bits of the query (it is flat" in proc.stdout
