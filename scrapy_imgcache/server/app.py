@@ -11,17 +11,17 @@ FastAPI runs those in its thread pool, and the event loop never waits on a datab
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from datetime import datetime, timezone
 from http import HTTPStatus
-from typing import Annotated, Any
+from typing import Annotated, Any, get_type_hints
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Path, Query, Request, Security, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, create_model
 from starlette.exceptions import HTTPException
 
 from ..errors import InvalidImage, StoreError, TooManyBytes
@@ -49,23 +49,18 @@ Bucket = Annotated[
 Limit = Annotated[int, Query(ge=1, le=MAX_RESULTS, description="most results to return")]
 
 
-class EntryOut(BaseModel):
-    """The entry schema of the imgcache API (extra fields are allowed and sent)."""
+def _entry_model() -> type[BaseModel]:
+    """The entry schema, derived from :class:`Entry`: its fields without defaults are the
+    contract's required ones; the rest are the extras the server also sends."""
+    hints = get_type_hints(Entry)
+    spec: dict[str, Any] = {}
+    for f in fields(Entry):
+        kind = str if hints[f.name] is datetime else hints[f.name]  # sent as ISO 8601 text
+        spec[f.name] = (kind, ...) if f.default is MISSING else (kind, f.default)
+    return create_model("EntryOut", __config__=ConfigDict(extra="allow"), **spec)
 
-    model_config = ConfigDict(extra="allow")
 
-    url: str
-    content_hash: str
-    content_type: str
-    file_size_bytes: int
-    original_filename: str | None
-    width: int | None
-    height: int | None
-    perceptual_hash: str | None
-    client_name: str
-    lookup_time: str
-    created_at: str
-    bucket: str
+EntryOut = _entry_model()
 
 
 class ErrorOut(BaseModel):

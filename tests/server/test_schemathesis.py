@@ -92,3 +92,15 @@ def test_api(api_schema, fuzzed, method, path, mode):
 
     call()
     assert fuzzed.process.poll() is None
+
+
+def test_schema_requires_every_field_of_the_entry_contract(fuzzed):
+    import httpx
+
+    schema = httpx.get(f"{fuzzed.url}/openapi.json").json()
+    entry = schema["components"]["schemas"]["EntryOut"]
+    assert set(entry["required"]) == {
+        "url", "content_hash", "content_type", "file_size_bytes", "original_filename", "width", "height",
+        "perceptual_hash", "client_name", "lookup_time", "created_at", "bucket",
+    }
+    assert entry["additionalProperties"] is True
