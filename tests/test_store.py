@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from scrapy_imgcache.blobs import blob_key
 from scrapy_imgcache.errors import InvalidImage
@@ -342,3 +342,17 @@ def test_store_behaves_like_a_dict_model(ops):
                     assert [e.hamming_distance for e in found] == sorted(e.hamming_distance for e in found)
         finally:
             store.close()
+
+
+def test_similar_survives_a_dropped_postgres_connection(postgres_url, tmp_path):
+    """similar()'s connections skip the ping for speed, so a connection the server killed is retried."""
+    store = SqlStore(postgres_url, str(tmp_path / "files"))
+    try:
+        entry = put(store, JPEGS[0], "https://a.example/1.jpg").entry
+        with store._reader.connect() as conn:  # the connection similar() will be handed next
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
+        with store.engine.connect() as admin:
+            assert admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+        assert [e.content_hash for e in store.similar(entry.perceptual_hash, 0)] == [entry.content_hash]
+    finally:
+        store.close()
