@@ -1,4 +1,5 @@
-"""VisualSnoop collections: key pairs, the ids images were added under, accepted requests.
+"""VisualSnoop collections: key pairs, the ids images were added under, accepted requests;
+and an index listing a bucket's images newest first.
 
 Revision ID: 0002
 Revises: 0001
@@ -49,6 +50,7 @@ def upgrade() -> None:
         "ix_imgcache_collection_images_hash", "imgcache_collection_images", ["collection_id", "content_hash"]
     )
     op.create_index("ix_imgcache_collection_images_time", "imgcache_collection_images", ["collection_id", "image_time"])
+    op.create_index("ix_imgcache_images_bucket_created", "imgcache_images", ["bucket", "created_at", "id"])
     op.create_table(
         "imgcache_collection_requests",
         sa.Column("digest", sa.String(64), primary_key=True),
@@ -61,3 +63,4 @@ def downgrade() -> None:
     op.drop_table("imgcache_collection_requests")
     op.drop_table("imgcache_collection_images")
     op.drop_table("imgcache_collections")
+    op.drop_index("ix_imgcache_images_bucket_created", table_name="imgcache_images")
