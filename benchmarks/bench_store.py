@@ -1,0 +1,293 @@
+"""Store benchmark: ingest throughput on real photos, and similar-search latency at scale.
+
+Not a test: it prints figures for docs/store-benchmark.md. Run from the repository root:
+
+    python -m benchmarks.bench_store            # 100k and 1M stored hashes (several minutes)
+    python -m benchmarks.bench_store --quick    # 10k and 100k, fewer queries
+
+Similar-search goes through the public API (``SqlStore.similar``), so each query pays for
+the index refresh (one SQL query), the in-memory index, and fetching the matches' rows.
+The synthetic rows are bulk-inserted with SQL; their hashes are clustered like real pHashes
+(the DC bit always set, near-duplicate families a few bits apart), not uniformly random.
+Every answer is checked against a numpy linear scan, and so is pybktree's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+
+import numpy as np
+from sqlalchemy import create_engine, text
+
+from scrapy_imgcache.hashing import Inspector, content_hash
+from scrapy_imgcache.simindex import linear_scan
+from scrapy_imgcache.store import SqlStore
+
+POSTGRES_URL = os.environ.get("IMGCACHE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+DISTANCES = (4, 8, 10)
+MASK64 = (1 << 64) - 1
+
+
+# -- synthetic pHash-like data -----------------------------------------------------------------
+
+
+def clustered_hashes(n: int, seed: int = 0) -> np.ndarray:
+    """``n`` pHash-like 64-bit values: families of near-duplicates around random centres.
+
+    pHash's top bit (the DCT's DC term against the median) is always set, and real
+    collections hold many near-duplicate families (resized, recompressed copies), so most
+    values sit 0-6 bits from a family centre; family sizes follow Zipf(2), capped at 100.
+    """
+    rng = np.random.default_rng(seed)
+    families = max(n // 8, 1)
+    centres = rng.integers(0, 1 << 63, families, dtype=np.uint64) | np.uint64(1 << 63)
+    sizes = rng.zipf(2.0, families).clip(1, 100)
+    owner = np.repeat(np.arange(families), sizes)[:n]
+    if len(owner) < n:
+        owner = np.concatenate([owner, rng.integers(0, families, n - len(owner))])
+    values = centres[owner].copy()
+    flips = rng.binomial(6, 0.4, n)
+    for k in range(1, flips.max() + 1):
+        rows = np.nonzero(flips >= k)[0]
+        bits = rng.integers(0, 63, len(rows)).astype(np.uint64)
+        values[rows] ^= np.uint64(1) << bits
+    rng.shuffle(values)
+    return values
+
+
+def queries(stored: np.ndarray, count: int, seed: int = 1) -> list[int]:
+    """Half near a stored value (a re-crawled photo), half fresh pHash-like values (new ones)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        if i % 2 == 0:
+            value = int(stored[rng.integers(0, len(stored))])
+            for bit in rng.choice(63, rng.integers(0, 4), replace=False):
+                value ^= 1 << int(bit)
+        else:
+            value = int(rng.integers(0, 1 << 63, dtype=np.uint64)) | (1 << 63)
+        out.append(value)
+    return out
+
+
+def synthetic_rows(values: np.ndarray) -> Iterator[tuple[tuple, tuple]]:
+    """(image row, url row) per hash; row id i+1 has the content hash ``f'{i+1:064x}'``."""
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc).replace(tzinfo=None)
+    signed = values.view(np.int64)
+    for i in range(len(values)):
+        rid = i + 1
+        chash = f"{rid:064x}"
+        phash = f"{int(values[i]):016x}"
+        url = f"https://example.com/img/{rid}.jpg"
+        image = (rid, "", chash, "image/jpeg", 50_000, 640, 480, phash, int(signed[i]), "phash", False,
+                 f"{chash[:2]}/{chash[2:4]}/{chash}.jpg", None, "bench", now, now, None, None)
+        record = (rid, rid, "", url, content_hash(url.encode()), "bench", now, now, None, None, None, 0)
+        yield image, record
+
+
+IMAGE_COLS = ("id, bucket, content_hash, content_type, file_size, width, height, perceptual_hash, phash_int, "
+              "hash_algorithm, flat, blob_key, original_filename, client_name, lookup_time, created_at, "
+              "similar_to, similar_distance")
+URL_COLS = "id, image_id, bucket, url, url_hash, client_name, lookup_time, created_at, etag, last_modified, duplicate, saved_bytes"
+
+
+def bulk_insert(store: SqlStore, values: np.ndarray) -> None:
+    """Rows straight into the tables: COPY on PostgreSQL, executemany on SQLite."""
+    raw = store.engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        if store.engine.dialect.name == "postgresql":
+            with cur.copy(f"COPY imgcache_images ({IMAGE_COLS}) FROM STDIN") as images:
+                rows = list(synthetic_rows(values))
+                for image, _ in rows:
+                    images.write_row(image)
+            with cur.copy(f"COPY imgcache_urls ({URL_COLS}) FROM STDIN") as urls:
+                for _, record in rows:
+                    urls.write_row(record)
+            for table in ("imgcache_images", "imgcache_urls"):
+                cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), {len(values)})")
+            cur.execute("ANALYZE")
+        else:
+            stamp = lambda row: tuple(v.strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(v, datetime) else v for v in row)  # noqa: E731
+            rows = [(stamp(a), stamp(b)) for a, b in synthetic_rows(values)]
+            cur.execute("BEGIN")
+            cur.executemany(f"INSERT INTO imgcache_images ({IMAGE_COLS}) VALUES ({','.join('?' * 18)})", [a for a, _ in rows])
+            cur.executemany(f"INSERT INTO imgcache_urls ({URL_COLS}) VALUES ({','.join('?' * 12)})", [b for _, b in rows])
+            cur.execute("COMMIT")
+        raw.commit()
+    finally:
+        raw.close()
+
+
+# -- databases -----------------------------------------------------------------------------
+
+
+class Database:
+    """A fresh SQLite file or PostgreSQL schema, removed afterwards."""
+
+    def __init__(self, kind: str, workdir: str) -> None:
+        self.kind = kind
+        self.workdir = workdir
+        self.schema = f"imgcache_bench_{uuid.uuid4().hex[:10]}"
+        if kind == "sqlite":
+            self.url = f"sqlite:///{workdir}/{self.schema}.sqlite3"
+        else:
+            self.admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+            with self.admin.connect() as conn:
+                conn.execute(text(f"CREATE SCHEMA {self.schema}"))
+            sep = "&" if "?" in POSTGRES_URL else "?"
+            self.url = f"{POSTGRES_URL}{sep}options=-csearch_path%3D{self.schema}"
+
+    def store(self) -> SqlStore:
+        return SqlStore(self.url, os.path.join(self.workdir, self.schema + "-files"))
+
+    def drop(self) -> None:
+        if self.kind == "postgresql":
+            with self.admin.connect() as conn:
+                conn.execute(text(f"DROP SCHEMA {self.schema} CASCADE"))
+            self.admin.dispose()
+
+
+# -- measuring ---------------------------------------------------------------------------
+
+
+def percentiles(samples_s: list[float]) -> tuple[float, float]:
+    ms = np.array(samples_s) * 1000
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def bench_ingest(kinds: list[str], workdir: str, count: int) -> None:
+    from tests.photos import distinct_images, encode
+
+    photos = [encode(img) for img in distinct_images(count, size=(800, 600))]
+    size_kb = statistics.mean(len(p) for p in photos) / 1024
+    print(f"\n## Ingest: {count} real photos, 800x600 JPEG q90, mean {size_kb:.0f} KiB")
+    print("| step | ms per image (mean) | images/s |\n| --- | ---: | ---: |")
+    for label, inspector in (("hash + pHash (Inspector)", Inspector()), ("hash + pHash, fast=True", Inspector(fast=True))):
+        spent = sum(timed(lambda p=p: inspector.inspect(p))[0] for p in photos)
+        print(f"| {label} | {spent / count * 1000:.2f} | {count / spent:.0f} |")
+    for kind in kinds:
+        db = Database(kind, workdir)
+        store = db.store()
+        try:
+            spent = sum(timed(lambda i=i, p=p: store.put(p, url=f"https://e.com/{i}.jpg", client_name="bench"))[0]
+                        for i, p in enumerate(photos))
+            print(f"| hash + pHash + store.put ({kind}) | {spent / count * 1000:.2f} | {count / spent:.0f} |")
+        finally:
+            store.close()
+            db.drop()
+
+
+def check(got: list[tuple[int, int]], expected: list[tuple[int, int]], limit: int, what: str) -> None:
+    if got != expected[:limit]:
+        raise SystemExit(f"MISMATCH in {what}: {got[:5]} vs {expected[:5]}")
+
+
+def bench_similar(kinds: list[str], workdir: str, sizes: list[int], n_queries: int, bk_queries: int) -> None:
+    limit = 100
+    for size in sizes:
+        values = clustered_hashes(size)
+        ids = np.arange(1, size + 1, dtype=np.int64)
+        qs = queries(values, n_queries)
+        expected = {(q, d): linear_scan(ids, values, q, d) for q in qs for d in DISTANCES}
+        hits = {d: statistics.mean(len(expected[q, d]) for q in qs) for d in DISTANCES}
+        print(f"\n## similar() at {size:,} stored hashes ({n_queries} queries; mean matches "
+              + ", ".join(f"d{d}: {hits[d]:.1f}" for d in DISTANCES) + ")")
+        print("| engine | max distance | p50 ms | p99 ms |\n| --- | ---: | ---: | ---: |")
+        for d in DISTANCES:
+            times = [timed(lambda q=q: linear_scan(ids, values, q, d))[0] for q in qs]
+            print("| numpy linear scan | %d | %.3f | %.3f |" % (d, *percentiles(times)))
+        for kind in kinds:
+            db = Database(kind, workdir)
+            try:
+                store = db.store()
+                load, _ = timed(lambda: bulk_insert(store, values))
+                warm, _ = timed(lambda: store.similar("8000000000000000", 0))  # loads the index
+                print(f"| SqlStore.similar, {kind} (insert {load:.0f} s, index load {warm:.2f} s) | | | |")
+                for d in DISTANCES:
+                    times = []
+                    for q in qs:
+                        spent, entries = timed(lambda q=q: store.similar(f"{q:016x}", d, limit=limit))
+                        times.append(spent)
+                        got = [(int(e.content_hash, 16), e.hamming_distance) for e in entries]
+                        check(got, expected[q, d], limit, f"{kind} d={d}")
+                    print("| SqlStore.similar, %s | %d | %.3f | %.3f |" % (kind, d, *percentiles(times)))
+                store.close()
+            finally:
+                db.drop()
+        bench_bktree(values, qs[:bk_queries], expected, limit)
+
+
+def bench_bktree(values: np.ndarray, qs: list[int], expected: dict, limit: int) -> None:
+    try:
+        import pybktree
+    except ImportError:
+        print("| pybktree | not installed (pip install pybktree) | | |")
+        return
+    build, tree = timed(lambda: pybktree.BKTree(lambda a, b: (a[0] ^ b[0]).bit_count(),
+                                                 [(int(v), i + 1) for i, v in enumerate(values)]))
+    print(f"| pybktree (build {build:.0f} s, {len(qs)} queries) | | | |")
+    for d in DISTANCES:
+        times = []
+        for q in qs:
+            spent, found = timed(lambda q=q: tree.find((q, 0), d))
+            times.append(spent)
+            got = sorted((dist, item[1]) for dist, item in found)
+            check([(i, dd) for dd, i in got][:limit], expected[q, d], limit, f"pybktree d={d}")
+        print("| pybktree | %d | %.3f | %.3f |" % (d, *percentiles(times)))
+
+
+def machine() -> str:
+    import imagehash
+    import PIL
+    import sqlalchemy
+
+    versions = {"python": platform.python_version(), "numpy": np.__version__, "Pillow": PIL.__version__,
+                "imagehash": imagehash.__version__, "SQLAlchemy": sqlalchemy.__version__}
+    import sqlite3
+
+    versions["SQLite"] = sqlite3.sqlite_version
+    try:
+        with create_engine(POSTGRES_URL).connect() as conn:
+            versions["PostgreSQL"] = conn.execute(text("SHOW server_version")).scalar().split()[0]
+    except Exception:  # noqa: BLE001 - reported as absent
+        versions["PostgreSQL"] = "unreachable"
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    return f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}; " + ", ".join(
+        f"{k} {v}" for k, v in versions.items())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="10k and 100k hashes, fewer queries")
+    parser.add_argument("--db", action="append", choices=("sqlite", "postgresql"), help="default: both")
+    parser.add_argument("--queries", type=int, help="similar() queries per distance")
+    parser.add_argument("--skip-ingest", action="store_true")
+    args = parser.parse_args(argv)
+    kinds = args.db or ["sqlite", "postgresql"]
+    sizes = [10_000, 100_000] if args.quick else [100_000, 1_000_000]
+    n_queries = args.queries or (100 if args.quick else 400)
+    print(f"# bench_store {' '.join(sys.argv[1:])}\n\nMachine: {machine()}")
+    with tempfile.TemporaryDirectory(prefix="imgcache-bench-") as workdir:
+        if not args.skip_ingest:
+            bench_ingest(kinds, workdir, 20 if args.quick else 60)
+        bench_similar(kinds, workdir, sizes, n_queries, bk_queries=10 if args.quick else 20)
+
+
+if __name__ == "__main__":
+    main()
