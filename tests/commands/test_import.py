@@ -100,3 +100,41 @@ def test_bucket_and_client_name(project: Project, tmp_path):
 
 def test_not_a_directory(project: Project, tmp_path):
     assert_one_line_error(project.run("imgcache-import", str(tmp_path / "nowhere")), 2, "is not a directory")
+
+
+def test_progress_bar_on_a_terminal(project: Project, tmp_path):
+    """On a terminal stderr shows tqdm's bar; piped (the other tests) it stays quiet."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    _old_images_store(tmp_path / "old")
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a new pty is 0 columns wide
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "scrapy", "imgcache-import", str(tmp_path / "old")],
+            cwd=project.root,
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            timeout=120,
+        )
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other end is closed and drained
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(master)
+    assert proc.returncode == 0
+    text = seen.decode(errors="replace")
+    assert "importing:" in text and "/9 [" in text and "img/s" in text, text
