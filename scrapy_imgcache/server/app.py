@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, create_model
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
 from ..errors import InvalidImage, StoreError, TooManyBytes
@@ -375,6 +376,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def bad_value(_request: Request, exc: ValueError) -> JSONResponse:
         return _error_response(422, "invalid_request", str(exc))
 
-    @app.exception_handler(StoreError)
-    async def store_down(_request: Request, exc: StoreError) -> JSONResponse:
-        return _error_response(503, "store_unavailable", str(exc))
+    async def store_down(_request: Request, exc: Exception) -> JSONResponse:
+        return _error_response(503, "store_unavailable", f"the store cannot be reached: {type(exc).__name__}")
+
+    # a database that is down or refusing connections is the service's trouble, not the client's
+    for unavailable in (StoreError, OperationalError, InterfaceError):
+        app.add_exception_handler(unavailable, store_down)
