@@ -2,7 +2,7 @@
 
 Public surface (imported lazily, so that ``scrapy --help`` stays fast):
 ``Addon``, ``ImgCachePipeline``, ``ImgCacheMiddleware``, ``ImgCacheConfig``,
-``open_store``, ``SqlStore``, ``Store``, ``Entry``, ``Inspector``, ``content_hash``, and the errors.
+``open_store``, ``SqlStore``, ``RemoteStore``, ``Store``, ``Entry``, ``Inspector``, ``content_hash``, and the errors.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ _EXPORTS = {
     "ImgCacheConfig": "config",
     "open_store": "store",
     "SqlStore": "store",
+    "RemoteStore": "remote",
     "Store": "store",
     "Entry": "store",
     "Inspector": "hashing",
