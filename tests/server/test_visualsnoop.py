@@ -257,6 +257,29 @@ def test_crawled_images_appear_under_their_content_hash(deployment, coll, keys):
     assert deployment.store.get_meta(chash, keys.bucket) is None
 
 
+def test_paging_interleaves_crawled_and_added_images(deployment, coll, keys):
+    photos = distinct_jpegs(5)
+    expected: list[str] = []
+    for i, data in enumerate(photos):
+        if i % 2:
+            expected.append(coll.add_image(jpeg(data), image_id=f"added{i}")["image_id"])
+        else:
+            deployment.store.put(data, url=f"https://example.com/{i}.jpg", client_name="spider", bucket=keys.bucket)
+            expected.append(content_hash(data))
+    expected.reverse()
+    assert [i["id"] for i in coll.get_images()["images"]] == expected
+    for count in (1, 2, 3):
+        seen: list[str] = []
+        start = None
+        while True:
+            page = coll.get_images(start=start, count=count)
+            seen += [i["id"] for i in page["images"]]
+            start = page["next_image_id"]
+            if start is None:
+                break
+        assert seen == expected, count
+
+
 def test_a_key_pair_reaches_only_its_own_collection(deployment, coll, keys):
     other = deployment.client(deployment.create())
     coll.add_image(jpeg(distinct_jpegs(1)[0]), image_id="private")
