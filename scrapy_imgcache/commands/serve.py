@@ -29,13 +29,14 @@ class Command(ImgCacheCommand):
     def execute(self, args: list[str], opts: argparse.Namespace) -> int:
         from scrapy.exceptions import UsageError
 
-        from ..server.cli import serve
+        from ..server.cli import check_options, serve
 
         if args:
             raise UsageError(f"unexpected arguments: {' '.join(args)}", print_help=False)
+        keys = check_options(opts)  # before the store is opened: a refusal creates nothing
         store = self.open_store(self.config())
         try:
-            serve(store, opts)
+            serve(store, opts, keys)
         finally:
             store.close()
         return 0

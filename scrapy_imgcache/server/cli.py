@@ -21,6 +21,7 @@ from ..errors import ConfigError
 
 if TYPE_CHECKING:
     from ..store import Store
+    from .auth import ApiKeys
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8010
@@ -78,13 +79,9 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(info[4][0]).is_loopback for info in infos)
 
 
-def serve(store: Store, args: argparse.Namespace) -> None:
-    """Check the options, build the app over ``store`` and run uvicorn until stopped."""
-    import uvicorn
-
-    from .app import create_app
+def check_options(args: argparse.Namespace) -> ApiKeys:
+    """The keys, once the serving options are known to be safe; before any store is opened."""
     from .auth import ApiKeys
-    from .visualsnoop import routers_for
 
     try:
         keys = ApiKeys.from_env(args.read_key, args.write_key)
@@ -96,8 +93,20 @@ def serve(store: Store, args: argparse.Namespace) -> None:
             "so anyone who can reach the port could read, store and delete. Configure --write-key/--read-key "
             "(or IMGCACHE_SERVER_*_KEYS), or pass --insecure on a trusted network."
         )
-    if args.max_upload_bytes is not None and args.max_upload_bytes < 1:
-        raise ConfigError("--max-upload-bytes must be at least 1")
+    for name in ("max_upload_bytes", "max_pixels"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    return keys
+
+
+def serve(store: Store, args: argparse.Namespace, keys: ApiKeys) -> None:
+    """Build the app over ``store`` and run uvicorn until stopped (``keys`` from :func:`check_options`)."""
+    import uvicorn
+
+    from .app import create_app
+    from .visualsnoop import routers_for
+
     app = create_app(
         store,
         keys=keys,
@@ -130,13 +139,14 @@ def run_server(args: argparse.Namespace) -> int:
 
     if not args.db or not args.files:
         raise ConfigError("--db and --files are required (or IMGCACHE_SERVER_DB and IMGCACHE_SERVER_FILES)")
+    keys = check_options(args)
     limits = ImageLimits(
         max_bytes=args.max_upload_bytes or ImageLimits().max_bytes,
         max_pixels=args.max_pixels or DEFAULT_MAX_PIXELS,
     )
     store = SqlStore(args.db, args.files, inspector=Inspector(limits))
     try:
-        serve(store, args)
+        serve(store, args, keys)
     finally:
         store.close()
     return 0

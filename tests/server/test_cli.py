@@ -29,6 +29,7 @@ def test_refuses_a_public_address_without_keys(tmp_path, host):
     done = run_server(tmp_path, "--host", host, "--port", str(free_port()))
     assert done.returncode == 2
     assert "refusing to listen on" in done.stderr and "--insecure" in done.stderr
+    assert not (tmp_path / "c.sqlite3").exists()  # refused before the store was opened
 
 
 @pytest.mark.parametrize("extra", [["--insecure"], ["--write-key", KEY]], ids=["insecure", "with-keys"])
@@ -45,7 +46,8 @@ def test_public_address_allowed_when_told_or_keyed(tmp_path, extra):
     ("args", "message"),
     [
         (["--read-key", "short"], "at least 16 characters"),
-        (["--max-upload-bytes", "0"], "--max-upload-bytes"),
+        (["--max-upload-bytes", "0"], "--max-upload-bytes must be at least 1"),
+        (["--max-pixels", "-5"], "--max-pixels must be at least 1"),
         (["--port", "x"], "invalid int value"),
     ],
 )
@@ -125,3 +127,4 @@ def test_scrapy_imgcache_serve_refuses_a_public_address_without_keys(tmp_path):
     )
     assert done.returncode == 2
     assert "refusing to listen on 0.0.0.0" in done.stderr
+    assert not (tmp_path / "c.sqlite3").exists()
