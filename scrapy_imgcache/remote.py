@@ -151,7 +151,12 @@ class RemoteStore:
         similar_to: str | None = None,
         similar_distance: int | None = None,
     ) -> PutResult:
-        """POST /images. The service inspects the bytes itself; ``info`` is not sent."""
+        """POST /images. The service inspects the bytes itself; ``info`` is not sent.
+
+        Without ``filename`` the part is named ``"image"``, as the published client does.
+        Storing is idempotent (content-addressed), so a retried upload whose first attempt
+        did land comes back as ``created=False``.
+        """
         validate_bucket(bucket)
         form: dict[str, Any] = {"url": url, "client_name": client_name, "bucket": bucket}
         optional = {
