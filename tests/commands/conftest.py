@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,15 @@ class Project:
 
     def store(self) -> SqlStore:
         return SqlStore(self.db_url, str(self.files))
+
+    @contextmanager
+    def opened(self) -> Iterator[SqlStore]:
+        """The project's cache, opened here as the commands open it there, closed after."""
+        store = self.store()
+        try:
+            yield store
+        finally:
+            store.close()
 
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if k != "SCRAPY_SETTINGS_MODULE"}
@@ -91,8 +101,7 @@ def filled(project: Project) -> Iterator[Filled]:
     """Bucket '': photo A and three near-duplicates, B at two URLs, C and D; bucket 'other': E."""
     a, b, c, d, e = distinct_images(5)
     variants = near_duplicates(a)
-    store = project.store()
-    try:
+    with project.opened() as store:
         sizes: dict[str, int] = {}
 
         def put(data: bytes, url: str, client: str, bucket: str = "") -> str:
@@ -114,8 +123,6 @@ def filled(project: Project) -> Iterator[Filled]:
         ]
         other_bucket = put(encode(e), "https://a.example/e.jpg", "spider_a", bucket="other")
         yield Filled(project, original, near, others, twice, sizes, variants["brightened"], other_bucket)
-    finally:
-        store.close()
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:

@@ -49,12 +49,9 @@ def test_a_bad_setting_is_a_usage_error(project: Project):
 
 def test_a_reader_that_goes_away_is_no_traceback(project: Project):
     """``scrapy imgcache-stats --json | head -1`` on a big report: the pipe closes before the end."""
-    store = project.store()
-    try:
+    with project.opened() as store:
         for i, data in enumerate(distinct_jpegs(3)):
             store.put(data, url=f"https://a.example/{i}.jpg", client_name=f"spider_{i}")
-    finally:
-        store.close()
     proc = subprocess.Popen(
         [sys.executable, "-m", "scrapy", "imgcache-stats", "--json"],
         cwd=project.root,

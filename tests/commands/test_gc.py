@@ -26,11 +26,8 @@ def test_dry_run_then_real_run(filled: Filled):
     old_orphan = _blob(filled, noise_bytes(5000, seed=1), age=2 * 3600)  # past the 1 h grace
     young_orphan = _blob(filled, noise_bytes(3000, seed=2), age=60)  # a write in flight, maybe
     damaged = filled.others[1]
-    store = filled.project.store()
-    try:
+    with filled.project.opened() as store:
         (filled.project.files / store.get_meta(damaged).path).unlink()
-    finally:
-        store.close()
 
     dry = filled.project.run("imgcache-gc", "--dry-run")
     assert dry.returncode == 0, dry.stderr
@@ -40,11 +37,8 @@ def test_dry_run_then_real_run(filled: Filled):
     assert "Would remove 1 blob(s) no row references, older than 3600 s (4.9 KiB)." in lines
     assert lines[-1] == "Would free 4.9 KiB (5000 bytes)."
     assert old_orphan.exists() and young_orphan.exists()
-    store = filled.project.store()
-    try:
+    with filled.project.opened() as store:
         assert store.get_meta(damaged) is not None
-    finally:
-        store.close()
 
     real = filled.project.run("imgcache-gc")
     assert real.returncode == 0, real.stderr
@@ -53,14 +47,11 @@ def test_dry_run_then_real_run(filled: Filled):
     assert "Removed 1 blob(s) no row references" in real.stdout
     assert real.stdout.splitlines()[-1] == "Freed 4.9 KiB (5000 bytes)."
     assert not old_orphan.exists() and young_orphan.exists()
-    store = filled.project.store()
-    try:
+    with filled.project.opened() as store:
         assert store.get_meta(damaged) is None
         left = {e.content_hash for e in store.images("")}
         assert left == {filled.original, *filled.near.values(), filled.twice, filled.others[0]}
         assert all(store.get_bytes(h) is not None for h in left)
-    finally:
-        store.close()
 
     again = filled.project.run("imgcache-gc")
     assert "Removed 0 row(s)" in again.stdout and again.stdout.splitlines()[-1] == "Freed 0 B (0 bytes)."
@@ -68,13 +59,10 @@ def test_dry_run_then_real_run(filled: Filled):
 
 def test_older_than_removes_images_not_seen_since(filled: Filled):
     stale = encode(distinct_images(6)[5])
-    store = filled.project.store()
-    try:
+    with filled.project.opened() as store:
         entry = store.put(
             stale, url="https://gone.example/x.jpg", client_name="spider_a", lookup_time=utcnow() - timedelta(days=100)
         ).entry
-    finally:
-        store.close()
     blob = filled.project.files / entry.path
 
     dry = filled.project.run("imgcache-gc", "--dry-run", "--older-than", "30")
@@ -86,11 +74,8 @@ def test_older_than_removes_images_not_seen_since(filled: Filled):
     assert "Removed 1 image(s) not seen since" in real.stdout
     assert real.stdout.splitlines()[-1].endswith(f"({len(stale)} bytes).")
     assert not blob.exists()
-    store = filled.project.store()
-    try:
+    with filled.project.opened() as store:
         assert store.get_meta(entry.content_hash) is None
         assert store.get_meta(filled.original) is not None  # seen just now: kept
-    finally:
-        store.close()
 
     assert_one_line_error(filled.project.run("imgcache-gc", "--older-than", "-1"), 2, "--older-than")

@@ -38,11 +38,8 @@ def _old_images_store(root: Path) -> dict[str, Path]:
 
 
 def _state(project: Project) -> tuple[object, set[str]]:
-    store = project.store()
-    try:
+    with project.opened() as store:
         return store.usage(), {key for key, _, _ in store.blobs.iter_keys()}
-    finally:
-        store.close()
 
 
 def test_import_twice_adds_nothing_and_reports_non_images(project: Project, tmp_path):
@@ -63,8 +60,7 @@ def test_import_twice_adds_nothing_and_reports_non_images(project: Project, tmp_
     ]:
         assert f"{files[name]}: {reason}: " in first.stderr
 
-    store = project.store()
-    try:
+    with project.opened() as store:
         entries = {name: store.lookup(files[name].resolve().as_uri()) for name in ("a", "b", "c", "copy", "near")}
         assert all(e is not None and e.client_name == "imgcache-import" for e in entries.values()), entries
         assert entries["copy"].content_hash == entries["a"].content_hash
@@ -72,8 +68,6 @@ def test_import_twice_adds_nothing_and_reports_non_images(project: Project, tmp_
         assert entries["c"].original_filename == "c.jpg"
         assert store.lookup(files["notes"].resolve().as_uri()) is None
         assert sum(1 for _ in store.images()) == 4
-    finally:
-        store.close()
 
     before = _state(project)
     second = project.run("imgcache-import", str(tmp_path / "old"))
@@ -90,12 +84,9 @@ def test_bucket_and_client_name(project: Project, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "5 file(s); 4 image(s) added to bucket 'archive'" in proc.stdout
-    store = project.store()
-    try:
+    with project.opened() as store:
         assert store.lookup(files["a"].resolve().as_uri(), "archive").client_name == "old-store"
         assert store.buckets() == ["archive"]
-    finally:
-        store.close()
 
 
 def test_not_a_directory(project: Project, tmp_path):

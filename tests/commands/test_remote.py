@@ -57,12 +57,9 @@ def test_import_through_the_service_twice(filled: Filled, service: str, tmp_path
     assert "2 file(s); 1 image(s) added" in first.stdout and "notes.txt: not_an_image" in first.stderr
     second = filled.project.run("imgcache-import", str(folder), "-s", f"IMGCACHE_URL={service}")
     assert "0 image(s) added" in second.stdout and "1 already imported" in second.stdout
-    store = filled.project.store()
-    try:
+    with filled.project.opened() as store:
         entry = store.lookup((folder / "new.jpg").resolve().as_uri())
         assert entry is not None and entry.client_name == "imgcache-import"
-    finally:
-        store.close()
 
 
 def test_a_service_that_is_down_is_one_line_and_exit_3(filled: Filled):

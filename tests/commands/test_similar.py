@@ -76,9 +76,8 @@ def test_content_hash_json_lines_leave_the_image_itself_out(filled: Filled):
 
 
 def test_perceptual_hash_found_and_nothing_found(filled: Filled):
-    store = filled.project.store()
-    phash = store.get_meta(filled.others[0]).perceptual_hash
-    store.close()
+    with filled.project.opened() as store:
+        phash = store.get_meta(filled.others[0]).perceptual_hash
     found = filled.project.run("imgcache-similar", phash, "--max-distance", "0", "--json")
     assert found.returncode == 0, found.stderr
     assert "Query: perceptual hash" in found.stderr
@@ -91,9 +90,8 @@ def test_perceptual_hash_found_and_nothing_found(filled: Filled):
 
 
 def test_bucket_option_searches_that_bucket_only(filled: Filled):
-    store = filled.project.store()
-    phash = store.get_meta(filled.other_bucket, "other").perceptual_hash
-    store.close()
+    with filled.project.opened() as store:
+        phash = store.get_meta(filled.other_bucket, "other").perceptual_hash
     default = filled.project.run("imgcache-similar", phash, "--max-distance", "0")
     assert default.returncode == 1
     other = filled.project.run("imgcache-similar", phash, "--max-distance", "0", "--bucket", "other", "--json")
@@ -117,11 +115,8 @@ def test_url_is_fetched_once_and_not_stored(filled: Filled, image_server: str):
     assert {r["content_hash"] for r in rows} == _group(filled)
     for row in rows:
         assert row["distance"] == hamming(info.perceptual_hash, row["perceptual_hash"])
-    store = filled.project.store()
-    try:
+    with filled.project.opened() as store:
         assert store.lookup(url) is None and store.get_meta(info.content_hash) is None
-    finally:
-        store.close()
 
     missing = filled.project.run("imgcache-similar", f"{image_server}/gone.jpg")
     assert_one_line_error(missing, 3, "HTTP 404")

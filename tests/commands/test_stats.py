@@ -6,8 +6,9 @@ from .conftest import Filled, Project, json_lines
 
 
 def test_figures_match_what_was_stored(filled: Filled):
-    store = filled.project.store()
-    try:  # a near-duplicate skipped by a third spider: a URL record with the bytes it saved
+    with (
+        filled.project.opened() as store
+    ):  # a near-duplicate skipped by a third spider: a URL record with the bytes it saved
         store.record_url(
             filled.original,
             url="https://c.example/a-again.jpg",
@@ -15,8 +16,6 @@ def test_figures_match_what_was_stored(filled: Filled):
             duplicate="similar",
             saved_bytes=12345,
         )
-    finally:
-        store.close()
     proc = filled.project.run("imgcache-stats", "--json")
     assert proc.returncode == 0, proc.stderr
     rows = {(r["bucket"], r["client"]): r for r in json_lines(proc.stdout)}
