@@ -11,6 +11,8 @@ from tests.photos import distinct_jpegs
 
 from .conftest import Project, assert_one_line_error
 
+pytestmark = pytest.mark.scrapy_api  # Scrapy's command API: also run against the oldest Scrapy supported
+
 COMMANDS = ("imgcache-similar", "imgcache-stats", "imgcache-dupes", "imgcache-import", "imgcache-gc")
 
 
