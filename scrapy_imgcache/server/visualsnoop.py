@@ -67,7 +67,8 @@ class ApiError(Exception):
 
 
 def answer(status: int, message: str, **fields: Any) -> JSONResponse:
-    return JSONResponse({"status": status, "message": message, **fields}, status_code=status)
+    headers = {"WWW-Authenticate": "VSHMAC"} if status == 401 else None
+    return JSONResponse({"status": status, "message": message, **fields}, status_code=status, headers=headers)
 
 
 def unauthorized(message: str) -> ApiError:

@@ -303,6 +303,8 @@ def assert_refused(response: httpx.Response | requests.Response, status: int = 4
     assert response.status_code == status, response.text
     body = response.json()
     assert body["status"] == status and body["message"]
+    if status == 401:
+        assert response.headers["WWW-Authenticate"] == "VSHMAC"
     return body
 
 
