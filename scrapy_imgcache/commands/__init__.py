@@ -5,7 +5,7 @@ the command modules import only the standard library and Scrapy at the top; Pill
 SQLAlchemy and the store are imported inside ``run()``.
 
 Exit codes, the same for every command: 0 done (something found), 1 nothing found,
-2 usage or configuration error, 3 the store or a fetched URL failed.
+2 usage or configuration error, 3 the store, a fetched URL or a file failed.
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ class ImgCacheCommand(ScrapyCommand):
             cls.name = "imgcache-" + cls.__module__.rsplit(".", 1)[-1]
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
+        from sqlalchemy.exc import SQLAlchemyError
+
         from ..errors import ConfigError, StoreError
 
         try:
@@ -65,11 +67,13 @@ class ImgCacheCommand(ScrapyCommand):
             sys.stdout.flush()  # here, so that a closed pipe is caught below
         except ConfigError as exc:
             raise UsageError(str(exc), print_help=False) from None
-        except (StoreError, CommandFailed) as exc:
-            print(f"{self.name}: error: {_one_line(exc)}", file=sys.stderr)
-            self.exitcode = EXIT_FAILED
         except BrokenPipeError:  # the reader went away (``| head``): stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (StoreError, CommandFailed, SQLAlchemyError, OSError) as exc:
+            # the database, the files or the network failed: a reason, not a traceback
+            reason = _one_line(getattr(exc, "orig", None) or exc)
+            print(f"{self.name}: error: {reason}", file=sys.stderr)
+            self.exitcode = EXIT_FAILED
 
     @abstractmethod
     def execute(self, args: list[str], opts: argparse.Namespace) -> int:

@@ -66,3 +66,15 @@ def test_a_reader_that_goes_away_is_no_traceback(project: Project):
     err = proc.stderr.read()
     proc.wait(60)
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_a_database_or_file_that_cannot_be_opened_is_one_line_and_exit_3(project: Project, tmp_path):
+    nowhere = tmp_path / "a-file"  # no folder can be made where a file is
+    nowhere.write_text("")
+    proc = project.run("imgcache-stats", "-s", f"IMGCACHE_URL=sqlite:///{nowhere / 'cache.sqlite3'}")
+    assert_one_line_error(proc, 3)
+    with project.opened() as store:
+        store.put(distinct_jpegs(1)[0], url="https://a.example/0.jpg", client_name="spider")
+    page = nowhere / "sheet.html"
+    proc = project.run("imgcache-dupes", "--max-distance", "32", "--min-size", "1", "--html", str(page))
+    assert_one_line_error(proc, 3, str(page))
