@@ -38,7 +38,9 @@ def runner(project: Project, front_end: str, env: dict[str, str] | None = None) 
             command = [sys.executable, "-m", "scrapy", "imgcache-collections", *args]
         else:
             command = [SERVER_BIN, "collections", *args, "--db", project.db_url]
-        return subprocess.run(command, cwd=project.root, env={**base, **(env or {})}, capture_output=True, text=True, timeout=120)
+        return subprocess.run(
+            command, cwd=project.root, env={**base, **(env or {})}, capture_output=True, text=True, timeout=120
+        )
 
     return run
 
@@ -57,7 +59,12 @@ def test_create_list_rotate_delete(project: Project, run: Run):
     assert created.returncode == 0, created.stderr
     keys = json.loads(created.stdout)
     assert re.fullmatch(r"[0-9a-f]{20}", keys["public_key"]) and len(keys["secret_key"]) == 40
-    assert (keys["name"], keys["bucket"], keys["user"], keys["secret_storage"]) == ("demo", "demo", "me@example.com", "plain")
+    assert (keys["name"], keys["bucket"], keys["user"], keys["secret_storage"]) == (
+        "demo",
+        "demo",
+        "me@example.com",
+        "plain",
+    )
     assert "stored in the database as is" in created.stderr
     found = registry(project).by_public_key(keys["public_key"])
     assert found is not None and found[1] == keys["secret_key"] and found[0].user == "me@example.com"
@@ -124,11 +131,10 @@ def test_keys_printed_by_the_scrapy_command_open_the_collection_on_the_server(pr
     run = runner(project, "scrapy")
     keys = json.loads(run("create", "shop", "--bucket", "shop-images", "--user", "team", "--json").stdout)
     crawled = distinct_jpegs(1)[0]
-    store = project.store()
-    try:
-        chash = store.put(crawled, url="https://shop.example/1.jpg", client_name="spider", bucket="shop-images").entry.content_hash
-    finally:
-        store.close()
+    with project.opened() as store:
+        chash = store.put(
+            crawled, url="https://shop.example/1.jpg", client_name="spider", bucket="shop-images"
+        ).entry.content_hash
     with imgcache_server(project.db_url, project.root) as server:
         endpoint = server.url + "/api/v1"
         coll = Collection(keys["public_key"], keys["secret_key"], endpoint=endpoint)
