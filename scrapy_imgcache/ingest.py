@@ -15,10 +15,10 @@ from typing import Any
 
 from PIL import Image
 
-from .config import ImgCacheConfig
 from .blobs import blob_key
+from .config import ImgCacheConfig
 from .errors import InvalidImage
-from .hashing import ImageInfo, Inspector
+from .hashing import ImageInfo, Inspector, content_hash
 from .store import Entry, SqlStore, Store
 
 
@@ -70,16 +70,16 @@ class Ingestor:
         on_similar: str | None = None,
     ) -> Outcome:
         """Inspect (raising a typed InvalidImage for bad bytes), dedupe and record ``data``."""
-        info = self.inspector.inspect(data)
-        if info.width < self.min_width or info.height < self.min_height:
-            raise ImageTooSmall(
-                f"{info.width}x{info.height} is smaller than the minimum {self.min_width}x{self.min_height}"
-            )
         bucket = self.config.bucket
         common: dict[str, Any] = dict(
             url=url, client_name=client_name, bucket=bucket, lookup_time=lookup_time, etag=etag,
             last_modified=last_modified,
         )
+        copy = self._exact_copy(data, common)
+        if copy is not None:
+            return copy
+        info = self.inspector.inspect(data)
+        self._check_size(info.width, info.height)
         policy = on_similar or self.config.on_similar
         if policy == "annotate" and isinstance(self.store, SqlStore):
             # Whatever the decision (new, exact copy, annotated near-duplicate) these bytes are
@@ -89,6 +89,37 @@ class Ingestor:
             self.store.blobs.put(blob_key(info.content_hash, info.extension), data)
         with self._decide:  # decoding ran in parallel; check-then-store is one step per crawler
             return self._record(data, info, policy, filename, common)
+
+    def _check_size(self, width: int, height: int) -> None:
+        if width < self.min_width or height < self.min_height:
+            raise ImageTooSmall(f"{width}x{height} is smaller than the minimum {self.min_width}x{self.min_height}")
+
+    def _exact_copy(self, data: bytes, common: dict[str, Any]) -> Outcome | None:
+        """Bytes the bucket already holds: an exact duplicate, recorded without decoding them.
+
+        They were inspected when first stored and their hashes are in the row, so decoding
+        them again (most of an image's cost) would only recompute the same answers. Anything
+        unusual (a row without its bytes, limits lowered since) takes the full path instead.
+        """
+        limits = self.inspector.limits
+        if not isinstance(self.store, SqlStore) or not data or len(data) > limits.max_bytes:
+            return None
+        chash = content_hash(data)
+        entry = self.store.get_meta(chash, common["bucket"])
+        if (
+            entry is None
+            or entry.width is None
+            or entry.height is None
+            or entry.width * entry.height > limits.max_pixels
+            or not entry.path
+            or not self.store.blobs.exists(entry.path)
+        ):
+            return None
+        self._check_size(entry.width, entry.height)
+        recorded = self.store.record_url(chash, duplicate="exact", saved_bytes=len(data), **common)
+        if recorded is None:  # deleted since get_meta
+            return None
+        return Outcome(recorded, False, duplicate="exact", duplicate_of=chash, stored=False, size=len(data))
 
     def _record(
         self, data: bytes, info: ImageInfo, policy: str, filename: str | None, common: dict[str, Any]
