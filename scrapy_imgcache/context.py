@@ -37,6 +37,18 @@ async def in_thread(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await run_in_thread(func, *args, **kwargs)
 
 
+def component_result(coro: Any) -> Any:
+    """What a pipeline's ``open_spider``/``close_spider`` returns: Scrapy >= 2.14 awaits a
+    coroutine; Scrapy 2.13 only waits for a Deferred."""
+    from scrapy.pipelines import ItemPipelineManager
+
+    if hasattr(ItemPipelineManager, "open_spider_async"):
+        return coro
+    from scrapy.utils.defer import deferred_from_coro
+
+    return deferred_from_coro(coro)
+
+
 class ImgCacheContext:
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler

@@ -24,7 +24,7 @@ from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.python.failure import Failure
 
-from .context import ImgCacheContext, in_thread
+from .context import ImgCacheContext, component_result, in_thread
 from .errors import InvalidImage, StoreError
 from .ingest import Ingestor, Outcome, checksum, make_thumbnails
 from .middleware import META_ENTRY, META_KEY, META_PIPELINE, META_STATUS, RESPONSE_FLAG, record_outcome
@@ -67,12 +67,15 @@ class ImgCachePipeline:
     def from_crawler(cls, crawler: Crawler) -> ImgCachePipeline:
         return cls(crawler)
 
-    async def open_spider(self, spider: Spider | None = None) -> None:
+    def open_spider(self, spider: Spider | None = None) -> Any:
+        return component_result(self._open())
+
+    def close_spider(self, spider: Spider | None = None) -> Any:
+        return component_result(self.ctx.release())
+
+    async def _open(self) -> None:
         store = await self.ctx.open()
         self.ingestor = Ingestor(store, self.config, min_width=self.min_width, min_height=self.min_height)
-
-    async def close_spider(self, spider: Spider | None = None) -> None:
-        await self.ctx.release()
 
     async def process_item(self, item: Any, spider: Spider | None = None) -> Any:
         adapter = ItemAdapter(item)

@@ -13,6 +13,7 @@ beside a SQLite database), so N processes starting at once create the tables onc
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, P
 
 from .errors import ConfigError, StoreError
 
+logger = logging.getLogger(__name__)
 VERSION_TABLE = "imgcache_alembic_version"
 HEAD = "0002"
 _MIGRATIONS = Path(__file__).with_name("migrations")
@@ -94,9 +96,16 @@ def ensure_schema(engine: Engine) -> None:
 
             cfg = Config()
             cfg.set_main_option("script_location", str(_MIGRATIONS))
-            with engine.begin() as conn:
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+            logger.info("imgcache: migrating the cache schema at %r to revision %s", engine.url, HEAD)
+            alembic_log = logging.getLogger("alembic")
+            level = alembic_log.level
+            alembic_log.setLevel(logging.WARNING)  # its INFO lines would flood every crawl's log
+            try:
+                with engine.begin() as conn:
+                    cfg.attributes["connection"] = conn
+                    command.upgrade(cfg, "head")
+            finally:
+                alembic_log.setLevel(level)
     except OperationalError as exc:
         raise StoreError(f"cannot reach the database at {engine.url!r}: {exc.orig}") from exc
 

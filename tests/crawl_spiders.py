@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 
@@ -106,23 +105,3 @@ class Heartbeat:
         if self.loop.running:
             self.loop.stop()
         self.crawler.stats.set_value("test/heartbeat_max_gap_ms", round(self.max_gap * 1000, 1))
-
-
-class StatsDump:
-    """Writes the final stats to TEST_STATS_FILE as JSON, for the test to read."""
-
-    def __init__(self, crawler):
-        self.crawler = crawler
-        crawler.signals.connect(self.closed, signal=signals.spider_closed)
-
-    @classmethod
-    def from_crawler(cls, crawler):
-        return cls(crawler)
-
-    def closed(self, spider, reason):
-        path = self.crawler.settings.get("TEST_STATS_FILE")
-        if path:
-            stats = {k: v for k, v in self.crawler.stats.get_stats().items() if isinstance(v, (int, float, str))}
-            stats["finish_reason"] = reason
-            with open(path, "w") as fh:
-                json.dump(stats, fh)

@@ -40,7 +40,7 @@ def make_project(root: Path, settings: dict[str, Any]) -> Path:
         "ROBOTSTXT_OBEY": False,
         "LOG_LEVEL": "INFO",
         "TELNETCONSOLE_ENABLED": False,
-        "EXTENSIONS": {"tests.crawl_spiders.Heartbeat": 0, "tests.crawl_spiders.StatsDump": 1000},
+        "EXTENSIONS": {"tests.crawl_spiders.Heartbeat": 0, "example_project.imgdemo.extensions.StatsToFile": 1000},
         "ADDONS": {"scrapy_imgcache.Addon": 0},
     }
     base.update(settings)
@@ -53,7 +53,7 @@ def start_crawl(project: Path, spider: str, *args: str, **spider_args: str) -> t
     run = uuid.uuid4().hex[:8]
     items = project / f"items-{run}.jsonl"
     stats = project / f"stats-{run}.json"
-    cmd = [sys.executable, "-m", "scrapy", "crawl", spider, "-O", f"{items}:jsonlines", "-s", f"TEST_STATS_FILE={stats}"]
+    cmd = [sys.executable, "-m", "scrapy", "crawl", spider, "-O", f"{items}:jsonlines", "-s", f"IMGDEMO_STATS_FILE={stats}"]
     for k, v in spider_args.items():
         cmd += ["-a", f"{k}={v}"]
     cmd += list(args)

@@ -1,20 +1,9 @@
-import scrapy
+from . import IndexSpider
 
 
-class BlogSpider(scrapy.Spider):
+class BlogSpider(IndexSpider):
     """A blog that reuses the shop's photos (as blogs do): one item per post."""
 
     name = "blog"
-
-    async def start(self):
-        yield scrapy.Request(self.settings["IMGDEMO_SITE"] + "/blog/")
-
-    def parse(self, response):
-        yield from response.follow_all(css="a.post", callback=self.parse_post)
-
-    def parse_post(self, response):
-        yield {
-            "title": response.css("h1::text").get(),
-            "url": response.url,
-            "image_urls": [response.urljoin(src) for src in response.css("img::attr(src)").getall()],
-        }
+    index_path = "/blog/"
+    link_css = "a.post"
