@@ -71,3 +71,20 @@ def test_two_spiders_share_one_cache_through_the_server(site, tmp_path):
             store.close()
     # the server's own files hold each image once
     assert len([p for p in (tmp_path / "files").rglob("*") if p.is_file()]) == 5
+
+
+def test_a_crawl_with_the_service_down_goes_on_when_told(site, tmp_path):
+    """IMGCACHE_ON_STORE_ERROR=continue: images fail over to plain downloads, the crawl ends promptly."""
+    from .live import free_port
+
+    site.image("/i/a.jpg", distinct_jpegs(1)[0])
+    site.page("/p", ["/i/a.jpg"])
+    dead = f"http://127.0.0.1:{free_port()}"
+    project = make_project(
+        tmp_path / "proj",
+        {"IMGCACHE_URL": dead, "IMGCACHE_ON_STORE_ERROR": "continue", "IMGCACHE_TIMEOUT": 1, "IMGCACHE_RETRIES": 1},
+    )
+    result = crawl(project, "pages", start=site.url("/p"))
+    assert result.returncode == 0, result.log[-3000:]
+    assert len(result.items) == 1
+    assert f"imgcache service at {dead}" in result.log and "cannot connect" in result.log
