@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-pixels", type=int, default=None, metavar="N", help="largest image accepted, in pixels")
     add_serve_arguments(parser)
     if SUBCOMMANDS:
-        sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+        sub = parser.add_subparsers(dest="command", metavar="[COMMAND]", title="commands (none: serve)")
         for name, (help_text, add_arguments, _run) in SUBCOMMANDS.items():
             add_arguments(sub.add_parser(name, help=help_text))
     return parser
