@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import _postgres_url
+from tests.conftest import _mysql_url, _postgres_url
 from tests.photos import distinct_images, encode
 
 from .live import LiveServer, imgcache_server
@@ -29,16 +29,20 @@ def fresh_url(name: str = "img") -> str:
 
 @pytest.fixture(
     scope="module",
-    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+    params=[
+        "sqlite",
+        pytest.param("postgresql", marks=pytest.mark.postgres),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ],
 )
 def live(request, tmp_path_factory) -> Iterator[LiveServer]:
-    """``imgcache-server`` over SQLite or PostgreSQL, shared by the tests of one module."""
+    """``imgcache-server`` over SQLite, PostgreSQL or MariaDB, shared by the tests of one module."""
     workdir = tmp_path_factory.mktemp(f"server-{request.param}")
     if request.param == "sqlite":
         with imgcache_server(f"sqlite:///{workdir / 'cache.sqlite3'}", workdir) as server:
             yield server
     else:
-        urls = _postgres_url()
+        urls = _postgres_url() if request.param == "postgresql" else _mysql_url()
         db = next(urls)
         try:
             with imgcache_server(db, workdir) as server:
