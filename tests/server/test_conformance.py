@@ -1,7 +1,7 @@
 """The published client (dwilson-imgcache-client 0.3.0, unmodified) against a real server.
 
-Every call of its README and code, in the default bucket and in a named one, over SQLite
-and PostgreSQL: status codes, the entry schema, nearest-first similarity, deletes that
+Every call of its README and code, in the default bucket and in a named one, over SQLite,
+PostgreSQL and MariaDB: status codes, the entry schema, nearest-first similarity, deletes that
 take bytes and URL records with them, and serve_url answering the image to a browser.
 """
 
