@@ -118,8 +118,8 @@ class RemoteStore:
             return INVALID_BY_REASON[reason](detail)
         if resp.status_code in (401, 403):
             return StoreError(f"imgcache service at {self.url} refused {method} {path}: {resp.status_code} {detail} (check IMGCACHE_API_KEY)")
-        if resp.status_code == 422:
-            return ValueError(f"imgcache service refused {method} {path}: {detail}")
+        # a 422 here is input a local store would take (a URL over the service's length limit,
+        # say): a StoreError, so IMGCACHE_ON_STORE_ERROR decides, as for any service trouble
         return StoreError(f"imgcache service at {self.url}: {method} {path} answered {resp.status_code}: {detail}")
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:

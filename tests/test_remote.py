@@ -231,3 +231,12 @@ def test_remote_and_local_views_agree(live, tmp_path, bucket):
         assert mine.to_json() == {**entry.to_json()}
     finally:
         local.close()
+
+
+def test_input_the_service_refuses_is_a_store_error(remote, bucket):
+    (data,) = fresh_jpegs(1)
+    with pytest.raises(StoreError, match="answered 422: body.url: String should have at most 8192"):
+        remote.put(data, url="https://e.example/" + "a" * 9000, client_name="s", bucket=bucket)
+    with pytest.raises(StoreError, match="answered 422"):
+        remote.lookup("a\x00b", bucket)
+    assert remote.search("e.example", bucket) == []
