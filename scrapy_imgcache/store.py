@@ -10,6 +10,7 @@ Every method blocks: Scrapy components call them through ``deferToThread``.
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 import time
@@ -360,11 +361,9 @@ class SqlStore:
     def _insert_ignore(self, conn: Any, model: Any, values: dict[str, Any]) -> bool:
         """Insert unless the unique key exists; True when this call inserted the row."""
         if self._dialect in ("sqlite", "postgresql"):
-            ins = (sqlite_insert if self._dialect == "sqlite" else pg_insert)(model).values(**values)
-            return conn.execute(ins.on_conflict_do_nothing().returning(model.id)).first() is not None
+            return conn.execute(_insert_ignore_stmt(self._dialect, model.__table__), values).first() is not None
         if self._dialect in ("mysql", "mariadb"):
-            stmt = mysql_insert(model).values(**values).prefix_with("IGNORE")
-            return conn.execute(stmt).rowcount == 1
+            return conn.execute(_insert_ignore_stmt(self._dialect, model.__table__), values).rowcount == 1
         else:  # pragma: no cover - other dialects: plain insert, duplicate key means "exists"
             try:
                 with conn.begin_nested():
@@ -379,12 +378,8 @@ class SqlStore:
         values["created_at"] = utcnow()
         refresh = {k: values[k] for k in ("lookup_time", "etag", "last_modified")}
         key = {k: values[k] for k in ("image_id", "url_hash", "client_name")}
-        if self._dialect in ("sqlite", "postgresql"):
-            ins = (sqlite_insert if self._dialect == "sqlite" else pg_insert)(UrlRow).values(**values)
-            stmt = ins.on_conflict_do_update(index_elements=list(key), set_=refresh)
-            conn.execute(stmt)
-        elif self._dialect in ("mysql", "mariadb"):
-            conn.execute(mysql_insert(UrlRow).values(**values).on_duplicate_key_update(**refresh))
+        if self._dialect in ("sqlite", "postgresql", "mysql", "mariadb"):
+            conn.execute(_upsert_url_stmt(self._dialect), values)
         else:  # pragma: no cover
             done = conn.execute(update(UrlRow).filter_by(**key).values(**refresh)).rowcount
             if not done:
@@ -685,6 +680,28 @@ _LOOKUP = (
     .order_by(*_NEWEST_FIRST)
     .limit(1)
 )
+
+
+@functools.cache
+def _insert_ignore_stmt(dialect: str, table: Any) -> Any:
+    """INSERT unless the unique key exists, values bound at execution (sqlite, postgresql, mysql)."""
+    if dialect in ("mysql", "mariadb"):
+        return mysql_insert(table).prefix_with("IGNORE")
+    return (sqlite_insert if dialect == "sqlite" else pg_insert)(table).on_conflict_do_nothing().returning(table.c.id)
+
+
+@functools.cache
+def _upsert_url_stmt(dialect: str) -> Any:
+    """Insert a URL record, or refresh when it was seen and its validators (same values as inserted)."""
+    table = UrlRow.__table__
+    refresh = ("lookup_time", "etag", "last_modified")
+    if dialect in ("mysql", "mariadb"):
+        ins = mysql_insert(table)
+        return ins.on_duplicate_key_update({k: ins.inserted[k] for k in refresh})
+    ins = (sqlite_insert if dialect == "sqlite" else pg_insert)(table)
+    return ins.on_conflict_do_update(
+        index_elements=["image_id", "url_hash", "client_name"], set_={k: ins.excluded[k] for k in refresh}
+    )
 
 
 def _entry_stmt(by_url: bool, by_client: bool) -> Select[Any]:
