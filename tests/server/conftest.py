@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -27,28 +29,33 @@ def fresh_url(name: str = "img") -> str:
     return f"https://example.com/{uuid.uuid4().hex}/{name}.jpg"
 
 
-@pytest.fixture(
-    scope="module",
-    params=[
-        "sqlite",
-        pytest.param("postgresql", marks=pytest.mark.postgres),
-        pytest.param("mysql", marks=pytest.mark.mysql),
-    ],
-)
+#: one real database of each kind, for module-scoped server fixtures
+DATABASES = [
+    "sqlite",
+    pytest.param("postgresql", marks=pytest.mark.postgres),
+    pytest.param("mysql", marks=pytest.mark.mysql),
+]
+
+
+@contextmanager
+def database_url(kind: str, workdir: Path) -> Iterator[str]:
+    """A fresh database of ``kind`` (a SQLite file, a PostgreSQL schema, a MariaDB database)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{workdir / 'cache.sqlite3'}"
+        return
+    urls = _postgres_url() if kind == "postgresql" else _mysql_url()
+    try:
+        yield next(urls)
+    finally:
+        urls.close()  # drops the schema or database
+
+
+@pytest.fixture(scope="module", params=DATABASES)
 def live(request, tmp_path_factory) -> Iterator[LiveServer]:
     """``imgcache-server`` over SQLite, PostgreSQL or MariaDB, shared by the tests of one module."""
     workdir = tmp_path_factory.mktemp(f"server-{request.param}")
-    if request.param == "sqlite":
-        with imgcache_server(f"sqlite:///{workdir / 'cache.sqlite3'}", workdir) as server:
-            yield server
-    else:
-        urls = _postgres_url() if request.param == "postgresql" else _mysql_url()
-        db = next(urls)
-        try:
-            with imgcache_server(db, workdir) as server:
-                yield server
-        finally:
-            urls.close()
+    with database_url(request.param, workdir) as db, imgcache_server(db, workdir) as server:
+        yield server
 
 
 @pytest.fixture
