@@ -130,7 +130,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             db = "(running server)"
         print(f"Server benchmark: {platform.python_implementation()} {platform.python_version()}, "
               f"{os.cpu_count()} CPUs, {platform.platform()}")
-        print(f"database {db.split('?')[0]}, {args.clients} concurrent clients, loopback HTTP/1.1 keep-alive\n")
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"database {db.split('?')[0]}, {args.clients} concurrent clients, loopback HTTP/1.1 keep-alive, "
+              f"load average before: {load}\n")
         print("| operation | requests | throughput | p50 | p99 |")
         print("|---|---|---|---|---|")
         wall, lat = run_concurrently(url, args.clients, photos, upload)
