@@ -92,16 +92,16 @@ class ImgCacheMiddleware:
         if not is_image_request(request):
             return None
         try:
-            entry = await in_thread(self.ctx.store.lookup, request.url, self.config.bucket)
+            entry, fresh, body = await in_thread(self._lookup, request.url)
         except StoreError as exc:
             return self._store_failed(request, exc)
         if entry is None:
             request.meta[META_STATUS] = "miss"
             self.ctx.inc("miss")
             return None
-        if self._fresh(entry):
+        if fresh:
             self.ctx.inc("hit")
-            return await self._cached_response(request, entry, "hit")
+            return self._respond(request, entry, "hit", body)
         request.meta[META_STATUS] = "stale"
         request.meta[META_ENTRY] = entry
         if entry.etag:
@@ -110,6 +110,13 @@ class ImgCacheMiddleware:
             request.headers[b"If-Modified-Since"] = entry.last_modified
         return None
 
+    def _lookup(self, url: str) -> tuple[Entry | None, bool, bytes | None]:
+        """The URL's entry, whether it is fresh, and then its bytes: one thread hop per hit."""
+        entry = self.ctx.store.lookup(url, self.config.bucket)
+        if entry is None or not self._fresh(entry):
+            return entry, False, None
+        return entry, True, self.ctx.store.get_bytes(entry.content_hash, entry.bucket)
+
     def _fresh(self, entry: Entry) -> bool:
         if self.config.expires <= 0:
             return False
@@ -117,6 +124,9 @@ class ImgCacheMiddleware:
 
     async def _cached_response(self, request: Request, entry: Entry, status: str) -> Response | None:
         body = await in_thread(self.ctx.store.get_bytes, entry.content_hash, entry.bucket)
+        return self._respond(request, entry, status, body)
+
+    def _respond(self, request: Request, entry: Entry, status: str, body: bytes | None) -> Response | None:
         if body is None:  # the row outlived its bytes (see imgcache-gc): fetch it again
             logger.warning("imgcache: bytes of %s are missing from the cache; downloading", request.url)
             request.meta[META_STATUS] = "miss"
