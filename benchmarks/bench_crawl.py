@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         log("server, plain client:", report["server_raw"])
 
         sides: dict[str, list[dict[str, Any]]] = {"images": [], "imgcache": [], "imgcache_fast": [],
-                                                    "limit": [], "limit_fast": []}
+                                                    "limit": [], "limit_fast": [], "download_only": []}
         projects: list[Path] = []
         for r in range(rounds):
             log(f"round {r + 1}/{rounds}")
@@ -506,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
             fast = make_project(run / f"imgcache-fast-{r}", {**IMGCACHE, "IMGCACHE_FAST_HASH": True})
             sides["imgcache_fast"].append(crawl(fast, server, "first"))
             check_imgcache(sides["imgcache_fast"][-1], manifest)
+            sides["download_only"].append(crawl(make_project(run / f"fetch-{r}", {}), server, "first", "-a", "fetch=1"))
             sides["limit"].append(bare_loop(files, copies, fast=False))
             sides["limit_fast"].append(bare_loop(files, copies, fast=True))
         report["first_crawl"] = sides
@@ -596,6 +597,8 @@ def render(rep: dict[str, Any]) -> str:
         f"| overhead over the limit, fast hash | {b['limit_fast']['rate']:.1f} / {b['imgcache_fast']['rate']:.1f} "
         f"= **{r['overhead_fast']:.2f}** | <= 1.5 | {mark(r['overhead_fast'] <= 1.5)} |",
     ]
+    lines.append(f"| (context) Scrapy downloading the same images in the spider, no pipeline | "
+                 f"{b['download_only']['rate']:.1f} images/s | | |")
     s = rep["second_crawl"]
     lines.append(f"| second crawl / first crawl | {s['second_elapsed']:.2f}s / {s['first_elapsed']:.2f}s = "
                  f"**{s['ratio']:.3f}** (process wall {s['wall_ratio']:.3f}); image bytes downloaded: "

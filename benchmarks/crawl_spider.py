@@ -25,10 +25,11 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 class BenchSpider(scrapy.Spider):
     name = "bench"
 
-    def __init__(self, start: str = "", share: str = "0/1", **kw):
+    def __init__(self, start: str = "", share: str = "0/1", fetch: str = "0", **kw):
         super().__init__(**kw)
         self.start_urls = [start]
         self.share, self.of = (int(x) for x in share.split("/"))
+        self.fetch = fetch == "1"  # download the images in the spider, no pipeline: Scrapy's own floor
 
     def parse(self, response):
         for k, href in enumerate(response.css("a::attr(href)").getall()):
@@ -36,7 +37,15 @@ class BenchSpider(scrapy.Spider):
                 yield response.follow(href, self.parse_page)
 
     def parse_page(self, response):
-        yield {"page": response.url, "image_urls": [response.urljoin(s) for s in response.css("img::attr(src)").getall()]}
+        urls = [response.urljoin(s) for s in response.css("img::attr(src)").getall()]
+        if self.fetch:
+            for url in urls:
+                yield scrapy.Request(url, self.parse_image, meta={"bench_image": True})
+        else:
+            yield {"page": response.url, "image_urls": urls}
+
+    def parse_image(self, response):
+        return None
 
 
 def rss_bytes() -> int:
@@ -55,6 +64,7 @@ class BenchStats:
         crawler.signals.connect(self.opened, signal=signals.spider_opened)
         crawler.signals.connect(self.closed, signal=signals.spider_closed)
         crawler.signals.connect(self.scraped, signal=signals.item_scraped)
+        crawler.signals.connect(self.received, signal=signals.response_received)
 
     @classmethod
     def from_crawler(cls, crawler):
@@ -71,6 +81,11 @@ class BenchStats:
             self.images += 1
             self.status[str(result.get("status"))] += 1
             self.duplicate[str(result.get("duplicate"))] += 1
+
+    def received(self, response, request, spider):
+        if request.meta.get("bench_image") and response.status == 200:
+            self.images += 1
+            self.status["fetched"] += 1
 
     def sample(self):
         self.samples.append((self.images, rss_bytes()))
