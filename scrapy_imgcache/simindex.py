@@ -36,6 +36,7 @@ def _masks(radius: int) -> np.ndarray:
 
 
 _MASKS = [_masks(r) for r in range(_SCAN_RADIUS + 1)]
+_SHIFTS = np.arange(_CHUNKS, dtype=np.uint64) * np.uint64(_CHUNK_BITS)
 
 
 def to_signed(value: int) -> int:
@@ -53,8 +54,11 @@ class HammingIndex:
     def __init__(self) -> None:
         self._ids = np.empty(0, dtype=np.int64)
         self._hashes = np.empty(0, dtype=np.uint64)
-        self._order: list[np.ndarray] = []
-        self._offsets: list[np.ndarray] = []
+        # per chunk (rows of these 2-D arrays): hashes and ids sorted by that chunk's value, so
+        # a probe's candidates are a contiguous run, and where each value's run starts (CSR)
+        self._sorted_hashes = np.empty((_CHUNKS, 0), dtype=np.uint64)
+        self._sorted_ids = np.empty((_CHUNKS, 0), dtype=np.int64)
+        self._offsets = np.zeros((_CHUNKS, (1 << _CHUNK_BITS) + 1), dtype=np.int64)
         self._tail_ids: list[int] = []
         self._tail_hashes: list[int] = []
         self._removed: set[int] = set()
@@ -94,22 +98,31 @@ class HammingIndex:
             all_vals = np.concatenate([all_vals, values])
         self._ids, self._hashes = all_ids, all_vals
         self._tail_ids, self._tail_hashes = [], []
-        self._order, self._offsets = [], []
+        n = len(all_ids)
+        self._sorted_hashes = np.empty((_CHUNKS, n), dtype=np.uint64)
+        self._sorted_ids = np.empty((_CHUNKS, n), dtype=np.int64)
+        self._offsets = np.zeros((_CHUNKS, (1 << _CHUNK_BITS) + 1), dtype=np.int64)
         for chunk in range(_CHUNKS):
             keys = ((all_vals >> np.uint64(chunk * _CHUNK_BITS)) & np.uint64(_CHUNK_MASK)).astype(np.int64)
-            self._order.append(np.argsort(keys, kind="stable"))
-            counts = np.bincount(keys, minlength=1 << _CHUNK_BITS)
-            self._offsets.append(np.concatenate(([0], np.cumsum(counts))))
+            order = np.argsort(keys, kind="stable")
+            self._sorted_hashes[chunk] = all_vals[order]
+            self._sorted_ids[chunk] = all_ids[order]
+            np.cumsum(np.bincount(keys, minlength=1 << _CHUNK_BITS), out=self._offsets[chunk, 1:])
 
     def query(self, value: int, max_distance: int) -> list[tuple[int, int]]:
         """(row id, distance) of every hash within ``max_distance`` bits, nearest first."""
         q = np.uint64(value & 0xFFFFFFFFFFFFFFFF)
         found_ids, found_d = [], []
         if len(self._ids):
-            positions = self._candidates(int(q), max_distance)
-            dist = popcount(self._hashes[positions] ^ q)
-            hit = dist <= max_distance
-            found_ids.append(self._ids[positions[hit]])
+            if max_distance // _CHUNKS > _SCAN_RADIUS:  # probing would visit most rows anyway
+                dist = popcount(self._hashes ^ q)
+                hit = np.flatnonzero(dist <= max_distance)
+                found_ids.append(self._ids[hit])
+            else:  # ids are gathered for the hits only: each gather is a cache miss per run
+                flat = self._candidates(q, max_distance)
+                dist = popcount(self._sorted_hashes.ravel()[flat] ^ q)
+                hit = np.flatnonzero(dist <= max_distance)
+                found_ids.append(self._sorted_ids.ravel()[flat[hit]])
             found_d.append(dist[hit])
         if self._tail_ids:
             tail = np.array(self._tail_hashes, dtype=np.uint64)
@@ -127,26 +140,22 @@ class HammingIndex:
         removed = self._removed
         return [(int(i), int(d)) for i, d in zip(ids[order], dists[order]) if int(i) not in removed]
 
-    def _candidates(self, value: int, max_distance: int) -> np.ndarray:
-        radius = max_distance // _CHUNKS
-        if radius > _SCAN_RADIUS:
-            return np.arange(len(self._ids))
-        masks = _MASKS[radius]
-        picks = []
-        for chunk in range(_CHUNKS):
-            probes = ((value >> (chunk * _CHUNK_BITS)) & _CHUNK_MASK) ^ masks
-            offsets = self._offsets[chunk]
-            starts, ends = offsets[probes], offsets[probes + 1]
-            lengths = ends - starts
-            total = int(lengths.sum())
-            if not total:
-                continue
-            # positions start..end-1 of every probe, without a Python loop
-            shift = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
-            picks.append(self._order[chunk][np.arange(total) + shift])
-        if not picks:
+    def _candidates(self, value: np.uint64, max_distance: int) -> np.ndarray:
+        """Positions in the raveled per-chunk arrays of every row sharing a chunk within
+        ``max_distance // 4`` bits of the query's: all four chunks in one vectorised pass."""
+        masks = _MASKS[max_distance // _CHUNKS]
+        chunks = ((value >> _SHIFTS) & np.uint64(_CHUNK_MASK)).astype(np.int64)
+        probes = chunks[:, None] ^ masks[None, :]  # (chunk, probe)
+        rows = np.arange(_CHUNKS)[:, None]
+        starts = self._offsets[rows, probes]
+        lengths = (self._offsets[rows, probes + 1] - starts).ravel()
+        starts = (starts + rows * self._sorted_ids.shape[1]).ravel()
+        total = int(lengths.sum())
+        if not total:
             return np.empty(0, dtype=np.int64)
-        return np.concatenate(picks)
+        # start..start+length-1 of every probe, without a Python loop
+        shift = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
+        return np.arange(total) + shift
 
 
 def linear_scan(ids: np.ndarray, hashes: np.ndarray, value: int, max_distance: int) -> list[tuple[int, int]]:
