@@ -15,6 +15,7 @@ Every answer is checked against a numpy linear scan, and so is pybktree's.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import platform
 import statistics
@@ -279,6 +280,11 @@ def machine() -> str:
     import sqlite3
 
     versions["SQLite"] = sqlite3.sqlite_version
+    for package in ("psycopg", "pybktree"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "absent"
     try:
         with create_engine(POSTGRES_URL).connect() as conn:
             versions["PostgreSQL"] = conn.execute(text("SHOW server_version")).scalar().split()[0]
