@@ -28,6 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "IMGCACHE_CLIENT_NAME": None,  # None: the spider's name
     "IMGCACHE_HASH": "phash",
     "IMGCACHE_FAST_HASH": False,
+    "IMGCACHE_HASH_PROCESSES": None,  # None: one worker process a core; 0: hash in threads
     "IMGCACHE_SIMILARITY_THRESHOLD": 8,
     "IMGCACHE_ON_SIMILAR": "annotate",
     "IMGCACHE_EXPIRES": 90 * 86400,
@@ -50,6 +51,7 @@ class ImgCacheConfig:
     client_name: str | None = None
     hash: str = "phash"
     fast_hash: bool = False
+    hash_processes: int = 0
     similarity_threshold: int = 8
     on_similar: str = "annotate"
     expires: float = 90 * 86400
@@ -84,6 +86,7 @@ class ImgCacheConfig:
             client_name=_str("IMGCACHE_CLIENT_NAME", get("IMGCACHE_CLIENT_NAME") or "") or None,
             hash=algorithm,
             fast_hash=_bool("IMGCACHE_FAST_HASH", get("IMGCACHE_FAST_HASH")),
+            hash_processes=_hash_processes(settings.get("IMGCACHE_HASH_PROCESSES")),
             similarity_threshold=threshold,
             on_similar=_choice("IMGCACHE_ON_SIMILAR", get("IMGCACHE_ON_SIMILAR"), ON_SIMILAR),
             expires=_float("IMGCACHE_EXPIRES", get("IMGCACHE_EXPIRES"), 0),
@@ -129,6 +132,14 @@ def _default_files(url: str) -> str:
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         return os.path.join(os.path.dirname(os.path.abspath(url[len("sqlite:///") :])), DEFAULT_FILES_NAME)
     return _data_path(DEFAULT_FILES_NAME)
+
+
+def _hash_processes(value: Any) -> int:
+    if value is None or value == "":
+        from .ingest import default_hash_processes
+
+        return default_hash_processes()
+    return _int("IMGCACHE_HASH_PROCESSES", value, 0, 256)
 
 
 def _str(name: str, value: Any) -> str:

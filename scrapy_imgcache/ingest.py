@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import multiprocessing
+import os
 import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -78,7 +82,7 @@ class Ingestor:
         copy = self._exact_copy(data, common)
         if copy is not None:
             return copy
-        info = self.inspector.inspect(data)
+        info = inspect_bytes(self.inspector, data, self.config.hash_processes)
         self._check_size(info.width, info.height)
         policy = on_similar or self.config.on_similar
         if policy == "annotate" and isinstance(self.store, SqlStore):
@@ -154,6 +158,45 @@ class Ingestor:
         # skip and drop: the bytes are not stored again; the URL points at the image we have
         entry = self.store.record_url(near.content_hash, duplicate="similar", saved_bytes=info.size, **common)
         return Outcome(entry or near, False, "similar", near.content_hash, dist, False, info.size)
+
+
+_POOL_LOCK = threading.Lock()
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def inspect_bytes(inspector: Inspector, data: bytes, processes: int) -> ImageInfo:
+    """``inspector.inspect(data)``, in a worker process when ``processes`` > 0.
+
+    Pillow keeps much of a JPEG decode and of the RGB->L conversion under the GIL, so threads
+    of one process hash at barely more than one core's speed (docs/crawl-benchmark.md:
+    1 thread 70-77 images/s, 2 threads 69-73); worker processes use every core. The bytes
+    go to the worker and a small ImageInfo (or the InvalidImage) comes back. A pool whose
+    worker died is replaced, and that image is hashed here instead.
+    """
+    if processes <= 0:
+        return inspector.inspect(data)
+    pool = _pool(processes)
+    try:
+        return pool.submit(inspector.inspect, data).result()
+    except BrokenProcessPool:
+        with _POOL_LOCK:
+            if _POOLS.get(processes) is pool:
+                del _POOLS[processes]
+        return inspector.inspect(data)
+
+
+def _pool(processes: int) -> ProcessPoolExecutor:
+    with _POOL_LOCK:
+        pool = _POOLS.get(processes)
+        if pool is None:  # "spawn": never fork a process running a reactor and threads
+            pool = _POOLS[processes] = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+        return pool
+
+
+def default_hash_processes() -> int:
+    """One worker a core, none on a single core (a pipe hop would only add to the work)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return cores if cores > 1 else 0
 
 
 def checksum(data: bytes) -> str:

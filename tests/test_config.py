@@ -19,6 +19,7 @@ BAD = {
     "IMGCACHE_CLIENT_NAME": [123, ["spider"]],
     "IMGCACHE_HASH": ["md5", "PHASH"],
     "IMGCACHE_FAST_HASH": ["fast"],
+    "IMGCACHE_HASH_PROCESSES": [-1, 257, "many"],
     "IMGCACHE_SIMILARITY_THRESHOLD": [-1, 33, "abc", "8.5", True],
     "IMGCACHE_ON_SIMILAR": ["ignore", ""],
     "IMGCACHE_EXPIRES": [-1, "soon", float("nan"), True],
