@@ -350,7 +350,7 @@ def bare_loop(files: list[str], copies: list[bool], fast: bool, workers: int = 2
         t0 = time.perf_counter()
         done = sum(pool.imap_unordered(_hash_one, [(fast, i, copies[i]) for i in range(len(files))], chunksize=8))
         elapsed = time.perf_counter() - t0
-        cpu1 = os.times()
+    cpu1 = os.times()  # the workers are reaped now: their CPU is counted
     cpu = (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
     log(f"  bare loop ({'fast' if fast else 'default'}): {done} images in {elapsed:.2f}s = {done / elapsed:.1f}/s")
     return {"images": done, "elapsed": elapsed, "rate": done / elapsed, "cpu_seconds": cpu}
@@ -493,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
         log("server, plain client:", report["server_raw"])
 
         sides: dict[str, list[dict[str, Any]]] = {"images": [], "imgcache": [], "imgcache_fast": [],
-                                                    "limit": [], "limit_fast": [], "download_only": []}
+                                                    "limit": [], "limit_fast": [], "download_only": [],
+                                                    "imgcache_threads": []}
         projects: list[Path] = []
         for r in range(rounds):
             log(f"round {r + 1}/{rounds}")
@@ -503,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
             projects.append(project)
             sides["imgcache"].append(crawl(project, server, "first"))
             check_imgcache(sides["imgcache"][-1], manifest)
+            threads = make_project(run / f"imgcache-threads-{r}", {**IMGCACHE, "IMGCACHE_HASH_PROCESSES": 0})
+            sides["imgcache_threads"].append(crawl(threads, server, "first"))
+            check_imgcache(sides["imgcache_threads"][-1], manifest)
             fast = make_project(run / f"imgcache-fast-{r}", {**IMGCACHE, "IMGCACHE_FAST_HASH": True})
             sides["imgcache_fast"].append(crawl(fast, server, "first"))
             check_imgcache(sides["imgcache_fast"][-1], manifest)
@@ -558,10 +562,11 @@ def main(argv: list[str] | None = None) -> int:
         total = len(mmanifest["routes"])
         mark = max(n_mem // 5, 1)
         samples = result["samples"]
-        at_mark = next((rss for done, rss in samples if done >= mark), samples[-1][1])
+        at_mark = next((s for s in samples if s[0] >= mark), samples[-1])
         report["memory"] = {
             "photos": n_mem, "urls": total, "mean_bytes": mmanifest["mean_bytes"], "mark": mark,
-            "rss_at_mark": at_mark, "rss_at_end": samples[-1][1], "peak_rss": result["maxrss"],
+            "rss_at_mark": at_mark[1], "rss_at_end": samples[-1][1], "peak_rss": result["maxrss"],
+            "workers_rss_at_mark": at_mark[2], "workers_rss_at_end": samples[-1][2], "workers": result["workers"],
             "images": result["images"], "rate": result["rate"],
             "curve": [samples[min(len(samples) - 1, round(k * (len(samples) - 1) / 10))] for k in range(11)],
         }
@@ -597,6 +602,9 @@ def render(rep: dict[str, Any]) -> str:
         f"| overhead over the limit, fast hash | {b['limit_fast']['rate']:.1f} / {b['imgcache_fast']['rate']:.1f} "
         f"= **{r['overhead_fast']:.2f}** | <= 1.5 | {mark(r['overhead_fast'] <= 1.5)} |",
     ]
+    lines.append(f"| (context) ImgCache hashing in Scrapy's threads (IMGCACHE_HASH_PROCESSES=0) / ImagesPipeline | "
+                 f"{b['imgcache_threads']['rate']:.1f} / {b['images']['rate']:.1f} = "
+                 f"{b['imgcache_threads']['rate'] / b['images']['rate']:.2f} | | |")
     lines.append(f"| (context) Scrapy downloading the same images in the spider, no pipeline | "
                  f"{b['download_only']['rate']:.1f} images/s | | |")
     s = rep["second_crawl"]
@@ -619,7 +627,9 @@ def render(rep: dict[str, Any]) -> str:
         grow = m["rss_at_end"] / m["rss_at_mark"]
         lines.append(f"| peak memory, {m['urls']} image URLs ({m['photos']} distinct 400x300, mean "
                      f"{m['mean_bytes'] / 1024:.0f} KB) | RSS {m['rss_at_mark'] / 2**20:.0f} MiB at {m['mark']} images, "
-                     f"{m['rss_at_end'] / 2**20:.0f} MiB at {m['images']} (x{grow:.2f}); peak {m['peak_rss'] / 2**20:.0f} MiB "
+                     f"{m['rss_at_end'] / 2**20:.0f} MiB at {m['images']} (x{grow:.2f}); peak {m['peak_rss'] / 2**20:.0f} MiB; "
+                     f"its {m['workers']} hashing workers {m['workers_rss_at_mark'] / 2**20:.0f} and "
+                     f"{m['workers_rss_at_end'] / 2**20:.0f} MiB "
                      f"| flat | {mark(grow < 1.15)} |")
     lines += ["", "Details:", "", "```", json.dumps({k: rep[k] for k in ("machine", "dataset", "server_raw")},
                                                   indent=1, default=str), "```"]

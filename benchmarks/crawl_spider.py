@@ -48,9 +48,33 @@ class BenchSpider(scrapy.Spider):
         return None
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * _PAGE
+def rss_bytes(pid: int | str = "self") -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return int(fh.read().split()[1]) * _PAGE
+    except OSError:
+        return 0
+
+
+def children() -> list[int]:
+    """This process's child processes (the plugin's hashing workers)."""
+    pids: list[int] = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/children") as fh:
+                pids += [int(p) for p in fh.read().split()]
+        except OSError:
+            pass
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
 
 
 class BenchStats:
@@ -59,7 +83,7 @@ class BenchStats:
         self.images = 0
         self.status: Counter[str] = Counter()
         self.duplicate: Counter[str] = Counter()
-        self.samples: list[tuple[int, int]] = []
+        self.samples: list[tuple[int, int, int]] = []
         self.loop = task.LoopingCall(self.sample)
         crawler.signals.connect(self.opened, signal=signals.spider_opened)
         crawler.signals.connect(self.closed, signal=signals.spider_closed)
@@ -88,14 +112,16 @@ class BenchStats:
             self.status["fetched"] += 1
 
     def sample(self):
-        self.samples.append((self.images, rss_bytes()))
+        self.kids = set(getattr(self, "kids", set())) | set(children())
+        self.samples.append((self.images, rss_bytes(), sum(rss_bytes(p) for p in self.kids)))
 
     def closed(self, spider, reason):
         elapsed = time.perf_counter() - self.t0
         cpu = os.times()
+        self.sample()
+        workers_cpu = sum(cpu_seconds(p) for p in self.kids)
         if self.loop.running:
             self.loop.stop()
-        self.sample()
         out = {
             "elapsed": elapsed,
             "start": self.wall0,
@@ -103,7 +129,9 @@ class BenchStats:
             "images": self.images,
             "status": dict(self.status),
             "duplicate": dict(self.duplicate),
-            "cpu_seconds": (cpu.user - self.cpu0.user) + (cpu.system - self.cpu0.system),
+            "cpu_seconds": (cpu.user - self.cpu0.user) + (cpu.system - self.cpu0.system) + workers_cpu,
+            "workers": len(self.kids),
+            "workers_cpu_seconds": workers_cpu,
             "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "samples": self.samples,
             "finish_reason": reason,
