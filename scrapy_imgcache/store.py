@@ -349,7 +349,27 @@ class SqlStore:
             ).first()
         self._index.forget(row.id)
         if still_used is None:  # the same bytes may live on in another bucket
-            self.blobs.delete(row.blob_key)
+            self.remove_blob(row.blob_key)
+        return True
+
+    def remove_blob(self, key: str) -> bool:
+        """Delete a blob no row references, without losing it to a ``put`` that commits meanwhile.
+
+        ``put`` looks for its blob after its commit; this looks for rows after the delete and
+        writes the bytes back if one appeared. Whichever runs last sees the other, so no row is
+        left pointing at nothing, on any database, without locks.
+        """
+        data = self.blobs.get(key)
+        if data is None:
+            return False
+        self.blobs.delete(key)
+        with self.engine.connect() as conn:
+            used = conn.execute(
+                select(ImageRow.id).where(ImageRow.content_hash == hash_of_key(key)).limit(1)
+            ).first()
+        if used is not None:
+            self.blobs.put(key, data)
+            return False
         return True
 
     def _write(self):  # type: ignore[no-untyped-def]

@@ -156,6 +156,17 @@ def test_delete_removes_bytes_and_urls_but_not_another_buckets_blob(store):
     assert counts(store) == (1, 1, 1)
 
 
+def test_a_blob_removed_while_a_row_for_it_commits_is_put_back(store):
+    """delete() and gc's orphan removal race a concurrent put of the same bytes: the row
+    that committed meanwhile must not be left without its file."""
+    kept = put(store, JPEGS[0], "https://b.example/1.jpg", bucket="b").entry  # the concurrent put's row
+    assert not store.remove_blob(kept.path)
+    assert store.blobs.get(kept.path) == JPEGS[0]
+    assert store.delete(kept.content_hash, bucket="b")
+    assert not store.blobs.exists(kept.path)  # with no row left, it goes
+    assert not store.remove_blob(kept.path)  # and removing what is gone is a no-op
+
+
 def test_usage_counts_images_urls_and_savings(store):
     put(store, JPEGS[0], "https://a.example/1.jpg", client_name="one")
     put(store, JPEGS[0], "https://a.example/dup.jpg", client_name="two")

@@ -81,7 +81,7 @@ class Command(ImgCacheCommand):
             orphans = store.orphan_blobs(config.gc_grace)
             size = sum(s for _, s in orphans)
             if not opts.dry_run:
-                size = sum(s for key, s in orphans if store.blobs.delete(key))
+                size = sum(s for key, s in orphans if store.remove_blob(key))
             freed += size
             print(
                 f"{verb} {len(orphans)} blob(s) no row references, older than {config.gc_grace:g} s "
