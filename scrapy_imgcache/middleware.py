@@ -111,10 +111,21 @@ class ImgCacheMiddleware:
         return None
 
     def _lookup(self, url: str) -> tuple[Entry | None, bool, bytes | None]:
-        """The URL's entry, whether it is fresh, and then its bytes: one thread hop per hit."""
+        """The URL's entry, whether it is fresh, and then its bytes: one thread hop per hit.
+
+        A hit by another spider than the one that last recorded the URL is recorded for this
+        one too (with the original fetch time, so freshness is not extended), so the cache
+        knows every spider that saw the image.
+        """
         entry = self.ctx.store.lookup(url, self.config.bucket)
         if entry is None or not self._fresh(entry):
             return entry, False, None
+        client = self.ctx.client_name()
+        if entry.client_name != client:
+            self.ctx.store.record_url(
+                entry.content_hash, url=url, client_name=client, bucket=entry.bucket, lookup_time=entry.lookup_time,
+                etag=entry.etag, last_modified=entry.last_modified,
+            )
         return entry, True, self.ctx.store.get_bytes(entry.content_hash, entry.bucket)
 
     def _fresh(self, entry: Entry) -> bool:

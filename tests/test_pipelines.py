@@ -76,6 +76,9 @@ def test_first_crawl_dedupes_and_second_crawl_downloads_no_image_bytes(site, tmp
     assert site.image_bytes == 0 and site.image_hits == 0
     assert second.stat("hit") == 4 and second.stat("miss") == 0 and second.stat("stored") == 0
     assert {img["status"] for img in second.images} == {"uptodate"}
+    other = crawl(project, "otherpages", start=site.url("/p1"))  # another spider, all from the cache
+    assert other.stat("hit") == 4 and site.image_bytes == 0
+    assert sorted(u.client_name for u in store.urls(a["content_hash"])) == ["otherpages", "otherpages", "pages", "pages"]
     assert {img["url"]: img["content_hash"] for img in second.images} == {
         img["url"]: img["content_hash"] for img in first.images
     }
