@@ -464,6 +464,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-distance", type=int, default=12, help="pHash bits between any two distinct photos")
     ap.add_argument("--skip", default="", help="comma list of: sharing, memory")
     ap.add_argument("--json", type=Path, help="write every measurement here as well")
+    ap.add_argument("--keep-stores", action="store_true", help="keep the crawls' image stores under benchmarks/out/run-*")
     args = ap.parse_args(argv)
     n = args.photos or (200 if args.quick else 1000)
     n_mem = args.memory_photos or (1000 if args.quick else 10000)
@@ -572,6 +573,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         log("memory:", {k: v for k, v in report["memory"].items() if k != "curve"})
 
+    if not args.keep_stores:  # each crawl's blobs are a copy of the site: ~4 GB a full run
+        for folder in [*run.glob("*/.scrapy/imgcache-files"), *run.glob("*/store"), *run.glob("share-*-files")]:
+            shutil.rmtree(folder, ignore_errors=True)
     text = render(report)
     (run / "report.md").write_text(text)
     (run / "report.json").write_text(json.dumps(report, indent=1, default=str))
