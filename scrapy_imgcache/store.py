@@ -59,6 +59,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _utc(moment: datetime) -> datetime:
+    """Naive times are taken as UTC (as the database columns store them)."""
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
 def validate_bucket(bucket: str) -> str:
     if not isinstance(bucket, str) or not BUCKET_RE.match(bucket):
         raise ValueError(f"bad bucket name {bucket!r}: up to {BUCKET_LENGTH} of A-Z a-z 0-9 . _ -")
@@ -252,7 +257,7 @@ class SqlStore:
         elif info.content_hash != content_hash(data):
             raise ValueError("the ImageInfo given does not describe these bytes")
         now = utcnow()
-        lookup_time = lookup_time or now
+        lookup_time = _utc(lookup_time) if lookup_time else now
         key = blob_key(info.content_hash, info.extension)
         self.blobs.put(key, data)  # bytes first: a row never points at nothing
         values = dict(
@@ -295,8 +300,32 @@ class SqlStore:
             )
         if not self.blobs.exists(key):  # a concurrent delete removed it before our row landed
             self.blobs.put(key, data)
-        entry = self._entry(bucket, info.content_hash, url=url, client_name=client_name)
-        assert entry is not None
+        if created:  # the row is what we just wrote: no need to read it back
+            entry = Entry(
+                url=url,
+                content_hash=info.content_hash,
+                content_type=info.content_type,
+                file_size_bytes=info.size,
+                original_filename=values["original_filename"],
+                width=info.width,
+                height=info.height,
+                perceptual_hash=info.perceptual_hash,
+                client_name=values["client_name"],
+                lookup_time=lookup_time,
+                created_at=now,
+                bucket=bucket,
+                hash_algorithm=info.algorithm,
+                flat=info.flat,
+                etag=etag,
+                last_modified=last_modified,
+                path=key,
+                similar_to=similar_to,
+                similar_distance=similar_distance,
+            )
+        else:  # the image row is someone else's: its fields are the stored ones
+            found = self._entry(bucket, info.content_hash, url=url, client_name=client_name)
+            assert found is not None
+            entry = found
         return PutResult(entry, created)
 
     def record_url(
