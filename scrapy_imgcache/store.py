@@ -556,9 +556,14 @@ class SqlStore:
                 per.images += int(n)
                 per.bytes += int(size or 0)
             # near-duplicates kept in annotate mode count too (their bytes were stored)
-            stmt = select(ImageRow.bucket, func.count()).where(ImageRow.similar_to.is_not(None)).group_by(ImageRow.bucket)
-            for bucket, n in conn.execute(stmt):
+            stmt = (
+                select(ImageRow.bucket, ImageRow.client_name, func.count())
+                .where(ImageRow.similar_to.is_not(None))
+                .group_by(ImageRow.bucket, ImageRow.client_name)
+            )
+            for bucket, client, n in conn.execute(stmt):
                 out[bucket].similar_duplicates += int(n)
+                out[bucket].clients.setdefault(client, Usage(bucket)).similar_duplicates += int(n)
         return [out[b] for b in sorted(out)]
 
     # -- maintenance (the gc command) ------------------------------------------------------

@@ -167,6 +167,15 @@ def test_a_blob_removed_while_a_row_for_it_commits_is_put_back(store):
     assert not store.remove_blob(kept.path)  # and removing what is gone is a no-op
 
 
+def test_usage_counts_annotated_near_duplicates_for_their_client(store):
+    original = put(store, JPEGS[0], "https://a.example/1.jpg", client_name="shop").entry
+    put(store, JPEGS[1], "https://b.example/1.jpg", client_name="blog",
+        similar_to=original.content_hash, similar_distance=2)
+    (usage,) = store.usage()
+    assert usage.similar_duplicates == 1
+    assert usage.clients["blog"].similar_duplicates == 1 and usage.clients["shop"].similar_duplicates == 0
+
+
 def test_usage_counts_images_urls_and_savings(store):
     put(store, JPEGS[0], "https://a.example/1.jpg", client_name="one")
     put(store, JPEGS[0], "https://a.example/dup.jpg", client_name="two")
