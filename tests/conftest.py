@@ -7,12 +7,14 @@ failure under ``CI=true``, where both servers must be running.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 POSTGRES_URL = os.environ.get("IMGCACHE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MYSQL_URL = os.environ.get("IMGCACHE_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
@@ -26,38 +28,41 @@ def _unreachable(what: str, exc: Exception) -> None:
     pytest.skip(message)
 
 
-def _postgres_url() -> Iterator[str]:
-    name = f"imgcache_t{uuid.uuid4().hex[:12]}"
+@contextlib.contextmanager
+def scratch(admin_url: str, what: str, create: str, drop: list[str], **engine_options: Any) -> Iterator[Engine]:
+    """Run ``create`` (a schema or database of the test's own), yield the admin engine, then ``drop``."""
     try:
-        admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+        admin = create_engine(admin_url, **engine_options)
         with admin.connect() as conn:
-            conn.execute(text(f"CREATE SCHEMA {name}"))
+            conn.execute(text(create))
+            conn.commit()
     except Exception as exc:  # noqa: BLE001 - any connection failure
-        _unreachable("PostgreSQL", exc)
-    sep = "&" if "?" in POSTGRES_URL else "?"
+        _unreachable(what, exc)
     try:
-        yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{name}"
+        yield admin
     finally:
         with admin.connect() as conn:
-            conn.execute(text(f"DROP SCHEMA {name} CASCADE"))
+            for statement in drop:
+                conn.execute(text(statement))
+            conn.commit()
         admin.dispose()
+
+
+def _postgres_url() -> Iterator[str]:
+    name = f"imgcache_t{uuid.uuid4().hex[:12]}"
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    with scratch(
+        POSTGRES_URL, "PostgreSQL", f"CREATE SCHEMA {name}", [f"DROP SCHEMA {name} CASCADE"],
+        isolation_level="AUTOCOMMIT",
+    ):
+        yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{name}"
 
 
 def _mysql_url() -> Iterator[str]:
     name = f"imgcache_t{uuid.uuid4().hex[:12]}"
-    try:
-        admin = create_engine(MYSQL_URL)
-        with admin.connect() as conn:
-            conn.execute(text(f"CREATE DATABASE {name} CHARACTER SET utf8mb4"))
-    except Exception as exc:  # noqa: BLE001
-        _unreachable("MariaDB/MySQL", exc)
     base = MYSQL_URL.rsplit("/", 1)[0]
-    try:
+    with scratch(MYSQL_URL, "MariaDB/MySQL", f"CREATE DATABASE {name} CHARACTER SET utf8mb4", [f"DROP DATABASE {name}"]):
         yield f"{base}/{name}?charset=utf8mb4"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f"DROP DATABASE {name}"))
-        admin.dispose()
 
 
 @pytest.fixture
