@@ -199,12 +199,7 @@ class ImgCacheMiddleware:
         assert self.ingestor is not None
         try:
             outcome = await in_thread(
-                self.ingestor.ingest,
-                response.body,
-                url=response.url,
-                client_name=self.ctx.client_name(),
-                etag=_header(response, b"ETag"),
-                last_modified=_header(response, b"Last-Modified"),
+                ingest_response, self.ctx, self.ingestor, response,
                 on_similar="skip" if self.config.on_similar == "skip" else "annotate",
             )
         except InvalidImage as exc:
@@ -214,8 +209,21 @@ class ImgCacheMiddleware:
         except StoreError as exc:
             self._store_failed(request, exc)
             return
-        record_outcome(self.ctx, outcome)
         request.meta[META_ENTRY] = outcome.entry
+
+
+def ingest_response(ctx: ImgCacheContext, ingestor: Ingestor, response: Response, on_similar: str | None = None) -> Any:
+    """Store a downloaded image with its validators and count it (blocking: run in a thread)."""
+    outcome = ingestor.ingest(
+        response.body,
+        url=response.url,
+        client_name=ctx.client_name(),
+        etag=_header(response, b"ETag"),
+        last_modified=_header(response, b"Last-Modified"),
+        on_similar=on_similar,
+    )
+    record_outcome(ctx, outcome)
+    return outcome
 
 
 def record_outcome(ctx: ImgCacheContext, outcome: Any) -> None:

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from .context import ImgCacheContext, component_result, in_thread
 from .errors import InvalidImage, StoreError
 from .ingest import Ingestor, Outcome, checksum, make_thumbnails
-from .middleware import META_ENTRY, META_KEY, META_PIPELINE, META_STATUS, RESPONSE_FLAG, record_outcome
+from .middleware import META_ENTRY, META_KEY, META_PIPELINE, META_STATUS, RESPONSE_FLAG, ingest_response
 from .store import Entry
 
 if TYPE_CHECKING:
@@ -149,14 +149,7 @@ class ImgCachePipeline:
 
     def _ingest(self, response: Response) -> dict[str, Any]:
         assert self.ingestor is not None
-        outcome = self.ingestor.ingest(
-            response.body,
-            url=response.url,
-            client_name=self.ctx.client_name(),
-            etag=_header(response, b"ETag"),
-            last_modified=_header(response, b"Last-Modified"),
-        )
-        record_outcome(self.ctx, outcome)
+        outcome = ingest_response(self.ctx, self.ingestor, response)
         status = "downloaded"
         logger.debug("Image (%s): %s %s", outcome.duplicate or status, response.url, outcome.entry.content_hash[:12])
         return self._result(response, outcome, status)
@@ -223,8 +216,3 @@ async def _download(crawler: Crawler, request: Request) -> Response:
     if hasattr(engine, "download_async"):  # Scrapy >= 2.14
         return await engine.download_async(request)
     return await maybe_deferred_to_future(engine.download(request))
-
-
-def _header(response: Response, name: bytes) -> str | None:
-    value = response.headers.get(name)
-    return value.decode("latin-1") if value else None
