@@ -50,23 +50,29 @@ class LocalBlobStore:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._prefix = str(self.root) + os.sep
 
-    def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if self.root not in path.parents:
+    def _path(self, key: str) -> str:
+        """The file of a key, checked lexically (a few microseconds: this runs several times
+        an image, where resolving the path through the file system cost ~0.1 ms)."""
+        if not key or key[0] == "/" or "\\" in key or "\0" in key or _BAD_SEGMENTS & set(key.split("/")):
             raise ValueError(f"blob key {key!r} escapes the store")
-        return path
+        return self._prefix + key
 
     def describe(self, key: str) -> str:
-        return str(self._path(key))
+        return self._path(key)
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        if path.exists() and path.stat().st_size == len(data):
-            os.utime(path)  # a fresh mtime keeps the GC's grace period away from it
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        try:
+            if os.stat(path).st_size == len(data):
+                os.utime(path)  # a fresh mtime keeps the GC's grace period away from it
+                return
+        except FileNotFoundError:
+            pass
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
@@ -79,20 +85,21 @@ class LocalBlobStore:
             except FileNotFoundError:
                 pass
             raise
-        _fsync_dir(path.parent)
+        _fsync_dir(folder)
 
     def get(self, key: str) -> bytes | None:
         try:
-            return self._path(key).read_bytes()
+            with open(self._path(key), "rb") as fh:
+                return fh.read()
         except FileNotFoundError:
             return None
 
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        return os.path.isfile(self._path(key))
 
     def delete(self, key: str) -> bool:
         try:
-            self._path(key).unlink()
+            os.unlink(self._path(key))
         except FileNotFoundError:
             return False
         return True
@@ -108,7 +115,10 @@ class LocalBlobStore:
                 yield path.relative_to(self.root).as_posix(), st.st_mtime, st.st_size
 
 
-def _fsync_dir(path: Path) -> None:
+_BAD_SEGMENTS = frozenset({"", ".", ".."})
+
+
+def _fsync_dir(path: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:  # pragma: no cover - platforms without directory fds

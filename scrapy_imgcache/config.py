@@ -136,7 +136,7 @@ def _default_files(url: str) -> str:
 
 def _hash_processes(value: Any) -> int:
     if value is None or value == "":
-        from .ingest import default_hash_processes
+        from .workers import default_hash_processes
 
         return default_hash_processes()
     return _int("IMGCACHE_HASH_PROCESSES", value, 0, 256)

@@ -96,7 +96,8 @@ class Inspector:
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"unknown hash algorithm {self.algorithm!r}; use one of {ALGORITHMS}")
 
-    def inspect(self, data: bytes) -> ImageInfo:
+    def inspect(self, data: bytes, known_hash: str | None = None) -> ImageInfo:
+        """``known_hash``: the :func:`content_hash` of ``data`` when the caller has it already."""
         size = len(data)
         if size == 0:
             raise EmptyImage("empty body: zero bytes")
@@ -116,7 +117,7 @@ class Inspector:
             raise TooManyPixels(str(exc)) from exc
         phash, flat = perceptual_hash(img, self.algorithm)
         return ImageInfo(
-            content_hash=content_hash(data),
+            content_hash=known_hash or content_hash(data),
             format=fmt,
             content_type=mime,
             extension=ext,

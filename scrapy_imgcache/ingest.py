@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import multiprocessing
-import os
 import threading
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,6 +20,7 @@ from .config import ImgCacheConfig
 from .errors import InvalidImage
 from .hashing import ImageInfo, Inspector, content_hash
 from .store import Entry, SqlStore, Store
+from .workers import hash_workers
 
 
 class ImageTooSmall(InvalidImage):
@@ -60,6 +57,13 @@ class Ingestor:
         self.min_width = min_width
         self.min_height = min_height
         self._decide = threading.Lock()
+        processes = config.hash_processes
+        self.workers = hash_workers(processes, self.inspector) if processes > 0 else None
+
+    def start(self) -> None:
+        """Start the hashing workers now, so the first images do not wait for them (blocking)."""
+        if self.workers is not None:
+            self.workers.start()
 
     def ingest(
         self,
@@ -79,10 +83,14 @@ class Ingestor:
             url=url, client_name=client_name, bucket=bucket, lookup_time=lookup_time, etag=etag,
             last_modified=last_modified,
         )
-        copy = self._exact_copy(data, common)
+        chash = content_hash(data) if 0 < len(data) <= self.inspector.limits.max_bytes else None
+        copy = self._exact_copy(data, chash, common)
         if copy is not None:
             return copy
-        info = inspect_bytes(self.inspector, data, self.config.hash_processes)
+        if self.workers is not None and chash is not None:
+            info = self.workers.inspect(data, chash)
+        else:
+            info = self.inspector.inspect(data, known_hash=chash)
         self._check_size(info.width, info.height)
         policy = on_similar or self.config.on_similar
         if policy == "annotate" and isinstance(self.store, SqlStore):
@@ -98,7 +106,7 @@ class Ingestor:
         if width < self.min_width or height < self.min_height:
             raise ImageTooSmall(f"{width}x{height} is smaller than the minimum {self.min_width}x{self.min_height}")
 
-    def _exact_copy(self, data: bytes, common: dict[str, Any]) -> Outcome | None:
+    def _exact_copy(self, data: bytes, chash: str | None, common: dict[str, Any]) -> Outcome | None:
         """Bytes the bucket already holds: an exact duplicate, recorded without decoding them.
 
         They were inspected when first stored and their hashes are in the row, so decoding
@@ -106,9 +114,8 @@ class Ingestor:
         unusual (a row without its bytes, limits lowered since) takes the full path instead.
         """
         limits = self.inspector.limits
-        if not isinstance(self.store, SqlStore) or not data or len(data) > limits.max_bytes:
+        if not isinstance(self.store, SqlStore) or chash is None:
             return None
-        chash = content_hash(data)
         entry = self.store.get_meta(chash, common["bucket"])
         if (
             entry is None
@@ -129,12 +136,13 @@ class Ingestor:
         self, data: bytes, info: ImageInfo, policy: str, filename: str | None, common: dict[str, Any]
     ) -> Outcome:
         bucket = self.config.bucket
-        if self.store.get_meta(info.content_hash, bucket) is None and not info.flat:
+        if not info.flat:
             near = self.store.similar(
                 info.perceptual_hash, self.config.similarity_threshold, bucket, limit=1, algorithm=info.algorithm
             )
-            # another process may have stored these very bytes since get_meta: an exact copy
-            if near and near[0].content_hash != info.content_hash:
+            # the same bytes, stored since the exact-copy check by another thread or process,
+            # are an exact copy (put() records them as one), not a near-duplicate
+            if near and near[0].content_hash != info.content_hash and self.store.get_meta(info.content_hash, bucket) is None:
                 return self._near_duplicate(data, info, near[0], policy, filename, common)
         result = self.store.put(data, info=info, filename=filename, **common)
         return Outcome(
@@ -158,45 +166,6 @@ class Ingestor:
         # skip and drop: the bytes are not stored again; the URL points at the image we have
         entry = self.store.record_url(near.content_hash, duplicate="similar", saved_bytes=info.size, **common)
         return Outcome(entry or near, False, "similar", near.content_hash, dist, False, info.size)
-
-
-_POOL_LOCK = threading.Lock()
-_POOLS: dict[int, ProcessPoolExecutor] = {}
-
-
-def inspect_bytes(inspector: Inspector, data: bytes, processes: int) -> ImageInfo:
-    """``inspector.inspect(data)``, in a worker process when ``processes`` > 0.
-
-    Pillow keeps much of a JPEG decode and of the RGB->L conversion under the GIL, so threads
-    of one process hash at barely more than one core's speed (docs/crawl-benchmark.md:
-    1 thread 70-77 images/s, 2 threads 69-73); worker processes use every core. The bytes
-    go to the worker and a small ImageInfo (or the InvalidImage) comes back. A pool whose
-    worker died is replaced, and that image is hashed here instead.
-    """
-    if processes <= 0:
-        return inspector.inspect(data)
-    pool = _pool(processes)
-    try:
-        return pool.submit(inspector.inspect, data).result()
-    except BrokenProcessPool:
-        with _POOL_LOCK:
-            if _POOLS.get(processes) is pool:
-                del _POOLS[processes]
-        return inspector.inspect(data)
-
-
-def _pool(processes: int) -> ProcessPoolExecutor:
-    with _POOL_LOCK:
-        pool = _POOLS.get(processes)
-        if pool is None:  # "spawn": never fork a process running a reactor and threads
-            pool = _POOLS[processes] = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
-        return pool
-
-
-def default_hash_processes() -> int:
-    """One worker a core, none on a single core (a pipe hop would only add to the work)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return cores if cores > 1 else 0
 
 
 def checksum(data: bytes) -> str:

@@ -82,6 +82,7 @@ class ImgCacheMiddleware:
     async def spider_opened(self, spider: Spider) -> None:
         store = await self.ctx.open()
         self.ingestor = Ingestor(store, self.config)
+        await in_thread(self.ingestor.start)
 
     async def spider_closed(self, spider: Spider) -> None:
         await self.ctx.release()

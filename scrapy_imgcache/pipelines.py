@@ -76,6 +76,7 @@ class ImgCachePipeline:
     async def _open(self) -> None:
         store = await self.ctx.open()
         self.ingestor = Ingestor(store, self.config, min_width=self.min_width, min_height=self.min_height)
+        await in_thread(self.ingestor.start)
 
     async def process_item(self, item: Any, spider: Spider | None = None) -> Any:
         adapter = ItemAdapter(item)

@@ -14,15 +14,14 @@ import functools
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from sqlalchemy import (
     BigInteger,
-    Engine,
     Select,
     and_,
     any_,
@@ -46,9 +45,10 @@ from .blobs import BlobStore, blob_key, hash_of_key, open_blob_store
 from .errors import ConfigError, StoreError
 from .hashing import ImageInfo, Inspector, content_hash
 from .models import BUCKET_LENGTH, ImageRow, UrlRow
-from .schema import ensure_schema, make_engine
+from .schema import ensure_schema, make_engine, make_reading_engine
 from .simindex import HammingIndex, to_signed
 
+T = TypeVar("T")
 HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 PHASH_RE = re.compile(r"^[0-9a-f]{16}$")
 BUCKET_RE = re.compile(rf"^[A-Za-z0-9._-]{{0,{BUCKET_LENGTH}}}$")
@@ -162,7 +162,13 @@ class Store(Protocol):
         info: ImageInfo | None = None,
         similar_to: str | None = None,
         similar_distance: int | None = None,
-    ) -> PutResult: ...
+    ) -> PutResult:
+        """Store ``data`` (once per bucket) and record ``url`` for it.
+
+        ``info``: :meth:`Inspector.inspect` of exactly these bytes, when the caller has it
+        (they are then not decoded again); without it the bytes are inspected here.
+        """
+        ...
 
     def record_url(
         self,
@@ -223,7 +229,7 @@ class SqlStore:
         ensure_schema(self.engine)
         self._writer = self.engine.execution_options(imgcache_write=True)
         self._dialect = self.engine.dialect.name
-        self._reader = _reading_engine(self.engine) if self._dialect == "postgresql" else self.engine
+        self._reader = make_reading_engine(self.engine) if self._dialect in ("postgresql", "sqlite") else self.engine
         self._index = _SharedIndex(self)
 
     def __repr__(self) -> str:
@@ -254,7 +260,7 @@ class SqlStore:
         validate_bucket(bucket)
         if info is None:
             info = self.inspector.inspect(data)
-        elif info.content_hash != content_hash(data):
+        elif info.size != len(data):  # (hashing them again to be sure cost ~0.3 ms an image)
             raise ValueError("the ImageInfo given does not describe these bytes")
         now = utcnow()
         lookup_time = _utc(lookup_time) if lookup_time else now
@@ -280,10 +286,9 @@ class SqlStore:
             similar_distance=similar_distance,
         )
         with self._write() as conn:
-            image_id = self._image_id(conn, bucket, info.content_hash)
-            created = False
-            if image_id is None:
-                created = self._insert_ignore(conn, ImageRow, values)
+            image_id = self._insert_ignore(conn, ImageRow, values)
+            created = image_id is not None
+            if image_id is None:  # these bytes were there already
                 image_id = self._image_id(conn, bucket, info.content_hash)
                 assert image_id is not None
             self._upsert_url(
@@ -407,19 +412,19 @@ class SqlStore:
     def _image_id(self, conn: Any, bucket: str, chash: str) -> int | None:
         return conn.execute(_IMAGE_ID, {"bucket": bucket, "chash": chash}).scalar()
 
-    def _insert_ignore(self, conn: Any, model: Any, values: dict[str, Any]) -> bool:
-        """Insert unless the unique key exists; True when this call inserted the row."""
+    def _insert_ignore(self, conn: Any, model: Any, values: dict[str, Any]) -> int | None:
+        """Insert unless the unique key exists; the new row's id, or None when it existed."""
         if self._dialect in ("sqlite", "postgresql"):
-            return conn.execute(_insert_ignore_stmt(self._dialect, model.__table__), values).first() is not None
+            return conn.execute(_insert_ignore_stmt(self._dialect, model.__table__), values).scalar()
         if self._dialect in ("mysql", "mariadb"):
-            return conn.execute(_insert_ignore_stmt(self._dialect, model.__table__), values).rowcount == 1
+            result = conn.execute(_insert_ignore_stmt(self._dialect, model.__table__), values)
+            return result.inserted_primary_key[0] if result.rowcount == 1 else None
         else:  # pragma: no cover - other dialects: plain insert, duplicate key means "exists"
             try:
                 with conn.begin_nested():
-                    conn.execute(model.__table__.insert().values(**values))
-                return True
+                    return conn.execute(model.__table__.insert().values(**values)).inserted_primary_key[0]
             except IntegrityError:
-                return False
+                return None
 
     def _upsert_url(self, conn: Any, **values: Any) -> None:
         values["url_hash"] = content_hash(values["url"].encode("utf-8", "surrogatepass"))
@@ -437,8 +442,7 @@ class SqlStore:
     # -- reading -------------------------------------------------------------------------
 
     def get_bytes(self, content_hash: str, bucket: str = "") -> bytes | None:
-        with self.engine.connect() as conn:
-            key = conn.execute(_BLOB_KEY, {"bucket": bucket, "chash": content_hash}).scalar()
+        key = self._read(lambda conn: conn.execute(_BLOB_KEY, {"bucket": bucket, "chash": content_hash}).scalar())
         return None if key is None else self.blobs.get(key)
 
     def get_meta(self, content_hash: str, bucket: str = "") -> Entry | None:
@@ -477,26 +481,22 @@ class SqlStore:
         """Images whose hash is within ``max_distance`` bits, nearest first (flat ones never)."""
         validate_phash(perceptual_hash)
         validate_distance(max_distance)
-        try:
-            return self._similar(perceptual_hash, max_distance, bucket, limit, algorithm)
-        except DBAPIError as exc:  # the reading pool does not ping: a dropped connection is retried
-            if not exc.connection_invalidated:
-                raise
-            return self._similar(perceptual_hash, max_distance, bucket, limit, algorithm)
+        return self._read(lambda conn: self._similar(conn, perceptual_hash, max_distance, bucket, limit, algorithm))
 
-    def _similar(self, perceptual_hash: str, max_distance: int, bucket: str, limit: int, algorithm: str) -> list[Entry]:
+    def _similar(
+        self, conn: Any, perceptual_hash: str, max_distance: int, bucket: str, limit: int, algorithm: str
+    ) -> list[Entry]:
         out: list[Entry] = []
-        with self._reader.connect() as conn:  # one checkout for the refresh and the rows
-            hits = self._index.query(bucket, algorithm, int(perceptual_hash, 16), max_distance, conn)
-            for start in range(0, len(hits), max(limit, 1)):
-                chunk = hits[start : start + max(limit, 1)]
-                by_id = self._latest_rows([i for i, _ in chunk], conn)
-                for image_id, dist in chunk:
-                    row = by_id.get(image_id)
-                    if row is not None:  # deleted since the index saw it
-                        out.append(_to_entry(row, dist))
-                if len(out) >= limit:
-                    break
+        hits = self._index.query(bucket, algorithm, int(perceptual_hash, 16), max_distance, conn)
+        for start in range(0, len(hits), max(limit, 1)):
+            chunk = hits[start : start + max(limit, 1)]
+            by_id = self._latest_rows([i for i, _ in chunk], conn)
+            for image_id, dist in chunk:
+                row = by_id.get(image_id)
+                if row is not None:  # deleted since the index saw it
+                    out.append(_to_entry(row, dist))
+            if len(out) >= limit:
+                break
         return out[:limit]
 
     def images(self, bucket: str | None = None, batch: int = 1000) -> Iterator[Entry]:
@@ -623,9 +623,20 @@ class SqlStore:
         return {row.image_id: row for row in conn.execute(stmt, {"image_ids": list(image_ids)})}
 
     def _first(self, stmt: Select[Any], params: dict[str, Any] | None = None) -> Entry | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(stmt, params or {}).first()
+        row = self._read(lambda conn: conn.execute(stmt, params or {}).first())
         return None if row is None else _to_entry(row)
+
+    def _read(self, work: Callable[[Any], T]) -> T:
+        """``work(connection)`` on the reading pool, which does not ping: a connection the
+        server dropped is retried once."""
+        try:
+            with self._reader.connect() as conn:
+                return work(conn)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+        with self._reader.connect() as conn:
+            return work(conn)
 
     def _all(self, stmt: Select[Any]) -> list[Entry]:
         with self.engine.connect() as conn:
@@ -660,16 +671,6 @@ def _entry_columns(urls: Any = UrlRow) -> tuple[Any, ...]:
 
 _ENTRY_COLUMNS = _entry_columns()
 assert [c.key for c in _ENTRY_COLUMNS[1:]] == [f.name for f in fields(Entry)][: len(_ENTRY_COLUMNS) - 1]
-
-
-def _reading_engine(engine: Engine) -> Engine:
-    """PostgreSQL connections for similar(), which must answer in well under a millisecond.
-
-    Autocommit from the start, no ping on checkout and no rollback on return: the main
-    engine's pre-ping, BEGIN, autocommit switch and reset cost ~0.6 ms of round trips per
-    call; this pool costs none. A connection the server dropped is retried once.
-    """
-    return create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, pool_recycle=3600)
 
 
 def _joined() -> Select[Any]:
