@@ -342,8 +342,12 @@ def _noop(_: int) -> int:
 
 
 def bare_loop(files: list[str], copies: list[bool], fast: bool, workers: int = 2) -> dict[str, float]:
-    """The least hashing the crawl's job takes, in 2 processes: BLAKE2b of every image body,
-    and pHash (``Inspector.inspect``: decode, BLAKE2b, pHash) of every distinct content once."""
+    """Hashing alone, in 2 processes: ``Inspector.inspect`` (decode, BLAKE2b, pHash) of every
+    body, except those marked in ``copies``, which get only their BLAKE2b.
+
+    With no body marked this is the issue's bare loop (BLAKE2b + pHash of the same bytes);
+    with the exact copies marked it is the least hashing the crawl's job takes, since the
+    plugin itself recognises an exact copy by its BLAKE2b without decoding it."""
     with multiprocessing.Pool(workers, initializer=_load_bodies, initargs=(files,)) as pool:
         assert all(pool.map(_noop, range(workers * 4), chunksize=1))  # bodies loaded before timing
         cpu0 = os.times()
@@ -352,7 +356,8 @@ def bare_loop(files: list[str], copies: list[bool], fast: bool, workers: int = 2
         elapsed = time.perf_counter() - t0
     cpu1 = os.times()  # the workers are reaped now: their CPU is counted
     cpu = (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
-    log(f"  bare loop ({'fast' if fast else 'default'}): {done} images in {elapsed:.2f}s = {done / elapsed:.1f}/s")
+    kind = ("fast" if fast else "default") + (", copies not decoded" if any(copies) else ", every body")
+    log(f"  bare loop ({kind}): {done} images in {elapsed:.2f}s = {done / elapsed:.1f}/s")
     return {"images": done, "elapsed": elapsed, "rate": done / elapsed, "cpu_seconds": cpu}
 
 
@@ -494,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         log("server, plain client:", report["server_raw"])
 
         sides: dict[str, list[dict[str, Any]]] = {"images": [], "imgcache": [], "imgcache_fast": [],
-                                                    "limit": [], "limit_fast": [], "download_only": [],
+                                                    "limit": [], "limit_every_body": [], "limit_fast": [],
+                                                    "download_only": [],
                                                     "imgcache_threads": []}
         projects: list[Path] = []
         for r in range(rounds):
@@ -513,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
             check_imgcache(sides["imgcache_fast"][-1], manifest)
             sides["download_only"].append(crawl(make_project(run / f"fetch-{r}", {}), server, "first", "-a", "fetch=1"))
             sides["limit"].append(bare_loop(files, copies, fast=False))
+            sides["limit_every_body"].append(bare_loop(files, [False] * len(files), fast=False))
             sides["limit_fast"].append(bare_loop(files, copies, fast=True))
         report["first_crawl"] = sides
         b = {k: best(v) for k, v in sides.items()}
@@ -520,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
             "first_crawl": b["imgcache"]["rate"] / b["images"]["rate"],
             "fast_hash": b["imgcache_fast"]["rate"] / b["images"]["rate"],
             "overhead": b["limit"]["rate"] / b["imgcache"]["rate"],
+            "overhead_every_body": b["limit_every_body"]["rate"] / b["imgcache"]["rate"],
             "overhead_fast": b["limit_fast"]["rate"] / b["imgcache_fast"]["rate"],
         }
 
@@ -601,10 +609,14 @@ def render(rep: dict[str, Any]) -> str:
         f"images/s = **{r['first_crawl']:.2f}** | >= 1.0 | {mark(r['first_crawl'] >= 1.0)} |",
         f"| fast-hash mode / ImagesPipeline | {b['imgcache_fast']['rate']:.1f} / {b['images']['rate']:.1f} "
         f"= **{r['fast_hash']:.2f}** | >= 2.0 | {mark(r['fast_hash'] >= 2.0)} |",
-        f"| overhead over the limit (bare hash loop / crawl) | {b['limit']['rate']:.1f} / {b['imgcache']['rate']:.1f} "
-        f"= **{r['overhead']:.2f}** | <= 1.5 | {mark(r['overhead'] <= 1.5)} |",
-        f"| overhead over the limit, fast hash | {b['limit_fast']['rate']:.1f} / {b['imgcache_fast']['rate']:.1f} "
-        f"= **{r['overhead_fast']:.2f}** | <= 1.5 | {mark(r['overhead_fast'] <= 1.5)} |",
+        f"| overhead over the limit, the issue's bare loop (BLAKE2b + pHash of every body) / crawl | "
+        f"{b['limit_every_body']['rate']:.1f} / {b['imgcache']['rate']:.1f} "
+        f"= **{r['overhead_every_body']:.2f}** | <= 1.5 | {mark(r['overhead_every_body'] <= 1.5)} |",
+        f"| overhead over the limit, stricter bare loop (exact copies only BLAKE2b'd, as the plugin does) / crawl | "
+        f"{b['limit']['rate']:.1f} / {b['imgcache']['rate']:.1f} "
+        f"= **{r['overhead']:.2f}** | (<= 1.5) | {mark(r['overhead'] <= 1.5)} |",
+        f"| (context) overhead over the limit in fast-hash mode (copies not decoded) | "
+        f"{b['limit_fast']['rate']:.1f} / {b['imgcache_fast']['rate']:.1f} = {r['overhead_fast']:.2f} | | |",
     ]
     lines.append(f"| (context) ImgCache hashing in Scrapy's threads (IMGCACHE_HASH_PROCESSES=0) / ImagesPipeline | "
                  f"{b['imgcache_threads']['rate']:.1f} / {b['images']['rate']:.1f} = "

@@ -142,7 +142,11 @@ class Ingestor:
             )
             # the same bytes, stored since the exact-copy check by another thread or process,
             # are an exact copy (put() records them as one), not a near-duplicate
-            if near and near[0].content_hash != info.content_hash and self.store.get_meta(info.content_hash, bucket) is None:
+            if (
+                near
+                and near[0].content_hash != info.content_hash
+                and self.store.get_meta(info.content_hash, bucket) is None
+            ):
                 return self._near_duplicate(data, info, near[0], policy, filename, common)
         result = self.store.put(data, info=info, filename=filename, **common)
         return Outcome(

@@ -56,7 +56,7 @@ def _sqlite_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = _sqlite_pool(url)
+    engine = sqlite_pool(url)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):  # type: ignore[no-untyped-def]
@@ -66,7 +66,8 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
-def _sqlite_pool(url: str | URL, **kwargs: Any) -> Engine:
+def sqlite_pool(url: str | URL, **kwargs: Any) -> Engine:
+    """An engine on a SQLite file: WAL, a long busy timeout, and BEGIN left to the caller."""
     engine = create_engine(
         url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}, **kwargs
     )
@@ -94,7 +95,7 @@ def make_reading_engine(engine: Engine) -> Engine:
     autocommit loses nothing. Callers retry once on a connection the server dropped.
     """
     if engine.dialect.name == "sqlite":
-        return _sqlite_pool(engine.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
+        return sqlite_pool(engine.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
     return create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, pool_recycle=3600)
 
 

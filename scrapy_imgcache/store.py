@@ -45,7 +45,7 @@ from .blobs import BlobStore, blob_key, hash_of_key, open_blob_store
 from .errors import ConfigError, StoreError
 from .hashing import ImageInfo, Inspector, content_hash
 from .models import BUCKET_LENGTH, ImageRow, UrlRow
-from .schema import ensure_schema, make_engine, make_reading_engine
+from .schema import ensure_schema, make_engine, make_reading_engine, sqlite_pool
 from .simindex import HammingIndex, to_signed
 
 T = TypeVar("T")
@@ -227,18 +227,29 @@ class SqlStore:
         self.blobs: BlobStore = open_blob_store(files) if isinstance(files, str) else files
         self.engine = make_engine(url)
         ensure_schema(self.engine)
-        self._writer = self.engine.execution_options(imgcache_write=True)
         self._dialect = self.engine.dialect.name
-        self._reader = make_reading_engine(self.engine) if self._dialect in ("postgresql", "sqlite") else self.engine
+        self._pools = [self.engine]
+        # per-image reads and writes run on their own pools, without the main engine's
+        # per-statement overheads (see make_reading_engine and _retrying_begin)
+        self._reader = self.engine
+        if self._dialect in ("postgresql", "sqlite"):
+            self._reader = make_reading_engine(self.engine)
+            self._pools.append(self._reader)
+        if self._dialect == "sqlite":
+            self._writer = sqlite_pool(self.engine.url, isolation_level="AUTOCOMMIT")
+            self._begin_sql: str | None = "BEGIN IMMEDIATE"
+            self._pools.append(self._writer)
+        else:
+            self._writer = self.engine.execution_options(imgcache_write=True)
+            self._begin_sql = None
         self._index = _SharedIndex(self)
 
     def __repr__(self) -> str:
         return f"SqlStore({self.engine.url.render_as_string(hide_password=True)!r})"
 
     def close(self) -> None:
-        self.engine.dispose()
-        if self._reader is not self.engine:
-            self._reader.dispose()
+        for pool in self._pools:
+            pool.dispose()
 
     # -- writing -------------------------------------------------------------------------
 
@@ -407,7 +418,7 @@ class SqlStore:
         return True
 
     def _write(self):  # type: ignore[no-untyped-def]
-        return _retrying_begin(self._writer)
+        return _retrying_begin(self._writer, self._begin_sql)
 
     def _image_id(self, conn: Any, bucket: str, chash: str) -> int | None:
         return conn.execute(_IMAGE_ID, {"bucket": bucket, "chash": chash}).scalar()
@@ -777,25 +788,51 @@ def _is_blob(key: str) -> bool:
 
 
 class _retrying_begin:
-    """``engine.begin()`` that retries a transaction the database aborted for a lock/deadlock."""
+    """A write transaction whose BEGIN is retried while the database stays locked past its
+    busy timeout (or a lock wait times out).
 
-    def __init__(self, engine: Any, attempts: int = 5) -> None:
+    With ``begin_sql`` the engine is an autocommit pool and the transaction is plain SQL:
+    ``begin_sql`` … ``COMMIT`` (or ``ROLLBACK``). SQLite writes go that way: the main
+    engine's "begin" listener, which sends its BEGIN, makes SQLAlchemy dispatch events around
+    every statement, ~20 % of a ``put()``.
+    """
+
+    def __init__(self, engine: Any, begin_sql: str | None = None, attempts: int = 5) -> None:
         self.engine = engine
+        self.begin_sql = begin_sql
         self.attempts = attempts
 
     def __enter__(self) -> Any:
         last: Exception | None = None
         for attempt in range(self.attempts):
             try:
-                self._ctx = self.engine.begin()
-                return self._ctx.__enter__()
+                return self._begin()
             except OperationalError as exc:  # locked at BEGIN IMMEDIATE past the busy timeout
                 last = exc
                 time.sleep(0.05 * (attempt + 1))
         raise StoreError(f"database busy: {last}")
 
-    def __exit__(self, *exc: Any) -> Any:
-        return self._ctx.__exit__(*exc)
+    def _begin(self) -> Any:
+        if self.begin_sql is None:
+            self._ctx = self.engine.begin()
+            return self._ctx.__enter__()
+        conn = self.engine.connect()
+        try:
+            conn.exec_driver_sql(self.begin_sql)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
+        if self.begin_sql is None:
+            return self._ctx.__exit__(exc_type, exc, tb)
+        try:
+            self._conn.exec_driver_sql("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self._conn.close()  # a failed COMMIT is rolled back as the connection returns
+        return False
 
 
 class _SharedIndex:

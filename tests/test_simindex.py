@@ -42,8 +42,26 @@ OPS = st.lists(
 @settings(max_examples=150, deadline=None)
 @given(OPS)
 def test_query_equals_linear_scan(ops):
-    """Small merge thresholds make the sorted tables, the tail and removals all take part."""
-    with mock.patch.object(simindex, "_MIN_TAIL", 5):
+    """Small merge thresholds make the sorted tables, the tail and removals all take part; the
+    sorted tables are probed however few rows they hold."""
+    check_against_scan(ops, min_tail=5, scan_below=0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(OPS)
+def test_small_indexes_scanned_answer_the_same(ops):
+    check_against_scan(ops, min_tail=5, scan_below=1_000_000)
+
+
+@settings(max_examples=50, deadline=None)
+@given(OPS)
+def test_query_equals_linear_scan_with_a_long_tail(ops):
+    """A tail that is never merged grows its arrays past their first size."""
+    check_against_scan(ops, min_tail=100_000, scan_below=0)
+
+
+def check_against_scan(ops, min_tail: int, scan_below: int) -> None:
+    with mock.patch.object(simindex, "_MIN_TAIL", min_tail), mock.patch.object(simindex, "_SCAN_BELOW", scan_below):
         index = HammingIndex()
         model: dict[int, int] = {}
         next_id = 0
@@ -86,3 +104,16 @@ def test_signed_storage_round_trips():
 def test_popcount_counts_bits():
     values = np.array([0, 1, 0xFF, (1 << 64) - 1], dtype=np.uint64)
     assert popcount(values).tolist() == [0, 1, 8, 64]
+
+
+def test_a_thousand_single_adds_stay_exact():
+    """One add at a time, as a crawl stores images: the tail's arrays grow and stay correct."""
+    rng = np.random.default_rng(7)
+    values = rng.integers(0, 1 << 63, size=1000, dtype=np.int64).view(np.uint64) | np.uint64(1 << 63)
+    index = HammingIndex()
+    for row_id, value in enumerate(values):
+        index.add(row_id, int(value))
+    ids = np.arange(len(values), dtype=np.int64)
+    for value in values[::97]:
+        assert index.query(int(value) ^ 0b1011, 8) == linear_scan(ids, values, int(value) ^ 0b1011, 8)
+    assert len(index) == 1000

@@ -28,12 +28,12 @@ def hashed(pool: HashWorkers, data: bytes):
     return pool.inspect(data, content_hash(data))
 
 
-def worker_pids(pool: HashWorkers) -> list[int]:
-    """The idle workers' process ids (call with no image in flight)."""
+def idle_workers(pool: HashWorkers) -> list:
+    """The workers, in the order they will be used (call with no image in flight)."""
     idle = [pool._idle.get() for _ in range(pool.processes)]
     for worker in idle:
         pool._idle.put(worker)
-    return [w.process.pid for w in idle]
+    return idle
 
 
 def test_answers_are_those_of_the_inspector(workers):
@@ -61,27 +61,41 @@ def test_many_threads_share_the_workers(workers):
     for t in threads:
         t.join()
     assert all(results[i] == Inspector().inspect(JPEGS[i % len(JPEGS)]) for i in range(24))
-    assert len(set(worker_pids(workers))) == 2
+    assert len({w.process.pid for w in idle_workers(workers)}) == 2
 
 
-def test_a_killed_worker_is_replaced_and_no_image_is_lost(workers):
+def test_killed_workers_are_replaced_and_their_images_hashed_in_the_thread(workers):
     workers.start()
-    before = worker_pids(workers)
-    for pid in before:
-        os.kill(pid, signal.SIGKILL)
-    for data in JPEGS[:4]:  # hashed in the thread while the dead workers are replaced
+    before = idle_workers(workers)
+    for worker in before:
+        os.kill(worker.process.pid, signal.SIGKILL)
+        worker.process.join(5)
+    for data in JPEGS[:4]:  # the first two go to the dead workers, which are replaced
         assert hashed(workers, data) == Inspector().inspect(data)
-    after = worker_pids(workers)
-    assert len(after) == 2 and not set(after) & set(before)
-    assert hashed(workers, JPEGS[5]) == Inspector().inspect(JPEGS[5])
+    after = idle_workers(workers)
+    assert not {w.process.pid for w in after} & {w.process.pid for w in before}
+    assert all(w.process.is_alive() for w in after)
+
+
+def test_an_image_in_flight_on_a_dying_worker_is_hashed_in_its_thread(workers):
+    workers.start()
+    victim = idle_workers(workers)[0]
+    send_bytes = victim.conn.send_bytes
+
+    def send_then_die(message):
+        send_bytes(message)
+        os.kill(victim.process.pid, signal.SIGKILL)
+
+    victim.conn.send_bytes = send_then_die
+    big = distinct_jpegs(1, size=(1600, 1200))[0]  # long enough to be killed mid-decode
+    assert hashed(workers, big) == Inspector().inspect(big)
+    assert victim not in idle_workers(workers)
 
 
 def test_close_stops_the_processes():
     pool = HashWorkers(2, Inspector())
-    pool.start()
-    idle = [pool._idle.get() for _ in range(2)]
-    for worker in idle:
-        assert worker.process.is_alive()
-        pool._idle.put(worker)
+    assert hashed(pool, JPEGS[0]) == Inspector().inspect(JPEGS[0])
+    workers = idle_workers(pool)
+    assert all(w.process.is_alive() for w in workers)
     pool.close()
-    assert not any(w.process.is_alive() for w in idle)
+    assert not any(w.process.is_alive() for w in workers)
