@@ -30,6 +30,10 @@ VERSION_TABLE = "imgcache_alembic_version"
 HEAD = "0002"
 _MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: page cache of each connection in the SQLite pools of the per-image reads and writes: the
+#: file is in the OS page cache anyway, and a dozen pooled connections at SQLite's default
+#: 2 MiB each grew a crawl's RSS by ~20 MiB as the database grew (docs/crawl-benchmark.md)
+HOT_POOL_CACHE_KIB = 512
 
 
 def make_engine(url: str) -> Engine:
@@ -66,8 +70,11 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
-def sqlite_pool(url: str | URL, **kwargs: Any) -> Engine:
-    """An engine on a SQLite file: WAL, a long busy timeout, and BEGIN left to the caller."""
+def sqlite_pool(url: str | URL, cache_kib: int | None = None, **kwargs: Any) -> Engine:
+    """An engine on a SQLite file: WAL, a long busy timeout, and BEGIN left to the caller.
+
+    ``cache_kib`` caps each connection's page cache (SQLite's default is 2 MiB a connection).
+    """
     engine = create_engine(
         url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}, **kwargs
     )
@@ -80,6 +87,8 @@ def sqlite_pool(url: str | URL, **kwargs: Any) -> Engine:
         cur.execute("PRAGMA journal_mode = WAL")
         cur.execute("PRAGMA synchronous = NORMAL")
         cur.execute("PRAGMA foreign_keys = ON")
+        if cache_kib is not None:
+            cur.execute(f"PRAGMA cache_size = -{int(cache_kib)}")
         cur.close()
 
     return engine
@@ -95,7 +104,9 @@ def make_reading_engine(engine: Engine) -> Engine:
     autocommit loses nothing. Callers retry once on a connection the server dropped.
     """
     if engine.dialect.name == "sqlite":
-        return sqlite_pool(engine.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
+        return sqlite_pool(
+            engine.url, cache_kib=HOT_POOL_CACHE_KIB, isolation_level="AUTOCOMMIT", pool_reset_on_return=None
+        )
     return create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None, pool_recycle=3600)
 
 

@@ -45,7 +45,7 @@ from .blobs import BlobStore, blob_key, hash_of_key, open_blob_store
 from .errors import ConfigError, StoreError
 from .hashing import ImageInfo, Inspector, content_hash
 from .models import BUCKET_LENGTH, ImageRow, UrlRow
-from .schema import ensure_schema, make_engine, make_reading_engine, sqlite_pool
+from .schema import HOT_POOL_CACHE_KIB, ensure_schema, make_engine, make_reading_engine, sqlite_pool
 from .simindex import HammingIndex, to_signed
 
 T = TypeVar("T")
@@ -236,7 +236,7 @@ class SqlStore:
             self._reader = make_reading_engine(self.engine)
             self._pools.append(self._reader)
         if self._dialect == "sqlite":
-            self._writer = sqlite_pool(self.engine.url, isolation_level="AUTOCOMMIT")
+            self._writer = sqlite_pool(self.engine.url, cache_kib=HOT_POOL_CACHE_KIB, isolation_level="AUTOCOMMIT")
             self._begin_sql: str | None = "BEGIN IMMEDIATE"
             self._pools.append(self._writer)
         else:
