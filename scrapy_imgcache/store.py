@@ -231,11 +231,13 @@ class SqlStore:
         self._pools = [self.engine]
         # per-image reads and writes run on their own pools, without the main engine's
         # per-statement overheads (see make_reading_engine and _retrying_begin)
+        # (an in-memory SQLite database lives in one connection: it gets no second pool)
+        sqlite_file = self._dialect == "sqlite" and self.engine.url.database not in (None, "", ":memory:")
         self._reader = self.engine
-        if self._dialect in ("postgresql", "sqlite"):
+        if self._dialect == "postgresql" or sqlite_file:
             self._reader = make_reading_engine(self.engine)
             self._pools.append(self._reader)
-        if self._dialect == "sqlite":
+        if sqlite_file:
             self._writer = sqlite_pool(self.engine.url, cache_kib=HOT_POOL_CACHE_KIB, isolation_level="AUTOCOMMIT")
             self._begin_sql: str | None = "BEGIN IMMEDIATE"
             self._pools.append(self._writer)

@@ -376,3 +376,16 @@ def test_similar_survives_a_dropped_postgres_connection(postgres_url, tmp_path):
         assert [e.content_hash for e in store.similar(entry.perceptual_hash, 0)] == [entry.content_hash]
     finally:
         store.close()
+
+
+def test_an_in_memory_sqlite_store_works_in_one_thread(tmp_path):
+    """``sqlite://`` is one connection's database: reads and writes must share it."""
+    store = SqlStore("sqlite://", str(tmp_path / "blobs"))
+    try:
+        stored = put(store, JPEGS[0], "https://a.example/x.jpg").entry
+        assert store.lookup("https://a.example/x.jpg") == stored
+        assert store.get_bytes(stored.content_hash) == JPEGS[0]
+        assert [e.content_hash for e in store.similar(stored.perceptual_hash, 0)] == [stored.content_hash]
+        assert not put(store, JPEGS[0], "https://b.example/x.jpg").created
+    finally:
+        store.close()
