@@ -132,20 +132,15 @@ class HammingIndex:
         found_ids, found_d = [], []
         if len(self._ids):
             if max_distance // _CHUNKS > _SCAN_RADIUS or len(self._ids) < _SCAN_BELOW:  # cheaper than probing
-                dist = popcount(self._hashes ^ q)
-                hit = np.flatnonzero(dist <= max_distance)
-                found_ids.append(self._ids[hit])
+                _scan(self._ids, self._hashes, q, max_distance, found_ids, found_d)
             else:  # ids are gathered for the hits only: each gather is a cache miss per run
                 flat = self._candidates(q, max_distance)
                 dist = popcount(self._sorted_hashes.ravel()[flat] ^ q)
                 hit = np.flatnonzero(dist <= max_distance)
                 found_ids.append(self._sorted_ids.ravel()[flat[hit]])
-            found_d.append(dist[hit])
+                found_d.append(dist[hit])
         if self._tail_len:
-            dist = popcount(self._tail_hashes ^ q)
-            hit = dist <= max_distance
-            found_ids.append(self._tail_ids[hit])
-            found_d.append(dist[hit])
+            _scan(self._tail_ids, self._tail_hashes, q, max_distance, found_ids, found_d)
         if not found_ids:
             return []
         ids = np.concatenate(found_ids)
@@ -172,6 +167,16 @@ class HammingIndex:
         # start..start+length-1 of every probe, without a Python loop
         shift = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
         return np.arange(total) + shift
+
+
+def _scan(
+    ids: np.ndarray, hashes: np.ndarray, q: np.uint64, max_distance: int, found_ids: list, found_d: list
+) -> None:
+    """Append the ids and distances of every hash within ``max_distance`` of ``q``."""
+    dist = popcount(hashes ^ q)
+    hit = np.flatnonzero(dist <= max_distance)
+    found_ids.append(ids[hit])
+    found_d.append(dist[hit])
 
 
 def linear_scan(ids: np.ndarray, hashes: np.ndarray, value: int, max_distance: int) -> list[tuple[int, int]]:

@@ -23,10 +23,8 @@ import numpy as np
 from sqlalchemy import (
     BigInteger,
     Select,
-    and_,
     any_,
     bindparam,
-    create_engine,
     delete,
     func,
     or_,
@@ -45,7 +43,7 @@ from .blobs import BlobStore, blob_key, hash_of_key, open_blob_store
 from .errors import ConfigError, StoreError
 from .hashing import ImageInfo, Inspector, content_hash
 from .models import BUCKET_LENGTH, ImageRow, UrlRow
-from .schema import HOT_POOL_CACHE_KIB, ensure_schema, make_engine, make_reading_engine, sqlite_pool
+from .schema import ensure_schema, make_engine, make_reading_engine, make_writing_engine
 from .simindex import HammingIndex, to_signed
 
 T = TypeVar("T")
@@ -228,22 +226,12 @@ class SqlStore:
         self.engine = make_engine(url)
         ensure_schema(self.engine)
         self._dialect = self.engine.dialect.name
-        self._pools = [self.engine]
-        # per-image reads and writes run on their own pools, without the main engine's
-        # per-statement overheads (see make_reading_engine and _retrying_begin)
-        # (an in-memory SQLite database lives in one connection: it gets no second pool)
-        sqlite_file = self._dialect == "sqlite" and self.engine.url.database not in (None, "", ":memory:")
-        self._reader = self.engine
-        if self._dialect == "postgresql" or sqlite_file:
-            self._reader = make_reading_engine(self.engine)
-            self._pools.append(self._reader)
-        if sqlite_file:
-            self._writer = sqlite_pool(self.engine.url, cache_kib=HOT_POOL_CACHE_KIB, isolation_level="AUTOCOMMIT")
-            self._begin_sql: str | None = "BEGIN IMMEDIATE"
-            self._pools.append(self._writer)
-        else:
-            self._writer = self.engine.execution_options(imgcache_write=True)
-            self._begin_sql = None
+        # per-image reads and writes run on their own pools where that saves per-statement
+        # work (see make_reading_engine and make_writing_engine)
+        self._reader = make_reading_engine(self.engine)
+        self._writer, self._begin_sql = make_writing_engine(self.engine)
+        # one engine a connection pool (the reader or writer may be the main engine itself)
+        self._pools = list({e.pool: e for e in (self.engine, self._reader, self._writer)}.values())
         self._index = _SharedIndex(self)
 
     def __repr__(self) -> str:
@@ -739,10 +727,9 @@ _NEW_ROWS = {(gaps, pg): _new_rows_stmt(gaps, pg) for gaps in (True, False) for 
 # the per-image reads (every put, get_meta and middleware lookup) are prebuilt with bound
 # parameters too: building one and deriving its cache key cost ~0.6 ms, ~4x its execution
 _NEWEST_FIRST = (UrlRow.lookup_time.desc(), UrlRow.id.desc())
-_IMAGE_ID = select(ImageRow.id).where(ImageRow.bucket == bindparam("bucket"), ImageRow.content_hash == bindparam("chash"))
-_BLOB_KEY = select(ImageRow.blob_key).where(
-    ImageRow.bucket == bindparam("bucket"), ImageRow.content_hash == bindparam("chash")
-)
+_BY_HASH = (ImageRow.bucket == bindparam("bucket"), ImageRow.content_hash == bindparam("chash"))
+_IMAGE_ID = select(ImageRow.id).where(*_BY_HASH)
+_BLOB_KEY = select(ImageRow.blob_key).where(*_BY_HASH)
 _LOOKUP = (
     _joined()
     .where(UrlRow.bucket == bindparam("bucket"), UrlRow.url_hash == bindparam("url_hash"), UrlRow.url == bindparam("url"))
@@ -774,7 +761,7 @@ def _upsert_url_stmt(dialect: str) -> Any:
 
 
 def _entry_stmt(by_url: bool, by_client: bool) -> Select[Any]:
-    stmt = _joined().where(ImageRow.bucket == bindparam("bucket"), ImageRow.content_hash == bindparam("chash"))
+    stmt = _joined().where(*_BY_HASH)
     if by_url:
         stmt = stmt.where(UrlRow.url_hash == bindparam("url_hash"))
         if by_client:
@@ -794,9 +781,7 @@ class _retrying_begin:
     busy timeout (or a lock wait times out).
 
     With ``begin_sql`` the engine is an autocommit pool and the transaction is plain SQL:
-    ``begin_sql`` … ``COMMIT`` (or ``ROLLBACK``). SQLite writes go that way: the main
-    engine's "begin" listener, which sends its BEGIN, makes SQLAlchemy dispatch events around
-    every statement, ~20 % of a ``put()``.
+    ``begin_sql`` … ``COMMIT`` (or ``ROLLBACK``); see ``schema.make_writing_engine``.
     """
 
     def __init__(self, engine: Any, begin_sql: str | None = None, attempts: int = 5) -> None:
