@@ -10,6 +10,7 @@ Every method blocks: Scrapy components call them through ``deferToThread``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import threading
@@ -816,7 +817,11 @@ class _retrying_begin:
         if self.begin_sql is None:
             return self._ctx.__exit__(exc_type, exc, tb)
         try:
-            self._conn.exec_driver_sql("ROLLBACK" if exc_type else "COMMIT")
+            if exc_type is None:
+                self._conn.exec_driver_sql("COMMIT")
+            else:  # a failed ROLLBACK must not hide the error that caused it
+                with contextlib.suppress(DBAPIError):
+                    self._conn.exec_driver_sql("ROLLBACK")
         finally:
             self._conn.close()  # a failed COMMIT is rolled back as the connection returns
         return False

@@ -389,3 +389,16 @@ def test_an_in_memory_sqlite_store_works_in_one_thread(tmp_path):
         assert not put(store, JPEGS[0], "https://b.example/x.jpg").created
     finally:
         store.close()
+
+
+def test_a_failed_write_keeps_its_own_error_and_leaves_the_store_usable(store):
+    """Even when the database has already ended the transaction (the ROLLBACK then fails)."""
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom):
+        with store._write() as conn:
+            conn.exec_driver_sql("ROLLBACK")  # what SQLite does itself after some errors
+            raise Boom()
+    assert put(store, JPEGS[0], "https://a.example/after.jpg").created
