@@ -36,6 +36,13 @@ class UnsupportedFormat(InvalidImage):
     http_status = 415
 
 
+class UnsupportedMode(InvalidImage):
+    """Decoded, but in a pixel mode that cannot be reduced to grey for hashing."""
+
+    reason = "unsupported_mode"
+    http_status = 415
+
+
 class TruncatedImage(InvalidImage):
     reason = "truncated"
 

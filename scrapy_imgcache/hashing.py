@@ -22,11 +22,13 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import (
     EmptyImage,
+    InvalidImage,
     NotAnImage,
     TooManyBytes,
     TooManyPixels,
     TruncatedImage,
     UnsupportedFormat,
+    UnsupportedMode,
 )
 
 #: Pillow format name -> (MIME type, file extension). Only these are ever opened.
@@ -111,11 +113,16 @@ class Inspector:
             img.draft("L", (max(_PHASH_SIZE * 4, 1), max(_PHASH_SIZE * 4, 1)))
         try:
             img.load()  # the first frame only: animated images are never iterated
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise TruncatedImage(f"{fmt} image cannot be decoded: {exc}") from exc
         except Image.DecompressionBombError as exc:  # pragma: no cover - header check runs first
             raise TooManyPixels(str(exc)) from exc
-        phash, flat = perceptual_hash(img, self.algorithm)
+        except Exception as exc:  # noqa: BLE001 - a decoder's failure is this image's, nothing else's
+            raise TruncatedImage(f"{fmt} image cannot be decoded: {exc}") from exc
+        try:
+            phash, flat = perceptual_hash(img, self.algorithm)
+        except InvalidImage:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever Pillow cannot convert is refused, typed
+            raise UnsupportedMode(f"{fmt} image in mode {img.mode} cannot be hashed: {exc}") from exc
         return ImageInfo(
             content_hash=known_hash or content_hash(data),
             format=fmt,
@@ -140,7 +147,7 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         raise TooManyPixels(f"decompression bomb refused from its header: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise _not_an_image(data) from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a parser's failure on these bytes refuses them, typed
         raise TruncatedImage(f"image header cannot be parsed: {exc}") from exc
     width, height = img.size
     if width <= 0 or height <= 0:
@@ -153,7 +160,7 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
-def _not_an_image(data: bytes) -> NotAnImage:
+def _not_an_image(data: bytes) -> InvalidImage:
     """Say which refused format it was where Pillow can tell, without decoding it."""
     try:
         with Image.open(io.BytesIO(data)) as other:
@@ -172,14 +179,31 @@ def perceptual_hash(img: Image.Image, algorithm: str = "phash") -> tuple[str, bo
     For pHash the 32x32 reduction is shared between the hash and the flatness test; the
     DCT steps are imagehash's own, so the string is identical to ``str(imagehash.phash(img))``.
     """
-    small = img.convert("L").resize((_PHASH_SIZE, _PHASH_SIZE), imagehash.ANTIALIAS)
+    grey = greyscale(img)
+    small = grey.resize((_PHASH_SIZE, _PHASH_SIZE), imagehash.ANTIALIAS)
     pixels = np.asarray(small)
     if algorithm == "phash":
         value = _phash_bits(pixels)
     else:
-        value = str(getattr(imagehash, algorithm)(img))
+        value = str(getattr(imagehash, algorithm)(grey))
     flat = _fully_transparent(img) or int(pixels.max()) - int(pixels.min()) <= _FLAT_RANGE
     return value, flat
+
+
+def greyscale(img: Image.Image) -> Image.Image:
+    """``img.convert("L")``, as imagehash does it, for every mode Pillow opens.
+
+    Pillow cannot convert a few modes to ``L`` directly: LAB (whose first channel is the
+    lightness, on the same 0-255 scale) and the premultiplied ``La``. Anything else that fails
+    raises, and :meth:`Inspector.inspect` refuses the image as :class:`UnsupportedMode`.
+    """
+    if img.mode == "L":
+        return img
+    if img.mode == "LAB":
+        return img.getchannel(0)
+    if img.mode == "La":
+        return img.convert("LA").convert("L")
+    return img.convert("L")
 
 
 def _phash_bits(pixels: np.ndarray) -> str:

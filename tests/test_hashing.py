@@ -10,6 +10,8 @@ import zlib
 import imagehash
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from scrapy_imgcache.errors import (
@@ -23,7 +25,17 @@ from scrapy_imgcache.errors import (
 )
 from scrapy_imgcache.hashing import ALGORITHMS, ImageLimits, Inspector, content_hash, hamming
 
-from .photos import distinct_images, encode, noise_bytes, photo, solid
+from .photos import (
+    FORMATS as WRITABLE_FORMATS,
+    MODES,
+    distinct_images,
+    encode,
+    encoded_in_mode,
+    every_mode_and_format,
+    noise_bytes,
+    photo,
+    solid,
+)
 
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 PHOTOS = distinct_images(3, size=(300, 200))
@@ -221,3 +233,50 @@ def fast_mode_bit_differences(images: list[Image.Image]) -> list[int]:
 
 def test_real_photo_is_not_flat():
     assert not Inspector().inspect(encode(photo("camera"))).flat
+
+
+# -- every pixel mode and file format ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("mode", "fmt"), sorted(every_mode_and_format(PHOTOS[0])))
+def test_every_mode_and_format_hashes_as_imagehash_does_or_is_refused_typed(mode, fmt):
+    """A LAB TIFF once raised ValueError out of the hash and dropped whole items."""
+    data = every_mode_and_format(PHOTOS[0])[mode, fmt]
+    info = Inspector().inspect(data)
+    img = Image.open(io.BytesIO(data))
+    if img.mode == "LAB":  # imagehash cannot convert LAB; its lightness channel is the grey
+        assert info.perceptual_hash == str(imagehash.phash(img.getchannel(0)))
+    else:
+        assert info.perceptual_hash == str(imagehash.phash(img))
+    assert not info.flat and (info.width, info.height) == PHOTOS[0].size
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    mode=st.sampled_from(MODES),
+    fmt=st.sampled_from(WRITABLE_FORMATS),
+    size=st.tuples(st.integers(1, 40), st.integers(1, 40)),
+    seed=st.integers(0, 2**16),
+    transparent=st.booleans(),
+    cut=st.one_of(st.none(), st.integers(0, 4000)),
+    flip=st.one_of(st.none(), st.integers(0, 4000)),
+)
+def test_any_mode_format_or_damage_gives_an_info_or_a_typed_refusal(mode, fmt, size, seed, transparent, cut, flip):
+    """Fuzz: an image of any mode in any format, whole, truncated or with a byte flipped,
+    is hashed or refused with an InvalidImage, never another exception."""
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    data = encoded_in_mode(img, mode, fmt, transparent)
+    assume(data is not None)
+    assert data is not None
+    if cut is not None:
+        data = data[: cut % (len(data) + 1)]
+    if flip is not None and data:
+        at = flip % len(data)
+        data = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+    try:
+        info = Inspector().inspect(data)
+    except InvalidImage as exc:
+        assert exc.reason and exc.message
+    else:
+        assert len(info.perceptual_hash) == 16 and info.width * info.height > 0
