@@ -10,6 +10,7 @@ same bytes at once both rename a complete file into place; the survivor is intac
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -17,7 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from .errors import ConfigError
+from .errors import ConfigError, StoreError
+
+#: the marker naming the cache a blob store belongs to (written on first use)
+OWNER_KEY = ".imgcache-owner"
+#: the prefix of a local write's temporary file (left behind only by a crash)
+TEMP_PREFIX = ".tmp-"
 
 
 def blob_key(content_hash: str, extension: str = "") -> str:
@@ -32,6 +38,12 @@ def hash_of_key(key: str) -> str:
 class BlobStore(Protocol):
     """Where image bytes live. Implementations are blocking and thread-safe."""
 
+    def read_marker(self, key: str) -> bytes | None:
+        """A small file the store keeps for itself (not a blob), or None."""
+        ...
+    def create_marker(self, key: str, data: bytes) -> bool:
+        """Write a marker unless one is there already; True when this call wrote it."""
+        ...
     def put(self, key: str, data: bytes) -> None: ...
     def get(self, key: str) -> bytes | None: ...
     def exists(self, key: str) -> bool: ...
@@ -62,6 +74,28 @@ class LocalBlobStore:
     def describe(self, key: str) -> str:
         return self._path(key)
 
+    def read_marker(self, key: str) -> bytes | None:
+        return self.get(key)
+
+    def create_marker(self, key: str, data: bytes) -> bool:
+        """Written whole to a temporary file, then hard-linked to its name, which fails when
+        the name exists: of two caches claiming the folder at once one wins, and nobody
+        reads a half-written marker."""
+        path = self._path(key)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.root)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        _fsync_dir(str(self.root))
+        return True
+
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         try:
@@ -72,7 +106,7 @@ class LocalBlobStore:
             pass
         folder = os.path.dirname(path)
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
@@ -153,6 +187,18 @@ class FsspecBlobStore:
     def describe(self, key: str) -> str:
         return f"{self.protocol}://{self._path(key)}"
 
+    def read_marker(self, key: str) -> bytes | None:
+        return self.get(key)
+
+    def create_marker(self, key: str, data: bytes) -> bool:
+        """Object stores have no exclusive create here: write when absent, and the caller
+        reads the marker back, so that of two racing claims the later write is the one obeyed."""
+        path = self._path(key)
+        if self.fs.exists(path):
+            return False
+        self.fs.pipe_file(path, data)
+        return True
+
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         if self.fs.exists(path):
@@ -193,3 +239,31 @@ def open_blob_store(location: str | os.PathLike[str]) -> BlobStore:
     if text.startswith("file://"):
         return LocalBlobStore(text[len("file://") :])
     return FsspecBlobStore(text)
+
+
+def claim(blobs: BlobStore, cache_id: str, database: str) -> None:
+    """Make ``blobs`` this cache's own, or refuse it: a blob folder serves one cache.
+
+    Two caches sharing one folder would each see the other's blobs as orphans, and
+    ``imgcache-gc`` on either would delete the other's images. The first cache to use a
+    folder writes a marker with its id; any other cache is refused at open, naming both.
+    """
+    mine = json.dumps({"cache_id": cache_id, "database": database}).encode()
+    blobs.create_marker(OWNER_KEY, mine)
+    found = blobs.read_marker(OWNER_KEY)
+    try:
+        owner = json.loads(found or b"{}")
+    except ValueError:
+        owner = {}
+    if not isinstance(owner, dict) or owner.get("cache_id") != cache_id:
+        other = owner.get("database", "?") if isinstance(owner, dict) else "?"
+        raise StoreError(
+            f"the image files at {blobs.describe(OWNER_KEY).rsplit('/', 1)[0]} belong to another cache "
+            f"(database {other}), not to this one ({database}); give each cache a folder of its own "
+            "with IMGCACHE_FILES_STORE"
+        )
+
+
+def is_temporary(key: str) -> bool:
+    """A local write's temporary file, which only an interrupted write leaves behind."""
+    return key.rsplit("/", 1)[-1].startswith(TEMP_PREFIX)

@@ -127,10 +127,14 @@ def _data_path(name: str) -> str:
 
 
 def _default_files(url: str) -> str:
+    """``<name>-files`` beside a SQLite file ``<name>.sqlite3`` (so each SQLite cache of a
+    folder has its own: ``imgcache.sqlite3`` → ``imgcache-files``), else in the project's data."""
     if url.startswith(("http://", "https://")):
         return ""
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
-        return os.path.join(os.path.dirname(os.path.abspath(url[len("sqlite:///") :])), DEFAULT_FILES_NAME)
+        path = os.path.abspath(url[len("sqlite:///") :].split("?", 1)[0])
+        stem = os.path.splitext(os.path.basename(path))[0] or "imgcache"
+        return os.path.join(os.path.dirname(path), f"{stem}-files")
     return _data_path(DEFAULT_FILES_NAME)
 
 

@@ -113,3 +113,12 @@ class UrlRow(Base):
     #: "exact" or "similar" when this URL's bytes were not stored again; None for the first
     duplicate: Mapped[str | None] = mapped_column(String(8))
     saved_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class MetaRow(Base):
+    """Facts about the cache itself, by name (``cache_id``: the id its blob folder is claimed with)."""
+
+    __tablename__ = "imgcache_meta"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(255))

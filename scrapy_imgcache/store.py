@@ -40,11 +40,11 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import aliased
 
-from .blobs import BlobStore, blob_key, hash_of_key, open_blob_store
+from .blobs import BlobStore, blob_key, claim, hash_of_key, is_temporary, open_blob_store
 from .errors import ConfigError, StoreError
 from .hashing import ImageInfo, Inspector, content_hash
 from .models import BUCKET_LENGTH, ImageRow, UrlRow
-from .schema import ensure_schema, make_engine, make_reading_engine, make_writing_engine
+from .schema import cache_id, ensure_schema, make_engine, make_reading_engine, make_writing_engine
 from .simindex import HammingIndex, to_signed
 
 T = TypeVar("T")
@@ -226,6 +226,9 @@ class SqlStore:
         self.blobs: BlobStore = open_blob_store(files) if isinstance(files, str) else files
         self.engine = make_engine(url)
         ensure_schema(self.engine)
+        #: this cache's id: its blob store is claimed with it, so no other cache shares it
+        self.cache_id = cache_id(self.engine)
+        claim(self.blobs, self.cache_id, self.engine.url.render_as_string(hide_password=True))
         self._dialect = self.engine.dialect.name
         # per-image reads and writes run on their own pools where that saves per-statement
         # work (see make_reading_engine and make_writing_engine)
@@ -575,12 +578,15 @@ class SqlStore:
             return set(conn.execute(select(ImageRow.content_hash).distinct()).scalars())
 
     def orphan_blobs(self, grace_seconds: float) -> list[tuple[str, int]]:
-        """Blobs (and thumbnails) of contents no row holds, older than the grace period."""
+        """Blobs (and thumbnails) of contents no row holds, and the temporary files of
+        interrupted writes, older than the grace period."""
         cutoff = time.time() - grace_seconds
         keys = list(self.blobs.iter_keys())
         used = self.referenced_hashes()  # read after listing: a blob written meanwhile is young
         return [
-            (k, size) for k, mtime, size in keys if _is_blob(k) and hash_of_key(k) not in used and mtime < cutoff
+            (k, size)
+            for k, mtime, size in keys
+            if mtime < cutoff and (is_temporary(k) or (_is_blob(k) and hash_of_key(k) not in used))
         ]
 
     def missing_blobs(self) -> list[Entry]:

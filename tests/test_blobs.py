@@ -12,7 +12,16 @@ import uuid
 
 import pytest
 
-from scrapy_imgcache.blobs import FsspecBlobStore, LocalBlobStore, blob_key, hash_of_key, open_blob_store
+from scrapy_imgcache.blobs import (
+    OWNER_KEY,
+    FsspecBlobStore,
+    LocalBlobStore,
+    blob_key,
+    claim,
+    hash_of_key,
+    open_blob_store,
+)
+from scrapy_imgcache.errors import StoreError
 from scrapy_imgcache.hashing import content_hash
 from scrapy_imgcache.store import SqlStore
 
@@ -152,3 +161,25 @@ def s3_blobs(s3_endpoint):
     boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
                  region_name="us-east-1").create_bucket(Bucket=bucket)
     return FsspecBlobStore(f"s3://{bucket}/blobs", **options)
+
+
+def test_a_blob_store_serves_the_one_cache_that_claimed_it(blobs):
+    claim(blobs, "cache-one", "sqlite:///one.sqlite3")
+    claim(blobs, "cache-one", "sqlite:///one.sqlite3")  # its owner, again: fine
+    with pytest.raises(StoreError, match=r"belong to another cache \(database sqlite:///one.sqlite3\)"):
+        claim(blobs, "cache-two", "sqlite:///two.sqlite3")
+    assert blobs.read_marker(OWNER_KEY) is not None
+
+
+def test_of_two_caches_claiming_a_new_folder_at_once_exactly_one_wins(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def attempt(n: int) -> bool:
+        try:
+            claim(LocalBlobStore(tmp_path / "files"), f"cache-{n}", f"db-{n}")
+        except StoreError:
+            return False
+        return True
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(attempt, range(8))) == 1

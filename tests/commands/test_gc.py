@@ -6,12 +6,14 @@ import os
 import time
 from datetime import timedelta
 
-from scrapy_imgcache.blobs import blob_key
+from scrapy_imgcache.blobs import OWNER_KEY, blob_key
+from scrapy_imgcache.config import ImgCacheConfig
 from scrapy_imgcache.hashing import content_hash
-from scrapy_imgcache.store import utcnow
+from scrapy_imgcache.ingest import make_thumbnails
+from scrapy_imgcache.store import SqlStore, utcnow
 from tests.photos import distinct_images, encode, noise_bytes
 
-from .conftest import Filled, assert_one_line_error
+from .conftest import Filled, Project, assert_one_line_error
 
 
 def _blob(filled: Filled, data: bytes, age: float):
@@ -79,3 +81,57 @@ def test_older_than_removes_images_not_seen_since(filled: Filled):
         assert store.get_meta(filled.original) is not None  # seen just now: kept
 
     assert_one_line_error(filled.project.run("imgcache-gc", "--older-than", "-1"), 2, "--older-than")
+
+
+def _settings(project: Project, lines: str) -> None:
+    (project.root / "imgproj" / "settings.py").write_text(f'BOT_NAME = "imgproj"\n{lines}')
+
+
+def test_two_sqlite_caches_in_one_folder_never_delete_each_others_files(project: Project):
+    """Two caches once shared the default imgcache-files folder, and gc on one deleted the other's blobs."""
+    folder = project.root / "caches"
+    a, b = distinct_images(2)
+    stores = {}
+    for name, img in (("one", a), ("two", b)):
+        store = SqlStore(f"sqlite:///{folder / name}.sqlite3", ImgCacheConfig.from_settings(
+            {"IMGCACHE_URL": f"sqlite:///{folder / name}.sqlite3"}).files_store)
+        stores[name] = store.put(encode(img), url=f"https://x.example/{name}.jpg", client_name="t").entry
+        assert make_thumbnails(store, stores[name].content_hash, encode(img), {"small": (50, 50)})
+        store.close()
+    for name in ("one", "two"):  # each cache has a folder of its own
+        assert (folder / f"{name}-files" / stores[name].path).exists()
+    old = time.time() - 7200
+    for path in folder.rglob("*"):
+        os.utime(path, (old, old))
+
+    _settings(project, f"IMGCACHE_URL = {f'sqlite:///{folder}/one.sqlite3'!r}\nIMGCACHE_GC_GRACE = 0\n")
+    done = project.run("imgcache-gc")
+    assert done.returncode == 0, done.stderr
+    assert "Removed 0 blob(s) no row references" in done.stdout
+    for name in ("one", "two"):
+        files = [p for p in (folder / f"{name}-files").rglob("*") if p.is_file() and p.name != OWNER_KEY]
+        assert len(files) == 2, files  # the image and its thumbnail, both still there
+
+
+def test_a_second_cache_cannot_use_a_folder_another_cache_owns(project: Project):
+    shared = project.root / "shared-files"
+    SqlStore(f"sqlite:///{project.root / 'one.sqlite3'}", str(shared)).close()
+    _settings(project, f"IMGCACHE_URL = {f'sqlite:///{project.root}/two.sqlite3'!r}\nIMGCACHE_FILES_STORE = {str(shared)!r}\n")
+    for command in ("imgcache-gc", "imgcache-stats"):
+        proc = project.run(command, "--dry-run") if command == "imgcache-gc" else project.run(command)
+        assert_one_line_error(proc, 3, "belong to another cache", "one.sqlite3", "IMGCACHE_FILES_STORE")
+    SqlStore(f"sqlite:///{project.root / 'one.sqlite3'}", str(shared)).close()  # its owner still opens it
+
+
+def test_gc_removes_the_temporary_files_of_interrupted_writes_after_the_grace(filled: Filled):
+    folder = filled.project.files / "ab" / "cd"
+    folder.mkdir(parents=True, exist_ok=True)
+    stale, fresh = folder / ".tmp-killed", folder / ".tmp-writing"
+    stale.write_bytes(b"x" * 700)
+    fresh.write_bytes(b"y" * 300)
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+
+    proc = filled.project.run("imgcache-gc")
+    assert proc.returncode == 0, proc.stderr
+    assert "Removed 1 blob(s) no row references" in proc.stdout
+    assert not stale.exists() and fresh.exists()
