@@ -15,19 +15,28 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, insert, select, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, ProgrammingError
+from sqlalchemy.exc import (
+    ArgumentError,
+    IntegrityError,
+    InterfaceError,
+    NoSuchModuleError,
+    OperationalError,
+    ProgrammingError,
+    SQLAlchemyError,
+)
 
 from .errors import ConfigError, StoreError
 
 logger = logging.getLogger(__name__)
 VERSION_TABLE = "imgcache_alembic_version"
-HEAD = "0002"
+HEAD = "0003"
 _MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: page cache of each connection in the SQLite pools of the per-image reads and writes: the
@@ -136,38 +145,78 @@ def make_writing_engine(engine: Engine) -> tuple[Engine, str | None]:
 
 
 def current_revision(engine: Engine) -> str | None:
-    try:
-        with engine.connect() as conn:
+    """The schema's revision; None before the first migration. A database that cannot be
+    reached raises (connecting is outside the check for the table)."""
+    with engine.connect() as conn:
+        try:
             return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
-    except (OperationalError, ProgrammingError):
-        return None
+        except (OperationalError, ProgrammingError):  # no such table yet
+            return None
 
 
 def ensure_schema(engine: Engine) -> None:
-    """Create or migrate the tables to the head revision, once, whoever else is trying."""
+    """Create or migrate the tables to the head revision, once, whoever else is trying.
+
+    Every step looks before it creates (``migrations/steps.py``), so a migration killed
+    half-way on MySQL/MariaDB, whose DDL is not transactional, completes on the next start.
+    """
     try:
-        if current_revision(engine) == HEAD:
-            return
+        revision = current_revision(engine)
+    except (OperationalError, InterfaceError) as exc:
+        raise StoreError(f"cannot reach the database at {engine.url!r}: {_reason(exc)}") from exc
+    if revision == HEAD:
+        return
+    try:
         with _schema_lock(engine):
             if current_revision(engine) == HEAD:
                 return
-            from alembic import command
-            from alembic.config import Config
+            _upgrade(engine)
+    except StoreError:
+        raise
+    except SQLAlchemyError as exc:
+        raise StoreError(
+            f"creating or migrating the cache schema at {engine.url!r} to revision {HEAD} failed: {_reason(exc)}"
+        ) from exc
 
-            cfg = Config()
-            cfg.set_main_option("script_location", str(_MIGRATIONS))
-            logger.info("imgcache: migrating the cache schema at %r to revision %s", engine.url, HEAD)
-            alembic_log = logging.getLogger("alembic")
-            level = alembic_log.level
-            alembic_log.setLevel(logging.WARNING)  # its INFO lines would flood every crawl's log
-            try:
-                with engine.begin() as conn:
-                    cfg.attributes["connection"] = conn
-                    command.upgrade(cfg, "head")
-            finally:
-                alembic_log.setLevel(level)
-    except OperationalError as exc:
-        raise StoreError(f"cannot reach the database at {engine.url!r}: {exc.orig}") from exc
+
+def _upgrade(engine: Engine) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    logger.info("imgcache: migrating the cache schema at %r to revision %s", engine.url, HEAD)
+    alembic_log = logging.getLogger("alembic")
+    level = alembic_log.level
+    alembic_log.setLevel(logging.WARNING)  # its INFO lines would flood every crawl's log
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    finally:
+        alembic_log.setLevel(level)
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    return " ".join(str(getattr(exc, "orig", None) or exc).split())
+
+
+def cache_id(engine: Engine) -> str:
+    """The cache's id, made on first use: what its blob folder is claimed with (see ``blobs.claim``)."""
+    from .models import MetaRow
+
+    query = select(MetaRow.value).where(MetaRow.name == "cache_id")
+    with engine.connect() as conn:
+        found = conn.execute(query).scalar()
+    if found is None:
+        try:
+            with engine.begin() as conn:
+                conn.execute(insert(MetaRow).values(name="cache_id", value=uuid.uuid4().hex))
+        except IntegrityError:  # another process made it first: theirs is the id
+            pass
+        with engine.connect() as conn:
+            found = conn.execute(query).scalar()
+    return str(found)
 
 
 @contextlib.contextmanager
@@ -197,7 +246,9 @@ def _schema_lock(engine: Engine) -> Iterator[None]:
                 conn.execute(text("SELECT pg_advisory_unlock(7283641)"))
                 conn.commit()
         elif name in ("mysql", "mariadb"):
-            conn.execute(text("SELECT GET_LOCK('imgcache_schema', 60)"))
+            # held by this connection: a process killed while holding it releases it at once
+            if conn.execute(text("SELECT GET_LOCK('imgcache_schema', 120)")).scalar() != 1:
+                raise StoreError("another process has been creating the cache schema for 120 s; try again")
             try:
                 yield
             finally:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
 from sqlalchemy import inspect, text
 
+from scrapy_imgcache.errors import StoreError
+from scrapy_imgcache.hashing import content_hash
 from scrapy_imgcache.schema import HEAD, VERSION_TABLE, current_revision, ensure_schema, make_engine
 from scrapy_imgcache.store import SqlStore
 
+from .photos import distinct_jpegs
 from .procs import run_processes
 
 TABLES = {"imgcache_images", "imgcache_urls", VERSION_TABLE}
@@ -38,3 +47,94 @@ def test_first_use_creates_the_versioned_schema(db_url, tmp_path):
 def test_concurrent_first_use_creates_the_schema_once(db_url, tmp_path):
     run_processes(db_url, str(tmp_path / "files"), [[("open",)] for _ in range(4)])
     assert versions(db_url) == [HEAD]
+
+
+#: run in a child process: create the schema, and kill the process (SIGKILL, no clean-up)
+#: right after its N-th schema-changing statement
+_KILL_AFTER = """
+import os, signal, sys
+from sqlalchemy import event
+from scrapy_imgcache.schema import ensure_schema, make_engine
+url, after = sys.argv[1], int(sys.argv[2])
+engine = make_engine(url)
+seen = 0
+@event.listens_for(engine, "after_cursor_execute")
+def count(conn, cursor, statement, *args):
+    global seen
+    if statement.lstrip().upper().startswith(("CREATE", "ALTER", "INSERT", "UPDATE", "DROP")):
+        seen += 1
+        if seen == after:
+            os.kill(os.getpid(), signal.SIGKILL)
+ensure_schema(engine)
+print("completed after", seen)
+"""
+
+
+def _create_schema_killed_after(url: str, statements: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _KILL_AFTER, url, str(statements)], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_schema_creation_killed_after_any_statement_completes_on_the_next_open(db_url, tmp_path):
+    """MariaDB's DDL is not transactional: a kill half-way once left 'Table already exists' forever."""
+    statements = 0
+    while True:
+        statements += 1
+        proc = _create_schema_killed_after(db_url, statements)
+        if proc.returncode == 0:  # it got through before the N-th statement: every cut point was tried
+            assert "completed" in proc.stdout
+            break
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+        store = SqlStore(db_url, str(tmp_path / f"files-{statements}"))  # completes what is missing
+        try:
+            photo = distinct_jpegs(1)[0]
+            assert store.put(photo, url=f"https://x.example/{statements}.jpg", client_name="t").created
+            assert store.get_bytes(store.lookup(f"https://x.example/{statements}.jpg").content_hash) == photo
+            assert store.delete(content_hash(photo))
+        finally:
+            store.close()
+        assert versions(db_url) == [HEAD]
+        _drop_everything(db_url)
+    assert statements > 8  # the schema takes many statements: the loop saw them all
+
+
+def test_schema_creation_killed_at_random_moments_always_reopens(db_url, tmp_path):
+    photo = distinct_jpegs(1)[0]
+    for delay in (0.05, 0.15, 0.3, 0.6, 1.0):
+        child = subprocess.Popen([sys.executable, "-c", _KILL_AFTER, db_url, "0"], stdout=subprocess.DEVNULL)
+        time.sleep(delay)
+        child.kill()
+        child.wait()
+        store = SqlStore(db_url, str(tmp_path / f"files-{delay}"))
+        try:
+            assert store.put(photo, url="https://x.example/a.jpg", client_name="t").entry.content_hash
+        finally:
+            store.close()
+        _drop_everything(db_url)
+
+
+def test_an_unreachable_database_and_a_failing_migration_say_which_it_was(tmp_path):
+    with pytest.raises(StoreError, match="cannot reach the database"):
+        ensure_schema(make_engine("postgresql+psycopg://nobody@127.0.0.1:1/none"))
+    db = tmp_path / "cache.sqlite3"
+    engine = make_engine(f"sqlite:///{db}")
+    with engine.begin() as conn:  # a table of that name, not ours, in the way of the first migration
+        conn.execute(text("CREATE TABLE imgcache_urls (x INTEGER)"))
+        conn.execute(text("CREATE VIEW imgcache_images AS SELECT 1 AS id"))
+    with pytest.raises(StoreError, match="creating or migrating the cache schema .* failed"):
+        ensure_schema(engine)
+    engine.dispose()
+
+
+def _drop_everything(url: str) -> None:
+    engine = make_engine(url)
+    try:
+        names = set(inspect(engine).get_table_names())
+        with engine.begin() as conn:
+            for table in ("imgcache_collection_images", "imgcache_collections", "imgcache_urls", *sorted(names)):
+                if table in names:
+                    conn.execute(text(f"DROP TABLE {table}"))
+                    names.discard(table)
+    finally:
+        engine.dispose()

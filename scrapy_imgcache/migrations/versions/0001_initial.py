@@ -5,7 +5,7 @@ Revises:
 """
 
 import sqlalchemy as sa
-from alembic import op
+from scrapy_imgcache.migrations import steps
 
 from scrapy_imgcache.models import BUCKET_LENGTH, RowId, UTCDateTime
 
@@ -16,7 +16,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
+    steps.create_table(
         "imgcache_images",
         sa.Column("id", RowId, primary_key=True, autoincrement=True),
         sa.Column("bucket", sa.String(BUCKET_LENGTH), nullable=False),
@@ -39,8 +39,8 @@ def upgrade() -> None:
         sa.UniqueConstraint("bucket", "content_hash", name="uq_imgcache_images_bucket_hash"),
         sqlite_autoincrement=True,
     )
-    op.create_index("ix_imgcache_images_hash", "imgcache_images", ["content_hash"])
-    op.create_table(
+    steps.create_index("ix_imgcache_images_hash", "imgcache_images", ["content_hash"])
+    steps.create_table(
         "imgcache_urls",
         sa.Column("id", RowId, primary_key=True, autoincrement=True),
         sa.Column(
@@ -62,9 +62,9 @@ def upgrade() -> None:
         sa.UniqueConstraint("image_id", "url_hash", "client_name", name="uq_imgcache_urls_image_url_client"),
         sqlite_autoincrement=True,
     )
-    op.create_index("ix_imgcache_urls_lookup", "imgcache_urls", ["bucket", "url_hash", "lookup_time"])
+    steps.create_index("ix_imgcache_urls_lookup", "imgcache_urls", ["bucket", "url_hash", "lookup_time"])
 
 
 def downgrade() -> None:
-    op.drop_table("imgcache_urls")
-    op.drop_table("imgcache_images")
+    steps.drop_table("imgcache_urls")
+    steps.drop_table("imgcache_images")

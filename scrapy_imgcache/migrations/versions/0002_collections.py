@@ -6,7 +6,7 @@ Revises: 0001
 """
 
 import sqlalchemy as sa
-from alembic import op
+from scrapy_imgcache.migrations import steps
 
 from scrapy_imgcache.collections import CaseSensitive
 from scrapy_imgcache.models import BUCKET_LENGTH, RowId, UTCDateTime
@@ -18,7 +18,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_table(
+    steps.create_table(
         "imgcache_collections",
         sa.Column("id", RowId, primary_key=True, autoincrement=True),
         sa.Column("ref", sa.String(16), nullable=False, unique=True),
@@ -31,7 +31,7 @@ def upgrade() -> None:
         sa.Column("key_created_at", UTCDateTime, nullable=False),
         sqlite_autoincrement=True,
     )
-    op.create_table(
+    steps.create_table(
         "imgcache_collection_images",
         sa.Column("id", RowId, primary_key=True, autoincrement=True),
         sa.Column(
@@ -46,21 +46,21 @@ def upgrade() -> None:
         sa.UniqueConstraint("collection_id", "image_id", name="uq_imgcache_collection_images_id"),
         sqlite_autoincrement=True,
     )
-    op.create_index(
+    steps.create_index(
         "ix_imgcache_collection_images_hash", "imgcache_collection_images", ["collection_id", "content_hash"]
     )
-    op.create_index("ix_imgcache_collection_images_time", "imgcache_collection_images", ["collection_id", "image_time"])
-    op.create_index("ix_imgcache_images_bucket_created", "imgcache_images", ["bucket", "created_at", "id"])
-    op.create_table(
+    steps.create_index("ix_imgcache_collection_images_time", "imgcache_collection_images", ["collection_id", "image_time"])
+    steps.create_index("ix_imgcache_images_bucket_created", "imgcache_images", ["bucket", "created_at", "id"])
+    steps.create_table(
         "imgcache_collection_requests",
         sa.Column("digest", sa.String(64), primary_key=True),
         sa.Column("expires_at", UTCDateTime, nullable=False),
     )
-    op.create_index("ix_imgcache_collection_requests_expires", "imgcache_collection_requests", ["expires_at"])
+    steps.create_index("ix_imgcache_collection_requests_expires", "imgcache_collection_requests", ["expires_at"])
 
 
 def downgrade() -> None:
-    op.drop_table("imgcache_collection_requests")
-    op.drop_table("imgcache_collection_images")
-    op.drop_table("imgcache_collections")
-    op.drop_index("ix_imgcache_images_bucket_created", table_name="imgcache_images")
+    steps.drop_table("imgcache_collection_requests")
+    steps.drop_table("imgcache_collection_images")
+    steps.drop_table("imgcache_collections")
+    steps.drop_index("ix_imgcache_images_bucket_created", "imgcache_images")
