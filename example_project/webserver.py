@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import Counter
-from dataclasses import dataclass
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -23,6 +24,12 @@ class Route:
     status: int = 200
     validators: bool = True
     mtime: float = 1_700_000_000.0
+    #: seconds to wait before answering
+    delay: float = 0.0
+    #: extra response headers (Location, Content-Encoding...)
+    headers: dict[str, str] = field(default_factory=dict)
+    #: > 0: stream this many bytes (the body repeated) with no Content-Length
+    stream: int = 0
 
     @property
     def etag(self) -> str:
@@ -39,6 +46,8 @@ class Site:
         self.hits: Counter[str] = Counter()
         self.not_modified: Counter[str] = Counter()
         self.image_bytes = 0
+        #: path -> the headers of each request for it
+        self.requests: defaultdict[str, list[dict[str, str]]] = defaultdict(list)
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -54,6 +63,10 @@ class Site:
         anchors = "".join(f'<a href="{p}">next</a>' for p in links)
         return self.html(path, f"<html><body>{imgs}{anchors}</body></html>")
 
+    def redirect(self, path: str, target: str, status: int = 302) -> str:
+        self.routes[path] = Route(b"", "text/plain", True, status=status, validators=False, headers={"Location": target})
+        return self.url(path)
+
     def html(self, path: str, text: str) -> str:
         self.routes[path] = Route(text.encode(), "text/html; charset=utf-8", False)
         return self.url(path)
@@ -66,6 +79,7 @@ class Site:
         with self.lock:
             self.hits.clear()
             self.not_modified.clear()
+            self.requests.clear()
             self.image_bytes = 0
 
     @property
@@ -88,11 +102,16 @@ class Site:
                 route = site.routes.get(path)
                 with site.lock:
                     site.hits[path] += 1
+                    site.requests[path].append(dict(self.headers.items()))
                 if route is None:
                     return self._send(404, b"not found", "text/plain")
-                headers = {}
+                if route.delay:
+                    time.sleep(route.delay)
+                if route.stream:
+                    return self._stream(route)
+                headers = dict(route.headers)
                 if route.validators:
-                    headers = {"ETag": route.etag, "Last-Modified": route.last_modified}
+                    headers.update({"ETag": route.etag, "Last-Modified": route.last_modified})
                     if self._not_modified(route):
                         with site.lock:
                             site.not_modified[path] += 1
@@ -113,6 +132,24 @@ class Site:
                     except (TypeError, ValueError):
                         return False
                 return False
+
+            def _stream(self, route: Route) -> None:
+                """``route.stream`` bytes, chunked: the size is known only by reading it all."""
+                self.send_response(route.status)
+                self.send_header("Content-Type", route.content_type)
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                sent = 0
+                try:
+                    while sent < route.stream:
+                        chunk = route.body[: route.stream - sent]
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                        sent += len(chunk)
+                        with site.lock:
+                            site.image_bytes += len(chunk)
+                    self.wfile.write(b"0\r\n\r\n")
+                except OSError:  # the client hung up: that is the point of the test
+                    pass
 
             def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
                 self.send_response(status)

@@ -49,7 +49,7 @@ class BlobStore(Protocol):
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> bool: ...
     def iter_keys(self) -> Iterator[tuple[str, float, int]]:
-        """Every (key, modification time, size) held."""
+        """Every (key, modification time, size) held, markers aside."""
         ...
     def describe(self, key: str) -> str:
         """Where a key is, for people (a path or URL)."""
@@ -142,6 +142,8 @@ class LocalBlobStore:
         for dirpath, _dirs, files in os.walk(self.root):
             for name in files:
                 path = Path(dirpath) / name
+                if name == OWNER_KEY and path.parent == self.root:
+                    continue
                 try:
                     st = path.stat()
                 except FileNotFoundError:
@@ -228,7 +230,9 @@ class FsspecBlobStore:
             mtime = info.get("mtime") or info.get("LastModified") or info.get("created") or time.time()
             if hasattr(mtime, "timestamp"):
                 mtime = mtime.timestamp()
-            yield path[len(self.root) + 1 :], float(mtime), int(info.get("size") or 0)
+            key = path[len(self.root) + 1 :]
+            if key != OWNER_KEY:
+                yield key, float(mtime), int(info.get("size") or 0)
 
 
 def open_blob_store(location: str | os.PathLike[str]) -> BlobStore:

@@ -54,6 +54,10 @@ class ImgCacheContext:
         self.crawler = crawler
         self.config = ImgCacheConfig.from_settings(crawler.settings)
         self.stats = crawler.stats
+        #: the most bytes an image download may bring: IMGCACHE_MAX_BYTES, or Scrapy's
+        #: DOWNLOAD_MAXSIZE where that is lower (set as each image request's download_maxsize)
+        scrapy_max = crawler.settings.getint("DOWNLOAD_MAXSIZE")
+        self.download_maxsize = min(self.config.max_bytes, scrapy_max) if scrapy_max else self.config.max_bytes
         self._store: Store | None = None
         self._users = 0
 

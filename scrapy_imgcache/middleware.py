@@ -92,6 +92,7 @@ class ImgCacheMiddleware:
     async def process_request(self, request: Request, spider: Spider | None = None) -> Response | None:
         if not is_image_request(request):
             return None
+        request.meta.setdefault("download_maxsize", self.ctx.download_maxsize)
         try:
             entry, fresh, body = await in_thread(self._lookup, request.url)
         except StoreError as exc:
@@ -211,6 +212,25 @@ class ImgCacheMiddleware:
             self._store_failed(request, exc)
             return
         request.meta[META_ENTRY] = outcome.entry
+
+
+def cut_at_maxsize(exc: BaseException) -> bool:
+    """Whether a download failed because it passed its ``download_maxsize``: Scrapy cancels it
+    (a declared or a received size) or, for a compressed body, ignores it while decompressing."""
+    from scrapy.exceptions import IgnoreRequest
+    from twisted.internet.defer import CancelledError
+
+    cancelled: tuple[type[BaseException], ...] = (CancelledError,)
+    try:
+        from scrapy.exceptions import DownloadCancelledError  # Scrapy >= 2.14
+
+        cancelled += (DownloadCancelledError,)
+    except ImportError:  # pragma: no cover - depends on the Scrapy version
+        pass
+    text = str(exc)
+    if isinstance(exc, IgnoreRequest):
+        return "DOWNLOAD_MAXSIZE" in text or "download max size" in text
+    return isinstance(exc, cancelled)
 
 
 def ingest_response(ctx: ImgCacheContext, ingestor: Ingestor, response: Response, on_similar: str | None = None) -> Any:

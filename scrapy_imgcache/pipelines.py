@@ -27,7 +27,15 @@ from twisted.python.failure import Failure
 from .context import ImgCacheContext, component_result, in_thread
 from .errors import InvalidImage, StoreError
 from .ingest import Ingestor, Outcome, checksum, make_thumbnails
-from .middleware import META_ENTRY, META_KEY, META_PIPELINE, META_STATUS, RESPONSE_FLAG, ingest_response
+from .middleware import (
+    META_ENTRY,
+    META_KEY,
+    META_PIPELINE,
+    META_STATUS,
+    RESPONSE_FLAG,
+    cut_at_maxsize,
+    ingest_response,
+)
 from .store import Entry
 
 if TYPE_CHECKING:
@@ -36,7 +44,6 @@ if TYPE_CHECKING:
     from scrapy.http import Response
 
 logger = logging.getLogger(__name__)
-_RESULTS_MEMORY = 4096  # URLs whose results are remembered within a crawl (bounded: flat RSS)
 
 
 class ImageFailed(Exception):
@@ -48,6 +55,10 @@ class ImageFailed(Exception):
 
 
 class ImgCachePipeline:
+    #: completed results remembered per URL within a crawl, so items sharing an image reuse
+    #: it (bounded, so memory stays flat; results still being computed are never evicted)
+    results_memory = 4096
+
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
         self.ctx = ImgCacheContext.of(crawler)
@@ -116,20 +127,31 @@ class ImgCachePipeline:
         try:
             result = await self._fetch_and_cache(url)
         except BaseException as exc:
-            del self._results[url]
+            self._results.pop(url, None)
             pending.fire(Failure(exc))
             raise
         self._results[url] = result
         pending.fire(result)
-        while len(self._results) > _RESULTS_MEMORY:
-            self._results.popitem(last=False)
+        self._forget_oldest_results()
         return result
 
+    def _forget_oldest_results(self) -> None:
+        """Evict the oldest completed results past ``results_memory``; pending ones stay, or
+        their download's outcome would find nothing to update and its waiters would hang."""
+        excess = len(self._results) - self.results_memory
+        if excess <= 0:
+            return
+        for url in [u for u, r in self._results.items() if isinstance(r, dict)][:excess]:
+            del self._results[url]
+
     async def _fetch_and_cache(self, url: str) -> dict[str, Any]:
-        request = Request(url, callback=NO_CALLBACK, meta={META_KEY: True, META_PIPELINE: True})
+        meta = {META_KEY: True, META_PIPELINE: True, "download_maxsize": self.ctx.download_maxsize}
+        request = Request(url, callback=NO_CALLBACK, meta=meta)
         try:
             response = await _download(self.crawler, request)
         except Exception as exc:  # DNS, connection refused, timeouts: as ImagesPipeline, a failed image
+            if cut_at_maxsize(exc):
+                raise ImageFailed("too_many_bytes", f"over {self.ctx.download_maxsize} bytes: {exc}") from exc
             raise ImageFailed("download_error", f"{type(exc).__name__}: {exc}") from exc
         if response.status != 200:
             raise ImageFailed("http_error", f"HTTP {response.status}")

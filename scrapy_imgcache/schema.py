@@ -180,16 +180,16 @@ def ensure_schema(engine: Engine) -> None:
 
 
 def _upgrade(engine: Engine) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(_MIGRATIONS))
     logger.info("imgcache: migrating the cache schema at %r to revision %s", engine.url, HEAD)
     alembic_log = logging.getLogger("alembic")
     level = alembic_log.level
-    alembic_log.setLevel(logging.WARNING)  # its INFO lines would flood every crawl's log
+    alembic_log.setLevel(logging.WARNING)  # its INFO lines (some logged on import) would flood the log
     try:
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(_MIGRATIONS))
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")

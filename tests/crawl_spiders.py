@@ -10,6 +10,8 @@ import scrapy
 from scrapy import signals
 from twisted.internet import task
 
+from scrapy_imgcache.pipelines import ImgCachePipeline
+
 
 class ImageItem(scrapy.Item):
     page = scrapy.Field()
@@ -105,3 +107,9 @@ class Heartbeat:
         if self.loop.running:
             self.loop.stop()
         self.crawler.stats.set_value("test/heartbeat_max_gap_ms", round(self.max_gap * 1000, 1))
+
+
+class SmallMemoryPipeline(ImgCachePipeline):
+    """Remembers two results: a slow download outlives many others' results."""
+
+    results_memory = 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from scrapy_imgcache.blobs import OWNER_KEY
 from scrapy_imgcache.hashing import Inspector
 from scrapy_imgcache.store import SqlStore
 from tests.crawling import PLAIN_REACTOR, crawl, finish_crawl, make_project, start_crawl
@@ -180,7 +182,9 @@ def test_bad_images_are_reported_once_and_never_stored(site, tmp_path):
         assert len(failed_lines) == 1, path  # logged once, with its URL and reason
     store = open_cache(tmp_path)
     assert [e.url for e in store.images()] == [site.url("/i/good.jpg")]
-    assert sum(1 for _ in (tmp_path / "files").rglob("*") if _.is_file()) == 1
+    assert [p.name for p in (tmp_path / "files").rglob("*") if p.is_file() and p.name != OWNER_KEY] == [
+        next(store.images()).path.rsplit("/", 1)[-1]
+    ]
 
 
 @functools.lru_cache(maxsize=1)
@@ -290,3 +294,50 @@ def test_two_crawl_processes_share_one_cache(site, tmp_path, backend, request):
         assert sorted(u.client_name for u in store.urls(e.content_hash)) == ["otherpages", "pages"]
     assert sum(r.stat("stored") for r in results) == 12
     assert sum(r.stat("duplicate/exact") for r in results) == 12
+
+
+def test_downloads_over_the_byte_limit_are_cut_while_downloading(site, tmp_path):
+    """Image requests once had no download_maxsize: a 300 MB stream was read whole before being refused."""
+    limit = 2 * 1024 * 1024
+    good = distinct_jpegs(1)[0]
+    chunk = b"BM" + bytes(64 * 1024 - 2)
+    site.image("/i/good.jpg", good)
+    site.image("/i/declared.bmp", chunk * 80, "image/bmp")  # 5 MB with its Content-Length
+    site.image("/i/stream.bmp", chunk, "image/bmp", stream=300 * 1024 * 1024)  # 300 MB, no length
+    bomb = gzip.compress(b"BM" + bytes(30 * 1024 * 1024), 9)  # ~30 KB on the wire, 30 MB inflated
+    site.image("/i/bomb.bmp", bomb, "image/bmp", headers={"Content-Encoding": "gzip"})
+    site.page("/p", ["/i/good.jpg", "/i/declared.bmp", "/i/stream.bmp", "/i/bomb.bmp"])
+    project = make_project(tmp_path / "proj", cache_settings(tmp_path, IMGCACHE_MAX_BYTES=limit))
+
+    result = crawl(project, "pages", start=site.url("/p"))
+    assert result.returncode == 0, result.log[-3000:]
+    assert [img["url"] for img in result.images] == [site.url("/i/good.jpg")]  # the item keeps its good image
+    assert result.stat("invalid/too_many_bytes") == 3
+    assert site.image_bytes < 30 * 1024 * 1024  # of the 300 MB stream, little more than the limit was sent
+    assert len(list(open_cache(tmp_path).images())) == 1
+
+
+def test_a_slow_failing_download_outliving_the_result_memory_fails_only_its_image(site, tmp_path):
+    """With more results completed than remembered while one download was in flight, its failure
+    raised KeyError: the item errored and the items waiting on that URL were never released."""
+    photos = distinct_jpegs(5)
+    for n, photo in enumerate(photos):
+        site.image(f"/i/{n}.jpg", photo)
+    site.image("/i/slow.jpg", b"gone", status=404, delay=2.0)
+    site.page("/p1", ["/i/slow.jpg", *[f"/i/{n}.jpg" for n in range(5)]], ["/p2"])
+    site.page("/p2", ["/i/slow.jpg"])
+    settings = cache_settings(
+        tmp_path,
+        ADDONS={},
+        ITEM_PIPELINES={"tests.crawl_spiders.SmallMemoryPipeline": 1},
+        DOWNLOADER_MIDDLEWARES={"scrapy_imgcache.middleware.ImgCacheMiddleware": 585},
+    )
+    project = make_project(tmp_path / "proj", settings)
+
+    result = crawl(project, "pages", start=site.url("/p1"))
+    assert result.returncode == 0, result.log[-3000:]
+    assert "Traceback" not in result.log and "KeyError" not in result.log
+    by_page = {item["page"]: item for item in result.items}
+    assert set(by_page) == {site.url("/p1"), site.url("/p2")}  # both items made it out
+    assert len(by_page[site.url("/p1")]["images"]) == 5 and by_page[site.url("/p2")]["images"] == []
+    assert site.hits["/i/slow.jpg"] == 1  # the second item waited for the first download
