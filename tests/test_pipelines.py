@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from scrapy_imgcache.blobs import OWNER_KEY
 from scrapy_imgcache.hashing import Inspector
 from scrapy_imgcache.store import SqlStore
+from tests.helpers import blob_files
 from tests.crawling import PLAIN_REACTOR, crawl, finish_crawl, make_project, start_crawl
 from tests.photos import distinct_images, distinct_jpegs, encode, near_duplicates, png_bomb
 from tests.site import Site
@@ -182,9 +182,7 @@ def test_bad_images_are_reported_once_and_never_stored(site, tmp_path):
         assert len(failed_lines) == 1, path  # logged once, with its URL and reason
     store = open_cache(tmp_path)
     assert [e.url for e in store.images()] == [site.url("/i/good.jpg")]
-    assert [p.name for p in (tmp_path / "files").rglob("*") if p.is_file() and p.name != OWNER_KEY] == [
-        next(store.images()).path.rsplit("/", 1)[-1]
-    ]
+    assert [p.name for p in blob_files(tmp_path / "files")] == [next(store.images()).path.rsplit("/", 1)[-1]]
 
 
 @functools.lru_cache(maxsize=1)

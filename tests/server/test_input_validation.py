@@ -11,6 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from tests.helpers import blob_files
 from tests.photos import noise_bytes
 
 from .conftest import fresh_jpegs, fresh_url
@@ -39,7 +40,7 @@ def http(guarded) -> Iterator[httpx.Client]:
 
 def nothing_stored(http: httpx.Client, guarded: LiveServer) -> None:
     assert http.get("/usage").json() == []
-    assert not any(p.is_file() for p in guarded.files.rglob("*")) if guarded.files.exists() else True
+    assert blob_files(guarded.files) == []
     tmp = guarded.files.parent / "tmp"
     assert list(tmp.iterdir()) == []
     # nor held open (anonymous spool files never show in the folder)
