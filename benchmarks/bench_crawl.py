@@ -48,8 +48,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from example_project.photos import PHOTO_NAMES, encode, photo  # noqa: E402
+
 from scrapy_imgcache.hashing import Inspector, content_hash  # noqa: E402
-from tests.photos import PHOTO_NAMES, encode, photo  # noqa: E402
 
 OUT = REPO / "benchmarks" / "out"
 POSTGRES_URL = os.environ.get("IMGCACHE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -377,7 +378,7 @@ def sharing(processes: int, server: Server, run: Path, manifest: dict[str, Any],
         project = make_project(run / f"share-{processes}", {**IMGCACHE, "IMGCACHE_URL": url,
                                                              "IMGCACHE_FILES_STORE": str(run / f"share-{processes}-files")})
         # the schema is created once, before the clock: N processes racing to migrate is not the point
-        from scrapy_imgcache.store import SqlStore
+        from scrapy_imgcache.store.sql import SqlStore
 
         SqlStore(url, str(run / f"share-{processes}-files")).close()
         server.reset()

@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 
 from scrapy_imgcache.hashing import content_hash
-from tests.photos import distinct_images, encode
+from example_project.photos import distinct_images, encode
 from tests.server.live import imgcache_server
 
 

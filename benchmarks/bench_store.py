@@ -30,8 +30,8 @@ import numpy as np
 from sqlalchemy import create_engine, text
 
 from scrapy_imgcache.hashing import Inspector, content_hash
-from scrapy_imgcache.simindex import linear_scan
-from scrapy_imgcache.store import SqlStore
+from scrapy_imgcache.store.index import linear_scan
+from scrapy_imgcache.store.sql import SqlStore
 
 POSTGRES_URL = os.environ.get("IMGCACHE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 DISTANCES = (4, 8, 10)
@@ -173,7 +173,7 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 
 
 def bench_ingest(kinds: list[str], workdir: str, count: int) -> None:
-    from tests.photos import distinct_images, encode
+    from example_project.photos import distinct_images, encode
 
     photos = [encode(img) for img in distinct_images(count, size=(800, 600))]
     size_kb = statistics.mean(len(p) for p in photos) / 1024

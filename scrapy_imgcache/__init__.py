@@ -1,16 +1,27 @@
 """scrapy-imgcache: a shared, content-addressed image cache for Scrapy.
 
-Public surface (imported lazily, so that ``scrapy --help`` stays fast):
-``Addon``, ``ImgCachePipeline``, ``ImgCacheMiddleware``, ``ImgCacheConfig``,
-``open_store``, ``SqlStore``, ``RemoteStore``, ``Store``, ``Entry``, ``Inspector``, ``content_hash``, and the errors.
+The public surface is below; names are imported on first use, so that ``scrapy --help`` (which
+imports every command module) stays fast.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .addon import Addon
+    from .config import ImgCacheConfig
+    from .errors import ConfigError, ImgCacheError, InvalidImage, StoreError
+    from .hashing import Inspector, content_hash
+    from .middleware import ImgCacheMiddleware
+    from .pipelines import ImgCachePipeline
+    from .store import open_store
+    from .store.base import Entry, Store
+    from .store.remote import RemoteStore
+    from .store.sql import SqlStore
 
 _EXPORTS = {
     "Addon": "addon",
@@ -18,10 +29,10 @@ _EXPORTS = {
     "ImgCacheMiddleware": "middleware",
     "ImgCacheConfig": "config",
     "open_store": "store",
-    "SqlStore": "store",
-    "RemoteStore": "remote",
-    "Store": "store",
-    "Entry": "store",
+    "Store": "store.base",
+    "Entry": "store.base",
+    "SqlStore": "store.sql",
+    "RemoteStore": "store.remote",
     "Inspector": "hashing",
     "content_hash": "hashing",
     "ImgCacheError": "errors",
@@ -30,7 +41,24 @@ _EXPORTS = {
     "ConfigError": "errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Addon",
+    "ConfigError",
+    "Entry",
+    "ImgCacheConfig",
+    "ImgCacheError",
+    "ImgCacheMiddleware",
+    "ImgCachePipeline",
+    "Inspector",
+    "InvalidImage",
+    "RemoteStore",
+    "SqlStore",
+    "Store",
+    "StoreError",
+    "__version__",
+    "content_hash",
+    "open_store",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -31,11 +31,7 @@ from typing import Any
 
 from sqlalchemy import (
     Engine,
-    ForeignKey,
-    Index,
     Integer,
-    String,
-    UniqueConstraint,
     and_,
     delete,
     exists,
@@ -43,78 +39,29 @@ from sqlalchemy import (
     literal,
     or_,
     select,
-    update,
     union_all,
+    update,
 )
-from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
 from .errors import ConfigError, ImgCacheError
 from .hashing import ImageInfo
-from .models import BUCKET_LENGTH, Base, ImageRow, RowId, UTCDateTime
-from .store import SqlStore, utcnow, validate_bucket
+from .store.base import utcnow, validate_bucket
+from .store.models import (
+    CollectionImageRow,
+    CollectionRow,
+    ImageRow,
+    RequestRow,
+)
+from .store.sql import SqlStore
 
-MAX_ID_LENGTH = 100
 MAX_NAME_LENGTH = 100
 #: what the cache records as the client of images added through the API
 CLIENT_NAME = "visualsnoop"
 SECRETS_KEY_ENV = "IMGCACHE_SECRETS_KEY"
 SECRETS_KEY_FILE_ENV = "IMGCACHE_SECRETS_KEY_FILE"
 PUBLIC_KEY_RE = re.compile(r"^[0-9a-f]{20}$")
-
-#: ids and names compare byte for byte (MySQL's default collation would fold case)
-CaseSensitive = String(MAX_ID_LENGTH).with_variant(
-    mysql.VARCHAR(MAX_ID_LENGTH, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
-)
-
-
-class CollectionRow(Base):
-    __tablename__ = "imgcache_collections"
-    __table_args__ = {"sqlite_autoincrement": True}
-
-    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
-    #: the ``collection_id`` the API answers with (random, so row counts do not leak)
-    ref: Mapped[str] = mapped_column(String(16), unique=True)
-    name: Mapped[str] = mapped_column(CaseSensitive, unique=True)
-    bucket: Mapped[str] = mapped_column(String(BUCKET_LENGTH), unique=True)
-    owner: Mapped[str] = mapped_column(String(255))
-    public_key: Mapped[str] = mapped_column(String(40), unique=True)
-    #: ``fernet:<token>`` or ``plain:<secret>`` (see :class:`SecretBox`)
-    secret: Mapped[str] = mapped_column(String(255))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    key_created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-
-
-class CollectionImageRow(Base):
-    __tablename__ = "imgcache_collection_images"
-    __table_args__ = (
-        UniqueConstraint("collection_id", "image_id", name="uq_imgcache_collection_images_id"),
-        Index("ix_imgcache_collection_images_hash", "collection_id", "content_hash"),
-        Index("ix_imgcache_collection_images_time", "collection_id", "image_time"),
-        {"sqlite_autoincrement": True},
-    )
-
-    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
-    collection_id: Mapped[int] = mapped_column(ForeignKey("imgcache_collections.id", ondelete="CASCADE"))
-    image_id: Mapped[str] = mapped_column(CaseSensitive)
-    content_hash: Mapped[str] = mapped_column(String(64))
-    image_time: Mapped[datetime] = mapped_column(UTCDateTime)
-
-
-class RequestRow(Base):
-    """A state-changing request already accepted, kept while its ``Date`` is inside the window."""
-
-    __tablename__ = "imgcache_collection_requests"
-    __table_args__ = (Index("ix_imgcache_collection_requests_expires", "expires_at"),)
-
-    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
-
-
-#: the bucket's images newest first, for the collection listing (created by migration 0002)
-Index("ix_imgcache_images_bucket_created", ImageRow.bucket, ImageRow.created_at, ImageRow.id)
-
 
 class CollectionError(ImgCacheError):
     """A collection cannot be created or changed as asked (name taken, bad bucket...)."""

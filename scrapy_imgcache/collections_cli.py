@@ -110,23 +110,30 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser, [db])
 
 
-def run_server_command(args: argparse.Namespace) -> int:
+def run_on_database(url: str, args: argparse.Namespace) -> int:
+    """Run the parsed subcommand on the collections of the cache database at ``url``."""
     from .collections import Registry
-    from .commands import EXIT_FAILED
-    from .errors import ConfigError, StoreError
-    from .schema import ensure_schema, make_engine
+    from .store.schema import ensure_schema, make_engine
 
-    if not getattr(args, "db", None):
-        raise ConfigError("--db is required (or IMGCACHE_SERVER_DB)")
-    engine = make_engine(args.db)
+    engine = make_engine(url)
     try:
         ensure_schema(engine)
         return run(Registry(engine), args)
+    finally:
+        engine.dispose()
+
+
+def run_server_command(args: argparse.Namespace) -> int:
+    from .commands import EXIT_FAILED
+    from .errors import ConfigError, StoreError
+
+    if not getattr(args, "db", None):
+        raise ConfigError("--db is required (or IMGCACHE_SERVER_DB)")
+    try:
+        return run_on_database(args.db, args)
     except StoreError as exc:
         print(f"imgcache-server collections: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    finally:
-        engine.dispose()
 
 
 SERVER_SUBCOMMAND = ("manage VisualSnoop collections and their key pairs", add_server_arguments, run_server_command)

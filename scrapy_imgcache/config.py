@@ -7,12 +7,22 @@ crawler starts, not deep inside a callback. Every setting is documented in the R
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
-from .hashing import ALGORITHMS, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageLimits, Inspector
-from .store import BUCKET_RE, MAX_DISTANCE, Store, open_store
+from .hashing import (
+    ALGORITHMS,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    ImageLimits,
+    Inspector,
+)
+from .store.base import BUCKET_RE, MAX_DISTANCE
+
+if TYPE_CHECKING:
+    from .store.base import Store
 
 ON_SIMILAR = ("annotate", "skip", "drop")
 ON_STORE_ERROR = ("fail", "continue")
@@ -39,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "IMGCACHE_RETRIES": 2,
     "IMGCACHE_ON_STORE_ERROR": "fail",
     "IMGCACHE_GC_GRACE": 3600,
+    "IMGCACHE_STORE_SCHEMES": {},
 }
 
 
@@ -62,6 +73,8 @@ class ImgCacheConfig:
     retries: int = 2
     on_store_error: str = "fail"
     gc_grace: float = 3600
+    #: URL scheme -> store class (or its import path), over the built-in table
+    store_schemes: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Any) -> ImgCacheConfig:
@@ -97,6 +110,7 @@ class ImgCacheConfig:
             retries=_int("IMGCACHE_RETRIES", get("IMGCACHE_RETRIES"), 0, 10),
             on_store_error=_choice("IMGCACHE_ON_STORE_ERROR", get("IMGCACHE_ON_STORE_ERROR"), ON_STORE_ERROR),
             gc_grace=_float("IMGCACHE_GC_GRACE", get("IMGCACHE_GC_GRACE"), 0),
+            store_schemes=_schemes(settings.get("IMGCACHE_STORE_SCHEMES")),
         )
 
     @property
@@ -107,16 +121,10 @@ class ImgCacheConfig:
         return Inspector(ImageLimits(self.max_bytes, self.max_pixels), self.hash, self.fast_hash)
 
     def open_store(self) -> Store:
-        """The store these settings name (a database, or a remote imgcache service)."""
-        if self.is_remote:
-            return open_store(
-                self.url,
-                inspector=self.inspector(),
-                api_key=self.api_key,
-                timeout=self.timeout,
-                retries=self.retries,
-            )
-        return open_store(self.url, self.files_store, inspector=self.inspector())
+        """The store these settings name (blocking: opening a database may create its schema)."""
+        from .store import open_store
+
+        return open_store(self)
 
 
 def _data_path(name: str) -> str:
@@ -144,6 +152,16 @@ def _hash_processes(value: Any) -> int:
 
         return default_hash_processes()
     return _int("IMGCACHE_HASH_PROCESSES", value, 0, 256)
+
+
+def _schemes(value: Any) -> dict[str, Any]:
+    if value is None or value == "":
+        return {}
+    if hasattr(value, "copy_to_dict"):  # a Scrapy BaseSettings given as a dict setting
+        value = value.copy_to_dict()
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(f"IMGCACHE_STORE_SCHEMES={value!r}: a dict of URL scheme -> store class is expected")
+    return {k.lower(): v for k, v in value.items()}
 
 
 def _str(name: str, value: Any) -> str:

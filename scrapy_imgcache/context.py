@@ -14,12 +14,14 @@ from twisted.internet.threads import deferToThread
 
 from .config import ImgCacheConfig
 from .errors import ImgCacheError, StoreError
-from .store import Store
+from .store.base import Store
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from scrapy.crawler import Crawler
+
+    from .ingest import Outcome
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -106,3 +108,12 @@ class ImgCacheContext:
     def inc(self, key: str, count: int = 1) -> None:
         if self.stats is not None:
             self.stats.inc_value(f"imgcache/{key}", count)
+
+    def count(self, outcome: Outcome) -> None:
+        """The stats every stored image counts in, wherever it was stored from."""
+        if outcome.created:
+            self.inc("stored")
+        if outcome.duplicate:
+            self.inc(f"duplicate/{outcome.duplicate}")
+        if not outcome.stored:
+            self.inc("bytes_saved", outcome.size)

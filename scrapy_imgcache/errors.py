@@ -59,6 +59,12 @@ class TooManyPixels(InvalidImage):
     http_status = 413
 
 
+class ImageTooSmall(InvalidImage):
+    """Below ``IMAGES_MIN_WIDTH``/``IMAGES_MIN_HEIGHT`` (as Scrapy's ImagesPipeline refuses it)."""
+
+    reason = "too_small"
+
+
 class StoreError(ImgCacheError):
     """The store cannot be reached or answered something unusable."""
 

@@ -1,53 +1,22 @@
-"""Content hashing and image inspection: what the bytes are, read from the bytes alone.
+"""What identifies an image: its content hash, and the inspector that reads the rest from its bytes.
 
-Nothing here trusts a Content-Type or a file name. The format, MIME type and size come from
-Pillow's parser, restricted to an allowlist of raster formats so that plugins which run
-external programs (EPS through Ghostscript) or parse non-web formats (PSD, PDF) are never
-even tried. The pixel limit is checked on the header, before a single pixel is decoded, so
-a decompression bomb costs nothing.
+The content hash (BLAKE2b-256 of the raw bytes) is the storage key everywhere. The
+:class:`Inspector` turns bytes into an :class:`ImageInfo` (format, size, perceptual hash) or a
+typed :class:`~scrapy_imgcache.errors.InvalidImage`; the Pillow work itself is in
+:mod:`scrapy_imgcache.imaging`, imported on first use, so that reading settings or listing
+commands loads no imaging library.
 
-Everything here is CPU-bound and blocking: callers on the reactor run it in a thread.
+Inspecting is CPU-bound and blocking: callers on the reactor run it in a thread.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import warnings
 from dataclasses import dataclass
-
-import imagehash
-import numpy as np
-from PIL import Image, UnidentifiedImageError
-
-from .errors import (
-    EmptyImage,
-    InvalidImage,
-    NotAnImage,
-    TooManyBytes,
-    TooManyPixels,
-    TruncatedImage,
-    UnsupportedFormat,
-    UnsupportedMode,
-)
-
-#: Pillow format name -> (MIME type, file extension). Only these are ever opened.
-ALLOWED_FORMATS: dict[str, tuple[str, str]] = {
-    "JPEG": ("image/jpeg", ".jpg"),
-    "PNG": ("image/png", ".png"),
-    "GIF": ("image/gif", ".gif"),
-    "WEBP": ("image/webp", ".webp"),
-    "BMP": ("image/bmp", ".bmp"),
-    "TIFF": ("image/tiff", ".tif"),
-}
-if "AVIF" in Image.registered_extensions().values():  # Pillow >= 11.3 built with libavif
-    ALLOWED_FORMATS["AVIF"] = ("image/avif", ".avif")
 
 ALGORITHMS = ("phash", "dhash", "average_hash", "whash")
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 25_000_000  # Pillow's own bomb limit is ~89.5M
-_PHASH_SIZE = 32  # pHash reduces to 32x32 before its DCT; draft decoding may stop above it
-_FLAT_RANGE = 2  # grey levels; a 32x32 reduction spanning no more than this is "flat"
 
 
 def content_hash(data: bytes) -> str:
@@ -86,8 +55,10 @@ class ImageInfo:
 class Inspector:
     """Turns bytes into an :class:`ImageInfo`, or raises a typed :class:`InvalidImage`.
 
-    ``fast`` decodes JPEGs at reduced scale (libjpeg's DCT scaling) before hashing: several
-    times faster, at the cost of a few pHash bits (see BENCHMARKS.md), so it is opt-in.
+    Nothing trusts a Content-Type or a file name: the format comes from Pillow's parser over
+    an allowlist of raster formats, and bombs are refused from their header. ``fast``
+    decodes JPEGs at reduced scale (libjpeg's DCT scaling) before hashing: several times
+    faster, at the cost of a few pHash bits (docs/hashing-accuracy.md), so it is opt-in.
     """
 
     limits: ImageLimits = ImageLimits()
@@ -100,123 +71,6 @@ class Inspector:
 
     def inspect(self, data: bytes, known_hash: str | None = None) -> ImageInfo:
         """``known_hash``: the :func:`content_hash` of ``data`` when the caller has it already."""
-        size = len(data)
-        if size == 0:
-            raise EmptyImage("empty body: zero bytes")
-        if size > self.limits.max_bytes:
-            raise TooManyBytes(f"{size} bytes is over the limit of {self.limits.max_bytes}")
-        img = open_image(data, self.limits.max_pixels)
-        fmt = img.format or ""
-        mime, ext = ALLOWED_FORMATS[fmt]
-        width, height = img.size
-        if self.fast and fmt == "JPEG":
-            img.draft("L", (max(_PHASH_SIZE * 4, 1), max(_PHASH_SIZE * 4, 1)))
-        try:
-            img.load()  # the first frame only: animated images are never iterated
-        except Image.DecompressionBombError as exc:  # pragma: no cover - header check runs first
-            raise TooManyPixels(str(exc)) from exc
-        except Exception as exc:  # noqa: BLE001 - a decoder's failure is this image's, nothing else's
-            raise TruncatedImage(f"{fmt} image cannot be decoded: {exc}") from exc
-        try:
-            phash, flat = perceptual_hash(img, self.algorithm)
-        except InvalidImage:
-            raise
-        except Exception as exc:  # noqa: BLE001 - whatever Pillow cannot convert is refused, typed
-            raise UnsupportedMode(f"{fmt} image in mode {img.mode} cannot be hashed: {exc}") from exc
-        return ImageInfo(
-            content_hash=known_hash or content_hash(data),
-            format=fmt,
-            content_type=mime,
-            extension=ext,
-            width=width,
-            height=height,
-            size=size,
-            perceptual_hash=phash,
-            algorithm=self.algorithm,
-            flat=flat,
-        )
+        from .imaging import inspect
 
-
-def open_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Parse the header of an allowlisted format and refuse bombs before decoding."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise TooManyPixels(f"decompression bomb refused from its header: {exc}") from exc
-    except UnidentifiedImageError as exc:
-        raise _not_an_image(data) from exc
-    except Exception as exc:  # noqa: BLE001 - a parser's failure on these bytes refuses them, typed
-        raise TruncatedImage(f"image header cannot be parsed: {exc}") from exc
-    width, height = img.size
-    if width <= 0 or height <= 0:
-        raise NotAnImage(f"image claims impossible dimensions {width}x{height}")
-    if width * height > max_pixels:
-        raise TooManyPixels(
-            f"{img.format} image claims {width}x{height} = {width * height} pixels, "
-            f"over the limit of {max_pixels}; refused before decoding"
-        )
-    return img
-
-
-def _not_an_image(data: bytes) -> InvalidImage:
-    """Say which refused format it was where Pillow can tell, without decoding it."""
-    try:
-        with Image.open(io.BytesIO(data)) as other:
-            fmt = other.format
-    except Exception:  # noqa: BLE001 - any failure means "not an image we know"
-        fmt = None
-    if fmt:
-        allowed = ", ".join(ALLOWED_FORMATS)
-        return UnsupportedFormat(f"{fmt} is not an accepted image format (accepted: {allowed})")
-    return NotAnImage("not an image: no accepted image format recognises these bytes")
-
-
-def perceptual_hash(img: Image.Image, algorithm: str = "phash") -> tuple[str, bool]:
-    """The 16-hex-digit hash ``str(imagehash.<algorithm>(img))`` and whether ``img`` is flat.
-
-    For pHash the 32x32 reduction is shared between the hash and the flatness test; the
-    DCT steps are imagehash's own, so the string is identical to ``str(imagehash.phash(img))``.
-    """
-    grey = greyscale(img)
-    small = grey.resize((_PHASH_SIZE, _PHASH_SIZE), imagehash.ANTIALIAS)
-    pixels = np.asarray(small)
-    if algorithm == "phash":
-        value = _phash_bits(pixels)
-    else:
-        value = str(getattr(imagehash, algorithm)(grey))
-    flat = _fully_transparent(img) or int(pixels.max()) - int(pixels.min()) <= _FLAT_RANGE
-    return value, flat
-
-
-def greyscale(img: Image.Image) -> Image.Image:
-    """``img.convert("L")``, as imagehash does it, for every mode Pillow opens.
-
-    Pillow cannot convert a few modes to ``L`` directly: LAB (whose first channel is the
-    lightness, on the same 0-255 scale) and the premultiplied ``La``. Anything else that fails
-    raises, and :meth:`Inspector.inspect` refuses the image as :class:`UnsupportedMode`.
-    """
-    if img.mode == "L":
-        return img
-    if img.mode == "LAB":
-        return img.getchannel(0)
-    if img.mode == "La":
-        return img.convert("LA").convert("L")
-    return img.convert("L")
-
-
-def _phash_bits(pixels: np.ndarray) -> str:
-    import scipy.fftpack
-
-    dct = scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1)
-    low = dct[:8, :8]
-    return str(imagehash.ImageHash(low > np.median(low)))
-
-
-def _fully_transparent(img: Image.Image) -> bool:
-    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
-        return img.getchannel("A").getextrema()[1] == 0
-    if img.mode == "P" and "transparency" in img.info:
-        return img.convert("RGBA").getchannel("A").getextrema()[1] == 0
-    return False
+        return inspect(self, data, known_hash)

@@ -1,7 +1,9 @@
 """Deciding what one fetched image is to the cache: new, an exact duplicate, or a near one.
 
-Shared by the pipeline (its own downloads) and the middleware (image responses of spiders
-that never use the pipeline), so both apply one policy. Blocking: run it in a thread.
+One path for every way an image arrives: the pipeline's downloads, the image responses the
+middleware caches for spiders without the pipeline, ``scrapy imgcache-import``'s files.
+It speaks only the :class:`~scrapy_imgcache.store.base.Store` protocol, so a database and a
+remote service apply the same policy. Blocking: run it in a thread.
 """
 
 from __future__ import annotations
@@ -11,22 +13,18 @@ import io
 import threading
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from .blobs import blob_key
 from .config import ImgCacheConfig
-from .errors import InvalidImage
+from .errors import ImageTooSmall
 from .hashing import ImageInfo, Inspector, content_hash
-from .store import Entry, SqlStore, Store
+from .store.base import Entry, Store
 from .workers import hash_workers
 
-
-class ImageTooSmall(InvalidImage):
-    """Below ``IMAGES_MIN_WIDTH``/``IMAGES_MIN_HEIGHT`` (as Scrapy's ImagesPipeline refuses it)."""
-
-    reason = "too_small"
+if TYPE_CHECKING:
+    from scrapy.http import Response
 
 
 @dataclass(frozen=True)
@@ -93,12 +91,12 @@ class Ingestor:
             info = self.inspector.inspect(data, known_hash=chash)
         self._check_size(info.width, info.height)
         policy = on_similar or self.config.on_similar
-        if policy == "annotate" and isinstance(self.store, SqlStore):
+        if policy == "annotate":
             # Whatever the decision (new, exact copy, annotated near-duplicate) these bytes are
             # kept, so their atomic fsync'd write runs here, in parallel with other images,
             # instead of inside the lock below (two fsyncs there capped a crawl at ~100
             # images/s); put() then finds them in place. Bytes still land before the row.
-            self.store.blobs.put(blob_key(info.content_hash, info.extension), data)
+            self.store.put_bytes(data, info)
         with self._decide:  # decoding ran in parallel; check-then-store is one step per crawler
             return self._record(data, info, policy, filename, common)
 
@@ -114,7 +112,7 @@ class Ingestor:
         unusual (a row without its bytes, limits lowered since) takes the full path instead.
         """
         limits = self.inspector.limits
-        if not isinstance(self.store, SqlStore) or chash is None:
+        if chash is None:
             return None
         entry = self.store.get_meta(chash, common["bucket"])
         if (
@@ -122,8 +120,7 @@ class Ingestor:
             or entry.width is None
             or entry.height is None
             or entry.width * entry.height > limits.max_pixels
-            or not entry.path
-            or not self.store.blobs.exists(entry.path)
+            or not self.store.has_bytes(entry)
         ):
             return None
         self._check_size(entry.width, entry.height)
@@ -179,7 +176,7 @@ def checksum(data: bytes) -> str:
 
 def make_thumbnails(store: Store, content_hash: str, data: bytes, sizes: dict[str, tuple[int, int]]) -> dict[str, str]:
     """JPEG thumbnails (as ImagesPipeline makes them) kept beside the blobs, once per content."""
-    if not sizes or not isinstance(store, SqlStore):
+    if not sizes or store.blobs is None:
         return {}
     paths: dict[str, str] = {}
     img: Image.Image | None = None
@@ -196,3 +193,33 @@ def make_thumbnails(store: Store, content_hash: str, data: bytes, sizes: dict[st
             store.blobs.put(key, buf.getvalue())
         paths[name] = key
     return paths
+
+
+def ingest_response(
+    ingestor: Ingestor, response: Response, client_name: str, on_similar: str | None = None, url: str | None = None
+) -> Outcome:
+    """Store a downloaded image with its validators (blocking: run it in a thread).
+
+    ``url``: the URL it was asked for, when a redirect brought it from another; the entry is
+    recorded under both, so a later crawl answers the requested URL from the cache.
+    """
+    outcome = ingestor.ingest(
+        response.body,
+        url=response.url,
+        client_name=client_name,
+        etag=header(response, b"ETag"),
+        last_modified=header(response, b"Last-Modified"),
+        on_similar=on_similar,
+    )
+    if url is not None and url != response.url:
+        entry = outcome.entry
+        ingestor.store.record_url(
+            entry.content_hash, url=url, client_name=client_name, bucket=entry.bucket,
+            etag=entry.etag, last_modified=entry.last_modified,
+        )
+    return outcome
+
+
+def header(response: Response, name: bytes) -> str | None:
+    value = response.headers.get(name)
+    return value.decode("latin-1") if value else None

@@ -23,8 +23,8 @@ from scrapy.utils.httpobj import urlparse_cached
 
 from .context import ImgCacheContext, in_thread
 from .errors import InvalidImage, StoreError
-from .ingest import Ingestor
-from .store import Entry
+from .ingest import Ingestor, header, ingest_response
+from .store.base import Entry
 
 if TYPE_CHECKING:
     from scrapy import Request, Spider
@@ -40,6 +40,8 @@ META_ENTRY = "imgcache_entry"
 META_STATUS = "imgcache_status"
 #: Request.meta key the pipeline sets on its own requests (it stores them itself)
 META_PIPELINE = "imgcache_pipeline"
+#: Request.meta key: seconds a cached answer stays fresh for this request (default IMGCACHE_EXPIRES)
+META_MAX_AGE = "imgcache_max_age"
 RESPONSE_FLAG = "imgcache"
 
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
@@ -94,16 +96,23 @@ class ImgCacheMiddleware:
             return None
         request.meta.setdefault("download_maxsize", self.ctx.download_maxsize)
         try:
-            entry, fresh, body = await in_thread(self._lookup, request.url)
+            answer = await in_thread(
+                self.ctx.store.answer,
+                request.url,
+                bucket=self.config.bucket,
+                client_name=self.ctx.client_name(),
+                fresh_since=self._fresh_since(request),
+            )
         except StoreError as exc:
             return self._store_failed(request, exc)
-        if entry is None:
+        if answer is None:
             request.meta[META_STATUS] = "miss"
             self.ctx.inc("miss")
             return None
-        if fresh:
+        entry = answer.entry
+        if answer.body is not None:
             self.ctx.inc("hit")
-            return self._respond(request, entry, "hit", body)
+            return self._respond(request, entry, "hit", answer.body)
         request.meta[META_STATUS] = "stale"
         request.meta[META_ENTRY] = entry
         if entry.etag:
@@ -112,28 +121,13 @@ class ImgCacheMiddleware:
             request.headers[b"If-Modified-Since"] = entry.last_modified
         return None
 
-    def _lookup(self, url: str) -> tuple[Entry | None, bool, bytes | None]:
-        """The URL's entry, whether it is fresh, and then its bytes: one thread hop per hit.
-
-        A hit by another spider than the one that last recorded the URL is recorded for this
-        one too (with the original fetch time, so freshness is not extended), so the cache
-        knows every spider that saw the image.
-        """
-        entry = self.ctx.store.lookup(url, self.config.bucket)
-        if entry is None or not self._fresh(entry):
-            return entry, False, None
-        client = self.ctx.client_name()
-        if entry.client_name != client:
-            self.ctx.store.record_url(
-                entry.content_hash, url=url, client_name=client, bucket=entry.bucket, lookup_time=entry.lookup_time,
-                etag=entry.etag, last_modified=entry.last_modified,
-            )
-        return entry, True, self.ctx.store.get_bytes(entry.content_hash, entry.bucket)
-
-    def _fresh(self, entry: Entry) -> bool:
-        if self.config.expires <= 0:
-            return False
-        return entry.lookup_time > datetime.now(timezone.utc) - timedelta(seconds=self.config.expires)
+    def _fresh_since(self, request: Request) -> datetime:
+        """Entries seen after this are fresh: ``meta["imgcache_max_age"]`` (seconds; the
+        pipeline sets its own expiry there), else ``IMGCACHE_EXPIRES``; 0 revalidates always."""
+        max_age = request.meta.get(META_MAX_AGE, self.config.expires)
+        if max_age <= 0:
+            return datetime.max.replace(tzinfo=timezone.utc)
+        return datetime.now(timezone.utc) - timedelta(seconds=max_age)
 
     async def _cached_response(self, request: Request, entry: Entry, status: str) -> Response | None:
         body = await in_thread(self.ctx.store.get_bytes, entry.content_hash, entry.bucket)
@@ -190,8 +184,8 @@ class ImgCacheMiddleware:
 
     def _refresh(self, request: Request, response: Response, entry: Entry) -> None:
         """A 304: the URL still has this image; note when we saw it (and any new validators)."""
-        etag = _header(response, b"ETag") or entry.etag
-        modified = _header(response, b"Last-Modified") or entry.last_modified
+        etag = header(response, b"ETag") or entry.etag
+        modified = header(response, b"Last-Modified") or entry.last_modified
         self.ctx.store.record_url(
             entry.content_hash, url=request.url, client_name=self.ctx.client_name(), bucket=entry.bucket,
             etag=etag, last_modified=modified,
@@ -201,8 +195,8 @@ class ImgCacheMiddleware:
         assert self.ingestor is not None
         try:
             outcome = await in_thread(
-                ingest_response, self.ctx, self.ingestor, response,
-                on_similar="skip" if self.config.on_similar == "skip" else "annotate",
+                ingest_response, self.ingestor, response, self.ctx.client_name(),
+                on_similar="skip" if self.config.on_similar == "skip" else "annotate", url=request.url,
             )
         except InvalidImage as exc:
             self.ctx.inc(f"invalid/{exc.reason}")
@@ -211,6 +205,7 @@ class ImgCacheMiddleware:
         except StoreError as exc:
             self._store_failed(request, exc)
             return
+        self.ctx.count(outcome)
         request.meta[META_ENTRY] = outcome.entry
 
 
@@ -233,30 +228,3 @@ def cut_at_maxsize(exc: BaseException) -> bool:
     return isinstance(exc, cancelled)
 
 
-def ingest_response(ctx: ImgCacheContext, ingestor: Ingestor, response: Response, on_similar: str | None = None) -> Any:
-    """Store a downloaded image with its validators and count it (blocking: run in a thread)."""
-    outcome = ingestor.ingest(
-        response.body,
-        url=response.url,
-        client_name=ctx.client_name(),
-        etag=_header(response, b"ETag"),
-        last_modified=_header(response, b"Last-Modified"),
-        on_similar=on_similar,
-    )
-    record_outcome(ctx, outcome)
-    return outcome
-
-
-def record_outcome(ctx: ImgCacheContext, outcome: Any) -> None:
-    """The stats every stored image counts in, wherever it was stored from."""
-    if outcome.created:
-        ctx.inc("stored")
-    if outcome.duplicate:
-        ctx.inc(f"duplicate/{outcome.duplicate}")
-    if not outcome.stored:
-        ctx.inc("bytes_saved", outcome.size)
-
-
-def _header(response: Response, name: bytes) -> str | None:
-    value = response.headers.get(name)
-    return value.decode("latin-1") if value else None

@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 
 from .context import ImgCacheContext, component_result, in_thread
 from .errors import InvalidImage, StoreError
-from .ingest import Ingestor, Outcome, checksum, make_thumbnails
+from .ingest import Ingestor, Outcome, checksum, ingest_response, make_thumbnails
 from .middleware import (
     META_ENTRY,
     META_KEY,
@@ -34,9 +34,8 @@ from .middleware import (
     META_STATUS,
     RESPONSE_FLAG,
     cut_at_maxsize,
-    ingest_response,
 )
-from .store import Entry
+from .store.base import Entry
 
 if TYPE_CHECKING:
     from scrapy import Spider
@@ -172,7 +171,8 @@ class ImgCachePipeline:
 
     def _ingest(self, response: Response) -> dict[str, Any]:
         assert self.ingestor is not None
-        outcome = ingest_response(self.ctx, self.ingestor, response)
+        outcome = ingest_response(self.ingestor, response, self.ctx.client_name())
+        self.ctx.count(outcome)
         status = "downloaded"
         logger.debug("Image (%s): %s %s", outcome.duplicate or status, response.url, outcome.entry.content_hash[:12])
         return self._result(response, outcome, status)

@@ -1,12 +1,319 @@
-"""Helpers shared by tests of several modules."""
+"""What tests of several modules share: test images, the test web site, real databases, real
+crawls and processes. Fixtures stay in the conftest files; the functions they use live here."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import itertools
+import json
+import multiprocessing
+import os
+import struct
+import subprocess
+import sys
+import traceback
+import uuid
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import pytest
+from PIL import Image
+from sqlalchemy import Engine, create_engine, text
+
+from example_project.photos import *  # noqa: F403 - the demo's reproducible photographs
+from example_project.photos import distinct_images, encode
+from example_project.webserver import Route, Site  # noqa: F401 - the test web site
 from scrapy_imgcache.blobs import OWNER_KEY
+
+# -- images --------------------------------------------------------------------------------
+
+#: every pixel mode an image file can decode to
+MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV", "I", "I;16", "I;16B", "F")
+FORMATS = ("PNG", "JPEG", "TIFF", "WEBP", "BMP", "GIF")
+
+
+def in_mode(img: Image.Image, mode: str, transparent: bool = False) -> Image.Image:
+    """``img`` converted to ``mode``; ``transparent`` gives a P image a transparent colour."""
+    if mode == "PA":
+        return img.convert("P").convert("PA")
+    if mode in ("I;16", "I;16B"):
+        return img.convert("L").convert("I").point(lambda v: v * 200).convert(mode)
+    out = img.convert(mode)
+    if transparent and mode == "P":
+        out.info["transparency"] = 0
+    return out
+
+
+def encoded_in_mode(img: Image.Image, mode: str, fmt: str, transparent: bool = False) -> bytes | None:
+    """The file bytes of ``img`` in ``mode`` written as ``fmt``, or None where Pillow cannot write it."""
+    buf = io.BytesIO()
+    try:
+        in_mode(img, mode, transparent).save(buf, fmt)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return buf.getvalue()
+
+
+def every_mode_and_format(img: Image.Image) -> dict[tuple[str, str], bytes]:
+    """``img`` in each (mode, format) pair Pillow can write, with a transparent P image too."""
+    out: dict[tuple[str, str], bytes] = {}
+    for mode in MODES:
+        for fmt in FORMATS:
+            data = encoded_in_mode(img, mode, fmt)
+            if data is not None:
+                out[mode, fmt] = data
+    for fmt in ("PNG", "GIF"):
+        data = encoded_in_mode(img, "P", fmt, transparent=True)
+        if data is not None:
+            out["P+transparency", fmt] = data
+    return out
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A ~60-byte PNG claiming ``width`` x ``height``: a header and one pixel row's worth of data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 4)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def tiny_psd() -> bytes:
+    """A valid 2x2 greyscale Photoshop file (Pillow reads PSD but cannot write it)."""
+    header = b"8BPS" + struct.pack(">H6xHIIHH", 1, 1, 2, 2, 8, 1)
+    sections = struct.pack(">III", 0, 0, 0)  # colour mode data, image resources, layers
+    return header + sections + struct.pack(">H", 0) + bytes([0, 64, 128, 255])
+
+
+def bomb_png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (10_000, 10_000)).save(buf, "PNG")  # 100 Mpx that compress to ~100 KB
+    return buf.getvalue()
+
+
+_unique = itertools.count()
+_POOL: list[Image.Image] = []
+
+
+def fresh_jpegs(n: int) -> list[bytes]:
+    """Photos no other test of the session uses, so tests can share the default bucket."""
+    if not _POOL:
+        _POOL.extend(distinct_images(120, size=(160, 120)))
+    return [encode(_POOL[next(_unique) % len(_POOL)]) for _ in range(n)]
+
+
+def fresh_url(name: str = "img") -> str:
+    return f"https://example.com/{uuid.uuid4().hex}/{name}.jpg"
 
 
 def blob_files(folder: Path) -> list[Path]:
     """The files a local blob store holds, its ownership marker aside."""
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != OWNER_KEY)
+
+
+# -- databases -----------------------------------------------------------------------------
+
+POSTGRES_URL = os.environ.get("IMGCACHE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+MYSQL_URL = os.environ.get("IMGCACHE_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def unreachable(what: str, exc: Exception) -> None:
+    message = f"{what} is not reachable: {exc}"
+    if IN_CI:
+        pytest.fail(message + " (CI=true: the database servers must be running)")
+    pytest.skip(message)
+
+
+@contextlib.contextmanager
+def scratch(admin_url: str, what: str, create: str, drop: list[str], **engine_options: Any) -> Iterator[Engine]:
+    """Run ``create`` (a schema or database of the test's own), yield the admin engine, then ``drop``."""
+    try:
+        admin = create_engine(admin_url, **engine_options)
+        with admin.connect() as conn:
+            conn.execute(text(create))
+            conn.commit()
+    except Exception as exc:  # noqa: BLE001 - any connection failure
+        unreachable(what, exc)
+    try:
+        yield admin
+    finally:
+        with admin.connect() as conn:
+            for statement in drop:
+                conn.execute(text(statement))
+            conn.commit()
+        admin.dispose()
+
+
+def postgres_database() -> Iterator[str]:
+    name = f"imgcache_t{uuid.uuid4().hex[:12]}"
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    with scratch(
+        POSTGRES_URL, "PostgreSQL", f"CREATE SCHEMA {name}", [f"DROP SCHEMA {name} CASCADE"],
+        isolation_level="AUTOCOMMIT",
+    ):
+        yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{name}"
+
+
+def mysql_database() -> Iterator[str]:
+    name = f"imgcache_t{uuid.uuid4().hex[:12]}"
+    base = MYSQL_URL.rsplit("/", 1)[0]
+    with scratch(MYSQL_URL, "MariaDB/MySQL", f"CREATE DATABASE {name} CHARACTER SET utf8mb4", [f"DROP DATABASE {name}"]):
+        yield f"{base}/{name}?charset=utf8mb4"
+
+
+#: one database of each kind, for tests parametrised over them
+DATABASES = [
+    "sqlite",
+    pytest.param("postgresql", marks=pytest.mark.postgres),
+    pytest.param("mysql", marks=pytest.mark.mysql),
+]
+
+
+@contextlib.contextmanager
+def database_url(kind: str, workdir: Path) -> Iterator[str]:
+    """A fresh database of ``kind`` (a SQLite file, a PostgreSQL schema, a MariaDB database)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{workdir / 'cache.sqlite3'}"
+        return
+    urls = postgres_database() if kind == "postgresql" else mysql_database()
+    try:
+        yield next(urls)
+    finally:
+        urls.close()  # drops the schema or database
+
+
+# -- crawls --------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+PLAIN_REACTOR = "twisted.internet.epollreactor.EPollReactor"
+
+
+@dataclass
+class Crawl:
+    items: list[dict[str, Any]]
+    stats: dict[str, Any]
+    returncode: int
+    log: str
+
+    def stat(self, key: str) -> int:
+        return int(self.stats.get(f"imgcache/{key}", 0))
+
+    @property
+    def images(self) -> list[dict[str, Any]]:
+        return [img for item in self.items for img in item.get("images", [])]
+
+
+def make_project(root: Path, settings: dict[str, Any]) -> Path:
+    """A Scrapy project folder whose spiders are tests/crawl_spiders.py."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "scrapy.cfg").write_text("[settings]\ndefault = projsettings\n")
+    base: dict[str, Any] = {
+        "SPIDER_MODULES": ["tests.crawl_spiders"],
+        "BOT_NAME": "imgcachetest",
+        "ROBOTSTXT_OBEY": False,
+        "LOG_LEVEL": "INFO",
+        "TELNETCONSOLE_ENABLED": False,
+        "EXTENSIONS": {"tests.crawl_spiders.Heartbeat": 0, "example_project.imgdemo.extensions.StatsToFile": 1000},
+        "ADDONS": {"scrapy_imgcache.Addon": 0},
+    }
+    base.update(settings)
+    lines = [f"{k} = {v!r}" for k, v in base.items()]
+    (root / "projsettings.py").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def start_crawl(project: Path, spider: str, *args: str, **spider_args: str) -> tuple[subprocess.Popen[str], Path, Path]:
+    run = uuid.uuid4().hex[:8]
+    items = project / f"items-{run}.jsonl"
+    stats = project / f"stats-{run}.json"
+    cmd = [sys.executable, "-m", "scrapy", "crawl", spider, "-O", f"{items}:jsonlines", "-s", f"IMGDEMO_STATS_FILE={stats}"]
+    for k, v in spider_args.items():
+        cmd += ["-a", f"{k}={v}"]
+    cmd += list(args)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(project)])}
+    env.pop("SCRAPY_SETTINGS_MODULE", None)
+    proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, items, stats
+
+
+def finish_crawl(proc: subprocess.Popen[str], items: Path, stats: Path, timeout: float = 180) -> Crawl:
+    out, _ = proc.communicate(timeout=timeout)
+    loaded = [json.loads(line) for line in items.read_text().splitlines()] if items.exists() else []
+    st = json.loads(stats.read_text()) if stats.exists() else {}
+    return Crawl(loaded, st, proc.returncode, out)
+
+
+def crawl(project: Path, spider: str, *args: str, **spider_args: str) -> Crawl:
+    return finish_crawl(*start_crawl(project, spider, *args, **spider_args))
+
+
+def cache_settings(tmp_path: Path, **extra: object) -> dict[str, object]:
+    """A crawl's settings with its cache in ``tmp_path`` (cache.sqlite3, files/)."""
+    return {
+        "IMGCACHE_URL": f"sqlite:///{tmp_path / 'cache.sqlite3'}",
+        "IMGCACHE_FILES_STORE": str(tmp_path / "files"),
+        **extra,
+    }
+
+
+def open_cache(tmp_path: Path, url: str | None = None) -> Any:
+    """The store of :func:`cache_settings`, opened in this process."""
+    from scrapy_imgcache.store.sql import SqlStore
+
+    return SqlStore(url or f"sqlite:///{tmp_path / 'cache.sqlite3'}", str(tmp_path / "files"))
+
+
+# -- processes -----------------------------------------------------------------------------
+
+#: one operation: ("open",) | ("put", data, url) | ("delete", content_hash) | ("blob", root, key, data, times)
+Op = tuple[Any, ...]
+
+
+def _work(db_url: str | None, files: str, ops: list[Op], barrier: Any, errors: Any) -> None:
+    try:
+        barrier.wait(timeout=120)
+        store = None
+        if db_url is not None:
+            from scrapy_imgcache.store.sql import SqlStore
+
+            store = SqlStore(db_url, files)
+        for op in ops:
+            if op[0] == "put":
+                store.put(op[1], url=op[2], client_name="proc")
+            elif op[0] == "delete":
+                store.delete(op[1])
+            elif op[0] == "blob":
+                from scrapy_imgcache.blobs import LocalBlobStore
+
+                blobs = LocalBlobStore(op[1])
+                for _ in range(op[4]):
+                    blobs.put(op[2], op[3])
+        if store is not None:
+            store.close()
+    except BaseException:  # noqa: BLE001 - every failure goes back to the test
+        errors.put(traceback.format_exc())
+
+
+def run_processes(db_url: str | None, files: str, per_process: list[list[Op]]) -> None:
+    """One spawned process per ops list, released together; fails with any process's traceback."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(len(per_process))
+    errors = ctx.Queue()
+    procs = [ctx.Process(target=_work, args=(db_url, files, ops, barrier, errors)) for ops in per_process]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=240)
+    found = []
+    while not errors.empty():
+        found.append(errors.get())
+    codes = [p.exitcode for p in procs]
+    assert not found, "\n".join(found)
+    assert codes == [0] * len(procs), codes

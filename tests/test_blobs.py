@@ -23,10 +23,8 @@ from scrapy_imgcache.blobs import (
 )
 from scrapy_imgcache.errors import StoreError
 from scrapy_imgcache.hashing import content_hash
-from scrapy_imgcache.store import SqlStore
-
-from .photos import distinct_jpegs, noise_bytes
-from .procs import run_processes
+from scrapy_imgcache.store.sql import SqlStore
+from tests.helpers import distinct_jpegs, noise_bytes, run_processes
 
 DATA = noise_bytes(50_000)
 KEY = blob_key(content_hash(DATA), ".jpg")

@@ -30,6 +30,7 @@ BAD = {
     "IMGCACHE_RETRIES": [-1, 11, "x"],
     "IMGCACHE_ON_STORE_ERROR": ["ignore"],
     "IMGCACHE_GC_GRACE": [-5, "later"],
+    "IMGCACHE_STORE_SCHEMES": ["redis", ["x"], {1: "a.B"}],
 }
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import struct
-import zlib
 
 import imagehash
 import numpy as np
@@ -23,10 +21,15 @@ from scrapy_imgcache.errors import (
     TruncatedImage,
     UnsupportedFormat,
 )
-from scrapy_imgcache.hashing import ALGORITHMS, ImageLimits, Inspector, content_hash, hamming
-
-from .photos import (
-    FORMATS as WRITABLE_FORMATS,
+from scrapy_imgcache.hashing import (
+    ALGORITHMS,
+    ImageLimits,
+    Inspector,
+    content_hash,
+    hamming,
+)
+from tests.helpers import FORMATS as WRITABLE_FORMATS
+from tests.helpers import (
     MODES,
     distinct_images,
     encode,
@@ -34,31 +37,15 @@ from .photos import (
     every_mode_and_format,
     noise_bytes,
     photo,
+    png_header_only,
     solid,
+    tiny_psd,
 )
 
 FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 PHOTOS = distinct_images(3, size=(300, 200))
 #: a fast-mode bit difference above this would make near-duplicate thresholds meaningless
 FAST_MAX_BITS = 6
-
-
-def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A ~60-byte PNG claiming ``width`` x ``height``: a header and one pixel row's worth of data."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\0" * 4)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
-
-
-def tiny_psd() -> bytes:
-    """A valid 2x2 greyscale Photoshop file (Pillow reads PSD but cannot write it)."""
-    header = b"8BPS" + struct.pack(">H6xHIIHH", 1, 1, 2, 2, 8, 1)
-    sections = struct.pack(">III", 0, 0, 0)  # colour mode data, image resources, layers
-    return header + sections + struct.pack(">H", 0) + bytes([0, 64, 128, 255])
 
 
 def tiny_eps() -> bytes:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.crawling import crawl, make_project
-from tests.photos import distinct_jpegs
-from tests.site import Site
-from tests.test_pipelines import cache_settings, open_cache
+from tests.helpers import (
+    cache_settings,
+    crawl,
+    distinct_jpegs,
+    make_project,
+    open_cache,
+)
 
 pytestmark = pytest.mark.scrapy_api
 
@@ -15,13 +18,6 @@ MIDDLEWARE_ONLY = {
     "ADDONS": {},
     "DOWNLOADER_MIDDLEWARES": {"scrapy_imgcache.middleware.ImgCacheMiddleware": 585},
 }
-
-
-@pytest.fixture
-def site():
-    s = Site().start()
-    yield s
-    s.stop()
 
 
 @pytest.fixture

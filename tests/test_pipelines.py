@@ -6,38 +6,28 @@ import functools
 import gzip
 import hashlib
 import time
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from scrapy_imgcache.hashing import Inspector
-from scrapy_imgcache.store import SqlStore
-from tests.helpers import blob_files
-from tests.crawling import PLAIN_REACTOR, crawl, finish_crawl, make_project, start_crawl
-from tests.photos import distinct_images, distinct_jpegs, encode, near_duplicates, png_bomb
-from tests.site import Site
+from tests.helpers import (
+    PLAIN_REACTOR,
+    blob_files,
+    cache_settings,
+    crawl,
+    distinct_images,
+    distinct_jpegs,
+    encode,
+    finish_crawl,
+    make_project,
+    near_duplicates,
+    open_cache,
+    png_bomb,
+    start_crawl,
+)
 
 pytestmark = pytest.mark.scrapy_api
-
-
-@pytest.fixture
-def site():
-    s = Site().start()
-    yield s
-    s.stop()
-
-
-def cache_settings(tmp_path: Path, **extra: object) -> dict[str, object]:
-    return {
-        "IMGCACHE_URL": f"sqlite:///{tmp_path / 'cache.sqlite3'}",
-        "IMGCACHE_FILES_STORE": str(tmp_path / "files"),
-        **extra,
-    }
-
-
-def open_cache(tmp_path: Path, url: str | None = None) -> SqlStore:
-    return SqlStore(url or f"sqlite:///{tmp_path / 'cache.sqlite3'}", str(tmp_path / "files"))
 
 
 def test_first_crawl_dedupes_and_second_crawl_downloads_no_image_bytes(site, tmp_path):

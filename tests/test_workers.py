@@ -11,8 +11,7 @@ import pytest
 from scrapy_imgcache.errors import NotAnImage, TruncatedImage
 from scrapy_imgcache.hashing import Inspector, content_hash
 from scrapy_imgcache.workers import HashWorkers
-
-from .photos import distinct_jpegs, noise_bytes
+from tests.helpers import distinct_jpegs, noise_bytes
 
 JPEGS = distinct_jpegs(6)
 

@@ -24,7 +24,7 @@ from scrapy.exceptions import UsageError
 
 if TYPE_CHECKING:
     from ..config import ImgCacheConfig
-    from ..store import Entry, Store
+    from ..store.base import Entry, Store
     from .sheet import Card
 
 EXIT_OK = 0
@@ -89,15 +89,18 @@ class ImgCacheCommand(ScrapyCommand):
         config = self.config()
         return config, bucket_of(opts, config), distance_of(opts, config)
 
-    def open_store(self, config: ImgCacheConfig) -> Store:
-        """The configured store; a one-line usage error where a remote one cannot do the job."""
+    def require_database(self, config: ImgCacheConfig) -> None:
+        """A one-line usage error when this command needs the cache's database itself."""
         if self.needs_database and config.is_remote:
             raise UsageError(
-                f"{self.name} reads the cache database directly, but IMGCACHE_URL names a remote "
-                f"imgcache service ({config.url}) whose REST API cannot do this; run it where "
-                "the service's database is configured",
+                f"{self.name} needs the cache's database itself, but IMGCACHE_URL names a remote "
+                f"imgcache service ({config.url}); run it where the service's database is configured",
                 print_help=False,
             )
+
+    def open_store(self, config: ImgCacheConfig) -> Store:
+        """The configured store (a database, or a remote service where the command can use one)."""
+        self.require_database(config)
         try:
             return config.open_store()
         except ImportError as exc:
@@ -133,13 +136,13 @@ def add_search_options(parser: argparse.ArgumentParser, bucket_what: str, limit:
 
 
 def bucket_of(opts: argparse.Namespace, config: ImgCacheConfig) -> str:
-    from ..store import validate_bucket
+    from ..store.base import validate_bucket
 
     return _usable(validate_bucket, config.bucket if opts.bucket is None else opts.bucket)
 
 
 def distance_of(opts: argparse.Namespace, config: ImgCacheConfig) -> int:
-    from ..store import validate_distance
+    from ..store.base import validate_distance
 
     return _usable(validate_distance, config.similarity_threshold if opts.max_distance is None else opts.max_distance)
 

@@ -24,13 +24,10 @@ class Command(ImgCacheCommand):
     def execute(self, args: list[str], opts: argparse.Namespace) -> int:
         from scrapy.exceptions import UsageError
 
-        from ..collections import Registry
-        from ..collections_cli import run
+        from ..collections_cli import run_on_database
 
         if args:
             raise UsageError(f"unexpected arguments: {' '.join(args)}", print_help=False)
-        store = self.open_store(self.config())
-        try:
-            return run(Registry(store.engine), opts)  # type: ignore[attr-defined]
-        finally:
-            store.close()
+        config = self.config()
+        self.require_database(config)
+        return run_on_database(config.url, opts)

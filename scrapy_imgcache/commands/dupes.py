@@ -25,13 +25,12 @@ from . import (
 )
 
 if TYPE_CHECKING:
-    from ..store import Entry, SqlStore
+    from ..store.base import Entry, Store
 
 Cluster = list[tuple[int, "Entry"]]  # (distance to the reference, image); the reference first
 
 
 class Command(ImgCacheCommand):
-    needs_database = True
 
     def short_desc(self) -> str:
         return "List groups of near-duplicate images in a bucket, largest first"
@@ -53,7 +52,7 @@ class Command(ImgCacheCommand):
 
     def execute(self, args: list[str], opts: argparse.Namespace) -> int:
         config, bucket, distance = self.search_scope(opts)
-        store: SqlStore = self.open_store(config)  # type: ignore[assignment]
+        store = self.open_store(config)
         try:
             found = clusters(store, bucket, distance, max(opts.min_size, 2))[: opts.limit]
             shown = [[(d, Sighting.of(store, e)) for d, e in cluster] for cluster in found]
@@ -78,7 +77,7 @@ class Command(ImgCacheCommand):
         return EXIT_OK
 
     def _gallery(
-        self, path: str, store: SqlStore, shown: list[list[tuple[int, Sighting]]], distance: int, bucket: str
+        self, path: str, store: Store, shown: list[list[tuple[int, Sighting]]], distance: int, bucket: str
     ) -> None:
         from .sheet import Section, write_page
 
@@ -94,7 +93,7 @@ class Command(ImgCacheCommand):
         print(f"Gallery written to {path}", file=sys.stderr)
 
 
-def clusters(store: SqlStore, bucket: str, distance: int, min_size: int = 2) -> list[Cluster]:
+def clusters(store: Store, bucket: str, distance: int, min_size: int = 2) -> list[Cluster]:
     """Connected components of "within ``distance`` bits", largest first."""
     from ..hashing import hamming
 

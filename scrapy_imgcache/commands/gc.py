@@ -11,18 +11,13 @@ from __future__ import annotations
 
 import argparse
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 from scrapy.exceptions import UsageError
 
 from . import EXIT_OK, ImgCacheCommand, human_size
 
-if TYPE_CHECKING:
-    from ..store import Entry, SqlStore
-
 
 class Command(ImgCacheCommand):
-    needs_database = True
 
     def syntax(self) -> str:
         return "[--dry-run] [--older-than DAYS]"
@@ -50,58 +45,33 @@ class Command(ImgCacheCommand):
         )
 
     def execute(self, args: list[str], opts: argparse.Namespace) -> int:
-        from ..store import utcnow
+        from ..store.base import utcnow
 
         if args:
             raise UsageError(f"unexpected argument(s): {' '.join(args)}", print_help=False)
         if opts.older_than is not None and not opts.older_than >= 0:
             raise UsageError("--older-than: a number of days of at least 0 is expected", print_help=False)
         config = self.config()
-        store: SqlStore = self.open_store(config)  # type: ignore[assignment]
-        verb = "Would remove" if opts.dry_run else "Removed"
-        freed = 0
+        cutoff = None if opts.older_than is None else utcnow() - timedelta(days=opts.older_than)
+        store = self.open_store(config)
         try:
-            missing = store.missing_blobs()
-            if missing:
-                print(f"{len(missing)} row(s) whose bytes are missing:")
-                for entry in missing:
-                    print(f"  bucket {entry.bucket!r} {entry.content_hash} ({entry.path}), last seen at {entry.url}")
-            _remove(store, missing, opts.dry_run)
-            print(f"{verb} {len(missing)} row(s) whose bytes are missing.")
-
-            if opts.older_than is not None:
-                cutoff = utcnow() - timedelta(days=opts.older_than)
-                expired = store.expired(cutoff)
-                size = _remove(store, expired, opts.dry_run)
-                freed += size
-                print(
-                    f"{verb} {len(expired)} image(s) not seen since {cutoff:%Y-%m-%d %H:%M} UTC ({human_size(size)})."
-                )
-
-            orphans = store.orphan_blobs(config.gc_grace)
-            size = sum(s for _, s in orphans)
-            if not opts.dry_run:
-                size = sum(s for key, s in orphans if store.remove_blob(key))
-            freed += size
-            print(
-                f"{verb} {len(orphans)} blob(s) no row references, older than {config.gc_grace:g} s "
-                f"({human_size(size)})."
-            )
+            report = store.collect_garbage(grace_seconds=config.gc_grace, older_than=cutoff, dry_run=opts.dry_run)
         finally:
             store.close()
-        print(f"{'Would free' if opts.dry_run else 'Freed'} {human_size(freed)} ({freed} bytes).")
+        verb = "Would remove" if opts.dry_run else "Removed"
+        if report.missing:
+            print(f"{len(report.missing)} row(s) whose bytes are missing:")
+            for entry in report.missing:
+                print(f"  bucket {entry.bucket!r} {entry.content_hash} ({entry.path}), last seen at {entry.url}")
+        print(f"{verb} {len(report.missing)} row(s) whose bytes are missing.")
+        if cutoff is not None:
+            print(
+                f"{verb} {len(report.expired)} image(s) not seen since {cutoff:%Y-%m-%d %H:%M} UTC "
+                f"({human_size(report.expired_bytes)})."
+            )
+        print(
+            f"{verb} {report.orphans} blob(s) no row references, older than {config.gc_grace:g} s "
+            f"({human_size(report.orphan_bytes)})."
+        )
+        print(f"{'Would free' if opts.dry_run else 'Freed'} {human_size(report.freed)} ({report.freed} bytes).")
         return EXIT_OK
-
-
-def _remove(store: SqlStore, entries: list[Entry], dry_run: bool) -> int:
-    """Delete these images; the bytes actually freed (a blob shared with another bucket stays)."""
-    freed = 0
-    for entry in entries:
-        key = entry.path or ""
-        present = store.blobs.exists(key)
-        if dry_run:
-            freed += entry.file_size_bytes if present else 0
-            continue
-        if store.delete(entry.content_hash, entry.bucket) and present and not store.blobs.exists(key):
-            freed += entry.file_size_bytes
-    return freed

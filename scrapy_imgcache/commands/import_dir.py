@@ -16,11 +16,17 @@ from typing import TYPE_CHECKING
 
 from scrapy.exceptions import UsageError
 
-from . import EXIT_OK, ImgCacheCommand, add_bucket_option, bucket_of, human_size, progress
+from . import (
+    EXIT_OK,
+    ImgCacheCommand,
+    add_bucket_option,
+    bucket_of,
+    human_size,
+    progress,
+)
 
 if TYPE_CHECKING:
-    from ..config import ImgCacheConfig
-    from ..store import Store
+    from ..ingest import Ingestor
 
 DEFAULT_CLIENT = "imgcache-import"
 
@@ -72,62 +78,55 @@ class Command(ImgCacheCommand):
             raise UsageError(f"{root} is not a directory", print_help=False)
         if not opts.client_name.strip():
             raise UsageError("--client-name must not be empty", print_help=False)
+        from dataclasses import replace
+
+        from ..ingest import Ingestor
+
         config = self.config()
-        bucket = bucket_of(opts, config)
+        config = replace(config, bucket=bucket_of(opts, config), hash_processes=0, on_similar="annotate")
         files = sorted(p for p in root.rglob("*") if p.is_file())
         store = self.open_store(config)
+        ingestor = Ingestor(store, config)
         tally = Tally()
         try:
             for path in progress(files, len(files), "importing"):
-                _import_file(store, config, path, bucket, opts.client_name, tally)
+                _import_file(ingestor, path, opts.client_name, tally)
         finally:
             store.close()
-        _report(root, len(files), tally, bucket)
+        _report(root, len(files), tally, config.bucket)
         return EXIT_OK
 
 
-def _import_file(store: Store, config: ImgCacheConfig, path: Path, bucket: str, client: str, tally: Tally) -> None:
+def _import_file(ingestor: Ingestor, path: Path, client: str, tally: Tally) -> None:
+    """Store one file through the same ingest path as a crawl's images (near-duplicates annotated)."""
     from ..errors import InvalidImage
     from ..hashing import content_hash
 
     url = path.resolve().as_uri()
+    max_bytes = ingestor.inspector.limits.max_bytes
     try:
-        if path.stat().st_size > config.max_bytes:
-            tally.skipped.append((str(path), "too_many_bytes", f"over IMGCACHE_MAX_BYTES ({config.max_bytes})"))
+        if path.stat().st_size > max_bytes:
+            tally.skipped.append((str(path), "too_many_bytes", f"over IMGCACHE_MAX_BYTES ({max_bytes})"))
             return
         data = path.read_bytes()
     except OSError as exc:
         tally.skipped.append((str(path), "unreadable", exc.strerror or str(exc)))
         return
-    known = store.lookup(url, bucket)
+    known = ingestor.store.lookup(url, ingestor.config.bucket)
     if known is not None and known.content_hash == content_hash(data):
         tally.unchanged += 1  # imported before; the cheap hash spares decoding it again
         return
     try:
-        info = store.inspector.inspect(data)
-        near = None
-        if not info.flat:
-            hits = store.similar(info.perceptual_hash, config.similarity_threshold, bucket, 2, info.algorithm)
-            near = next((h for h in hits if h.content_hash != info.content_hash), None)
-        result = store.put(
-            data,
-            url=url,
-            client_name=client,
-            bucket=bucket,
-            filename=path.name,
-            info=info,
-            similar_to=near.content_hash if near else None,
-            similar_distance=near.hamming_distance if near else None,
-        )
+        outcome = ingestor.ingest(data, url=url, client_name=client, filename=path.name)
     except InvalidImage as exc:  # refused here, or by a remote service with tighter limits
         tally.skipped.append((str(path), exc.reason, exc.message))
         return
-    if not result.created:
+    if outcome.duplicate == "exact":
         tally.exact += 1
     else:
         tally.added += 1
-        tally.added_bytes += info.size
-        tally.near += near is not None
+        tally.added_bytes += outcome.size
+        tally.near += outcome.duplicate == "similar"
 
 
 def _report(root: Path, total: int, tally: Tally, bucket: str) -> None:

@@ -30,11 +30,14 @@ class Command(ImgCacheCommand):
         from scrapy.exceptions import UsageError
 
         from ..server.cli import check_options, serve
+        from ..store.sql import SqlStore
 
         if args:
             raise UsageError(f"unexpected arguments: {' '.join(args)}", print_help=False)
         keys = check_options(opts)  # before the store is opened: a refusal creates nothing
-        store = self.open_store(self.config())
+        config = self.config()
+        self.require_database(config)
+        store = SqlStore.from_config(config)
         try:
             serve(store, opts, keys)
         finally:

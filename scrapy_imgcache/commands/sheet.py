@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..hashing import DEFAULT_MAX_PIXELS, open_image
+from ..hashing import DEFAULT_MAX_PIXELS
+from ..imaging import open_image
 
 THUMBNAIL_SIZE = 240
 MAX_URLS_SHOWN = 10

@@ -32,7 +32,7 @@ from . import (
 if TYPE_CHECKING:
     from ..config import ImgCacheConfig
     from ..hashing import ImageInfo
-    from ..store import Store
+    from ..store.base import Store
 
 CONTENT_HASH = re.compile(r"^[0-9a-fA-F]{64}$")
 PERCEPTUAL_HASH = re.compile(r"^[0-9a-fA-F]{16}$")

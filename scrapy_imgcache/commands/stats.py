@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from . import EXIT_NOTHING, EXIT_OK, ImgCacheCommand, human_size, print_json, table
 
 if TYPE_CHECKING:
-    from ..store import Usage
+    from ..store.base import Usage
 
 HEADERS = ("BUCKET", "CLIENT", "IMAGES", "URLS", "BYTES", "EXACT DUPES", "EXACT SAVED", "NEAR DUPES", "NEAR SAVED")
 

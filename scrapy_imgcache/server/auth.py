@@ -14,8 +14,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+
+from fastapi import Security
+from fastapi.security import APIKeyHeader
+
+from .common import ApiError
 
 READ = "read"
 WRITE = "write"
@@ -82,3 +87,24 @@ def _clean(keys: Iterable[str]) -> list[str]:
         if len(key) < 16:
             raise ValueError("an API key must be at least 16 characters long")
     return out
+
+
+def require(keys: ApiKeys, scope: str) -> Callable[..., None]:
+    """A dependency that lets a request through only with a key of ``scope`` (when keys exist)."""
+    if not keys.enabled:
+
+        def open_access() -> None:
+            return None
+
+        return open_access
+
+    header = APIKeyHeader(name=HEADER, auto_error=False, description="a read or write API key")
+
+    def check(key: str | None = Security(header)) -> None:  # a default: ``header`` is local
+        granted = keys.scope_of(key)
+        if granted is None:
+            raise ApiError(401, "unauthorized", f"a valid {HEADER} header is required")
+        if scope == WRITE and granted != WRITE:
+            raise ApiError(403, "forbidden", "this key may read but not store or delete")
+
+    return check

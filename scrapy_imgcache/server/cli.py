@@ -20,7 +20,7 @@ from ..collections_cli import SERVER_SUBCOMMAND
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from ..store import Store
+    from ..store.sql import SqlStore
     from .auth import ApiKeys
 
 DEFAULT_HOST = "127.0.0.1"
@@ -100,7 +100,7 @@ def check_options(args: argparse.Namespace) -> ApiKeys:
     return keys
 
 
-def serve(store: Store, args: argparse.Namespace, keys: ApiKeys) -> None:
+def serve(store: SqlStore, args: argparse.Namespace, keys: ApiKeys) -> None:
     """Build the app over ``store`` and run uvicorn until stopped (``keys`` from :func:`check_options`)."""
     import uvicorn
 
@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_server(args: argparse.Namespace) -> int:
     from ..hashing import DEFAULT_MAX_PIXELS, ImageLimits, Inspector
-    from ..store import SqlStore
+    from ..store.sql import SqlStore
 
     if not args.db or not args.files:
         raise ConfigError("--db and --files are required (or IMGCACHE_SERVER_DB and IMGCACHE_SERVER_FILES)")

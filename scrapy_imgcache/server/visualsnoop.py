@@ -32,7 +32,6 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..collections import (
-    MAX_ID_LENGTH,
     Collection,
     CollectionImage,
     CollectionImages,
@@ -43,7 +42,9 @@ from ..collections import (
 )
 from ..config import _float, _int
 from ..errors import ConfigError, InvalidImage
-from ..store import MAX_DISTANCE, SqlStore, Store, validate_distance
+from ..store.base import MAX_DISTANCE, validate_distance
+from ..store.models import MAX_ID_LENGTH
+from ..store.sql import SqlStore
 
 PREFIX = "/api/v1"
 SKEW_ENV = "IMGCACHE_VISUALSNOOP_SKEW"
@@ -302,14 +303,12 @@ def create_router(
     return router
 
 
-def routers_for(store: Store, environ: Mapping[str, str] | None = None) -> list[tuple[APIRouter, str]]:
-    """``[(router, "/api/v1")]`` for a database store (collections live in its database), else ``[]``.
+def routers_for(store: SqlStore, environ: Mapping[str, str] | None = None) -> list[tuple[APIRouter, str]]:
+    """``[(router, "/api/v1")]``: the collections live in the store's database.
 
     The clock-skew window and search threshold come from ``IMGCACHE_VISUALSNOOP_SKEW``
     (seconds) and ``IMGCACHE_VISUALSNOOP_DISTANCE`` (bits).
     """
-    if not isinstance(store, SqlStore):
-        return []
     env = os.environ if environ is None else environ
     skew = _float(SKEW_ENV, env.get(SKEW_ENV, DEFAULT_SKEW_SECONDS), 1)
     distance = _int(DISTANCE_ENV, env.get(DISTANCE_ENV, DEFAULT_SEARCH_DISTANCE), 0, MAX_DISTANCE)

@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from scrapy_imgcache.store import SqlStore
-from tests.photos import distinct_images, encode, near_duplicates
+from scrapy_imgcache.store.sql import SqlStore
+from tests.helpers import distinct_images, encode, near_duplicates
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 CHROMIUM = os.environ.get("IMGCACHE_TEST_CHROMIUM", "/usr/bin/chromium")

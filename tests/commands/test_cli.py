@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.photos import distinct_jpegs
+from tests.helpers import distinct_jpegs
 
 from .conftest import Project, assert_one_line_error
 
@@ -38,9 +38,10 @@ def test_listing_them_imports_nothing_heavy():
     assert out.strip() == f"{sorted(COMMANDS)} []"
 
 
-@pytest.mark.parametrize("command", ["imgcache-dupes", "imgcache-gc"])
-def test_database_commands_refuse_a_remote_store_in_one_line(project: Project, command: str):
-    proc = project.run(command, "-s", "IMGCACHE_URL=http://127.0.0.1:9/")
+@pytest.mark.parametrize("command", [("imgcache-collections", "list"), ("imgcache-serve",)])
+def test_database_commands_refuse_a_remote_store_in_one_line(project: Project, command: tuple[str, ...]):
+    """Collections live in the cache's database, and a service serves a database."""
+    proc = project.run(command[0], "-s", "IMGCACHE_URL=http://127.0.0.1:9/", *command[1:])
     assert_one_line_error(proc, 2, "remote imgcache service", "http://127.0.0.1:9/")
 
 

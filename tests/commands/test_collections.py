@@ -20,8 +20,8 @@ from sqlalchemy import select
 
 from scrapy_imgcache.collections import CollectionRow, Registry, SecretBox
 from scrapy_imgcache.errors import ConfigError
-from scrapy_imgcache.schema import make_engine
-from tests.photos import distinct_jpegs
+from scrapy_imgcache.store.schema import make_engine
+from tests.helpers import distinct_jpegs
 from tests.server.live import SERVER_BIN, imgcache_server
 
 from .conftest import Project

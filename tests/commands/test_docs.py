@@ -12,7 +12,7 @@ import pytest
 from scrapy.commands import ScrapyCommand
 from scrapy.settings import Settings
 
-from tests.photos import distinct_images, encode
+from tests.helpers import distinct_images, encode
 
 from .conftest import Filled
 

@@ -10,8 +10,9 @@ from scrapy_imgcache.blobs import OWNER_KEY, blob_key
 from scrapy_imgcache.config import ImgCacheConfig
 from scrapy_imgcache.hashing import content_hash
 from scrapy_imgcache.ingest import make_thumbnails
-from scrapy_imgcache.store import SqlStore, utcnow
-from tests.photos import distinct_images, encode, noise_bytes
+from scrapy_imgcache.store.base import utcnow
+from scrapy_imgcache.store.sql import SqlStore
+from tests.helpers import distinct_images, encode, noise_bytes
 
 from .conftest import Filled, Project, assert_one_line_error
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.photos import distinct_images, encode, near_duplicates, noise_bytes
+from tests.helpers import distinct_images, encode, near_duplicates, noise_bytes
 
 from .conftest import Project, assert_one_line_error
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.photos import distinct_images, encode
+from tests.helpers import distinct_images, encode
 from tests.server.live import free_port, imgcache_server
 
 from .conftest import Filled, assert_one_line_error, json_lines, render
@@ -60,6 +60,28 @@ def test_import_through_the_service_twice(filled: Filled, service: str, tmp_path
     with filled.project.opened() as store:
         entry = store.lookup((folder / "new.jpg").resolve().as_uri())
         assert entry is not None and entry.client_name == "imgcache-import"
+
+
+def test_dupes_through_the_service_match_the_database(filled: Filled, service: str):
+    remote = filled.project.run("imgcache-dupes", "--json", "-s", f"IMGCACHE_URL={service}")
+    local = filled.project.run("imgcache-dupes", "--json")
+    assert remote.returncode == local.returncode == 0, remote.stderr
+    assert json_lines(remote.stdout) == json_lines(local.stdout)
+    assert {i["content_hash"] for i in json_lines(remote.stdout)[0]["images"]} >= {filled.original}
+
+
+def test_gc_through_the_service_runs_next_to_the_data(filled: Filled, service: str):
+    with filled.project.opened() as store:
+        damaged = store.get_meta(filled.others[0])
+    (filled.project.files / damaged.path).unlink()
+    dry = filled.project.run("imgcache-gc", "--dry-run", "-s", f"IMGCACHE_URL={service}")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines()[0] == "1 row(s) whose bytes are missing:" and damaged.content_hash in dry.stdout
+    real = filled.project.run("imgcache-gc", "-s", f"IMGCACHE_URL={service}")
+    assert real.returncode == 0, real.stderr
+    assert "Removed 1 row(s) whose bytes are missing." in real.stdout
+    with filled.project.opened() as store:
+        assert store.get_meta(filled.others[0]) is None
 
 
 def test_a_service_that_is_down_is_one_line_and_exit_3(filled: Filled):

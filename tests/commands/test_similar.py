@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from scrapy_imgcache.hashing import Inspector, hamming
-from tests.photos import solid
+from tests.helpers import solid
 
 from .conftest import HOSTILE_URL, Filled, assert_one_line_error, json_lines, render
 

@@ -17,9 +17,7 @@ import pytest
 from PIL import Image
 
 from scrapy_imgcache.hashing import content_hash
-from tests.photos import distinct_images, near_duplicates
-
-from .conftest import fresh_jpegs, fresh_url
+from tests.helpers import distinct_images, fresh_jpegs, fresh_url, near_duplicates
 
 ENTRY_FIELDS = {
     "url": str,

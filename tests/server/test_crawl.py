@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from scrapy_imgcache.hashing import content_hash
-from scrapy_imgcache.remote import RemoteStore
-from tests.crawling import crawl, finish_crawl, make_project, start_crawl
-from tests.helpers import blob_files
-from tests.photos import distinct_jpegs
-from tests.site import Site
+from scrapy_imgcache.store.remote import RemoteStore
+from tests.helpers import (
+    blob_files,
+    crawl,
+    distinct_jpegs,
+    finish_crawl,
+    make_project,
+    start_crawl,
+)
 
 from .live import imgcache_server
 
 pytestmark = pytest.mark.scrapy_api
-
-
-@pytest.fixture
-def site() -> Iterator[Site]:
-    s = Site().start()
-    yield s
-    s.stop()
 
 
 def test_two_spiders_share_one_cache_through_the_server(site, tmp_path):

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image
 
-from tests.helpers import blob_files
-from tests.photos import noise_bytes
+from tests.helpers import blob_files, bomb_png, fresh_jpegs, fresh_url, noise_bytes
 
-from .conftest import fresh_jpegs, fresh_url
 from .live import LiveServer, imgcache_server
 
 LIMIT = 200_000
@@ -68,12 +64,6 @@ def assert_error(resp: httpx.Response, status: int | tuple[int, ...], reason: st
     if reason:
         assert body["error"] == reason
     return body
-
-
-def bomb_png() -> bytes:
-    buf = io.BytesIO()
-    Image.new("L", (10_000, 10_000)).save(buf, "PNG")  # 100 Mpx that compress to ~100 KB
-    return buf.getvalue()
 
 
 @pytest.mark.parametrize(

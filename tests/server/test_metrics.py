@@ -6,10 +6,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from scrapy_imgcache.server.app import create_app
-from scrapy_imgcache.store import SqlStore
-from tests.photos import noise_bytes
+from scrapy_imgcache.store.sql import SqlStore
+from tests.helpers import fresh_jpegs, fresh_url, noise_bytes
 
-from .conftest import fresh_jpegs, fresh_url
 from .live import imgcache_server
 
 

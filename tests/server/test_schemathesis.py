@@ -7,9 +7,8 @@ bodies that match the declared schemas, and invalid input refused.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import re
+from collections.abc import Iterator
 
 import pytest
 import schemathesis
@@ -33,7 +32,7 @@ CHECKS = [
     negative_data_rejection,
 ]
 #: the imgcache contract; routers mounted under /api/v1 have tests of their own
-OWN_PATHS = r"^/(images|serve|health|metrics|usage)"
+OWN_PATHS = r"^/(images|serve|health|metrics|usage|admin)"
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +52,14 @@ OPERATIONS = [
     ("GET", "/images/search"),
     ("GET", "/images/similar"),
     ("GET", "/images/urls/{content_hash}"),
+    ("POST", "/images/urls/{content_hash}"),
+    ("GET", "/images/list"),
+    ("GET", "/images/answer"),
     ("GET", "/images/{content_hash}"),
+    ("HEAD", "/images/{content_hash}"),
     ("DELETE", "/images/{content_hash}"),
     ("GET", "/serve/{content_hash}"),
+    ("POST", "/admin/gc"),
 ]
 
 

@@ -8,9 +8,8 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import POSTGRES_URL, scratch
+from tests.helpers import POSTGRES_URL, fresh_jpegs, fresh_url, scratch
 
-from .conftest import fresh_jpegs, fresh_url
 from .live import imgcache_server
 
 pytestmark = pytest.mark.postgres

@@ -27,15 +27,23 @@ from PIL import Image
 
 from scrapy_imgcache.hashing import Inspector, content_hash, hamming
 from scrapy_imgcache.server.visualsnoop import signature
-from scrapy_imgcache.store import SqlStore
-from tests.conftest import _mysql_url, _postgres_url
-from tests.photos import distinct_images, distinct_jpegs, encode, near_duplicates, noise_bytes
+from scrapy_imgcache.store.sql import SqlStore
 
 from .live import SERVER_BIN, LiveServer, imgcache_server
 
 base64.encodestring = base64.encodebytes  # type: ignore[attr-defined]  # the client's one wart (see the spec)
 from visualsnoop.auth import VisualSnoopHMACAuth  # noqa: E402
 from visualsnoop.models import Collection  # noqa: E402
+
+from tests.helpers import (
+    distinct_images,
+    distinct_jpegs,
+    encode,
+    mysql_database,
+    near_duplicates,
+    noise_bytes,
+    postgres_database,
+)
 
 SECRETS_KEY = "test-secrets-key-" + "k" * 24
 SKEW = 60
@@ -106,7 +114,7 @@ def _env() -> dict[str, str]:
 )
 def deployment(request, tmp_path_factory) -> Iterator[Deployment]:
     workdir = tmp_path_factory.mktemp(f"visualsnoop-{request.param}")
-    urls = {"postgresql": _postgres_url, "mysql": _mysql_url}.get(request.param, lambda: None)()
+    urls = {"postgresql": postgres_database, "mysql": mysql_database}.get(request.param, lambda: None)()
     db = next(urls) if urls else f"sqlite:///{workdir / 'cache.sqlite3'}"
     try:
         with imgcache_server(db, workdir, "--max-upload-bytes", str(MAX_UPLOAD), env=_env()) as server:

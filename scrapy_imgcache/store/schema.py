@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from sqlalchemy import Engine, create_engine, event, insert, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
+    DBAPIError,
     IntegrityError,
     InterfaceError,
     NoSuchModuleError,
@@ -32,7 +34,7 @@ from sqlalchemy.exc import (
     SQLAlchemyError,
 )
 
-from .errors import ConfigError, StoreError
+from ..errors import ConfigError, StoreError
 
 logger = logging.getLogger(__name__)
 VERSION_TABLE = "imgcache_alembic_version"
@@ -144,14 +146,24 @@ def make_writing_engine(engine: Engine) -> tuple[Engine, str | None]:
     return engine.execution_options(imgcache_write=True), None
 
 
-def current_revision(engine: Engine) -> str | None:
+def current_revision(engine: Engine, attempts: int = 20) -> str | None:
     """The schema's revision; None before the first migration. A database that cannot be
-    reached raises (connecting is outside the check for the table)."""
-    with engine.connect() as conn:
+    reached raises (connecting is outside the check for the table); a SQLite file another
+    process holds locked while it creates the schema is asked again."""
+    for attempt in range(attempts):
         try:
-            return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
-        except (OperationalError, ProgrammingError):  # no such table yet
-            return None
+            conn = engine.connect()
+        except OperationalError as exc:
+            if "locked" not in str(exc.orig) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+            continue
+        with conn:
+            try:
+                return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+            except (OperationalError, ProgrammingError):  # no such table yet
+                return None
+    raise AssertionError("unreachable")
 
 
 def ensure_schema(engine: Engine) -> None:
@@ -255,3 +267,53 @@ def _schema_lock(engine: Engine) -> Iterator[None]:
                 conn.execute(text("SELECT RELEASE_LOCK('imgcache_schema')"))
         else:
             yield
+
+
+class WriteTransaction:
+    """A write transaction whose BEGIN is retried while the database stays locked past its
+    busy timeout (or a lock wait times out).
+
+    With ``begin_sql`` the engine is an autocommit pool and the transaction is plain SQL:
+    ``begin_sql`` … ``COMMIT`` (or ``ROLLBACK``); see ``schema.make_writing_engine``.
+    """
+
+    def __init__(self, engine: Any, begin_sql: str | None = None, attempts: int = 5) -> None:
+        self.engine = engine
+        self.begin_sql = begin_sql
+        self.attempts = attempts
+
+    def __enter__(self) -> Any:
+        last: Exception | None = None
+        for attempt in range(self.attempts):
+            try:
+                return self._begin()
+            except OperationalError as exc:  # locked at BEGIN IMMEDIATE past the busy timeout
+                last = exc
+                time.sleep(0.05 * (attempt + 1))
+        raise StoreError(f"database busy: {last}")
+
+    def _begin(self) -> Any:
+        if self.begin_sql is None:
+            self._ctx = self.engine.begin()
+            return self._ctx.__enter__()
+        conn = self.engine.connect()
+        try:
+            conn.exec_driver_sql(self.begin_sql)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
+        if self.begin_sql is None:
+            return self._ctx.__exit__(exc_type, exc, tb)
+        try:
+            if exc_type is None:
+                self._conn.exec_driver_sql("COMMIT")
+            else:  # a failed ROLLBACK must not hide the error that caused it
+                with contextlib.suppress(DBAPIError):
+                    self._conn.exec_driver_sql("ROLLBACK")
+        finally:
+            self._conn.close()  # a failed COMMIT is rolled back as the connection returns
+        return False

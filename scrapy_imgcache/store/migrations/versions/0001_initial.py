@@ -5,9 +5,10 @@ Revises:
 """
 
 import sqlalchemy as sa
-from scrapy_imgcache.migrations import steps
 
-from scrapy_imgcache.models import BUCKET_LENGTH, RowId, UTCDateTime
+from scrapy_imgcache.store.base import BUCKET_LENGTH
+from scrapy_imgcache.store.migrations import steps
+from scrapy_imgcache.store.models import RowId, UTCDateTime
 
 revision = "0001"
 down_revision = None

@@ -8,8 +8,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scrapy_imgcache import simindex
-from scrapy_imgcache.simindex import HammingIndex, linear_scan, popcount, to_signed
+from scrapy_imgcache.store import index as simindex
+from scrapy_imgcache.store.index import HammingIndex, linear_scan, popcount, to_signed
 
 U64 = st.integers(0, (1 << 64) - 1)
 

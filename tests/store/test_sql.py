@@ -18,12 +18,19 @@ from sqlalchemy import func, select, text
 from scrapy_imgcache.blobs import blob_key
 from scrapy_imgcache.errors import InvalidImage
 from scrapy_imgcache.hashing import ImageLimits, Inspector, content_hash, hamming
-from scrapy_imgcache.models import ImageRow, UrlRow
-from scrapy_imgcache.store import SqlStore
-
-from .photos import distinct_images, distinct_jpegs, encode, near_duplicates, noise_bytes, solid
-from .procs import run_processes
-from .test_hashing import png_header_only, tiny_psd
+from scrapy_imgcache.store.models import ImageRow, UrlRow
+from scrapy_imgcache.store.sql import SqlStore
+from tests.helpers import (
+    distinct_images,
+    distinct_jpegs,
+    encode,
+    near_duplicates,
+    noise_bytes,
+    png_header_only,
+    run_processes,
+    solid,
+    tiny_psd,
+)
 
 JPEGS = distinct_jpegs(4)
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)

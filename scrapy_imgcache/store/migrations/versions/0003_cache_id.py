@@ -6,7 +6,7 @@ Revises: 0002
 
 import sqlalchemy as sa
 
-from scrapy_imgcache.migrations import steps
+from scrapy_imgcache.store.migrations import steps
 
 revision = "0003"
 down_revision = "0002"

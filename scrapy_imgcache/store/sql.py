@@ -1,215 +1,80 @@
-"""The store: one interface to the shared cache, whatever holds it.
+"""``SqlStore``: the cache in a SQL database (metadata) and a blob store (bytes).
 
-:class:`Store` is what the pipeline, the middleware, the server and the commands use.
-:class:`SqlStore` implements it over SQLAlchemy (SQLite, PostgreSQL, MySQL/MariaDB) and a
-blob store; ``scrapy_imgcache.remote.RemoteStore`` over an imgcache HTTP service.
-:func:`open_store` picks one from a URL, the way Scrapy picks a files store by scheme.
+SQLAlchemy 2 over SQLite (the default), PostgreSQL or MySQL/MariaDB; the bytes of each
+distinct image are stored once in a :mod:`~scrapy_imgcache.blobs` store, before the row that
+points at them. Engines and the schema are in :mod:`.schema`, the tables in :mod:`.models`,
+the in-memory similarity index in :mod:`.index`.
 
-Every method blocks: Scrapy components call them through ``deferToThread``.
+Every method blocks: Scrapy components call them in threads.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
-from typing import Any, Protocol, TypeVar
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from sqlalchemy import (
-    BigInteger,
     Select,
-    any_,
-    bindparam,
     delete,
     func,
-    or_,
     select,
-    true,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.dialects.mysql import insert as mysql_insert
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.orm import aliased
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from .blobs import BlobStore, blob_key, claim, hash_of_key, is_temporary, open_blob_store
-from .errors import ConfigError, StoreError
-from .hashing import ImageInfo, Inspector, content_hash
-from .models import BUCKET_LENGTH, ImageRow, UrlRow
-from .schema import cache_id, ensure_schema, make_engine, make_reading_engine, make_writing_engine
-from .simindex import HammingIndex, to_signed
+from ..blobs import (
+    BlobStore,
+    blob_key,
+    claim,
+    hash_of_key,
+    is_temporary,
+    open_blob_store,
+)
+from ..hashing import ImageInfo, Inspector, content_hash
+from .base import (
+    HASH_RE,
+    Answer,
+    Entry,
+    GcReport,
+    PutResult,
+    Usage,
+    as_utc,
+    utcnow,
+    validate_bucket,
+    validate_distance,
+    validate_phash,
+)
+from .index import HammingIndex, to_signed
+from .models import ImageRow, UrlRow
+from .schema import (
+    WriteTransaction,
+    cache_id,
+    ensure_schema,
+    make_engine,
+    make_reading_engine,
+    make_writing_engine,
+)
+from .statements import (
+    BLOB_KEY,
+    ENTRY,
+    IMAGE_ID,
+    LATEST_ROWS,
+    LOOKUP,
+    NEW_ROWS,
+    insert_ignore_stmt,
+    joined,
+    to_entry,
+    upsert_url_stmt,
+)
+
+if TYPE_CHECKING:
+    from ..config import ImgCacheConfig
 
 T = TypeVar("T")
-HASH_RE = re.compile(r"^[0-9a-f]{64}$")
-PHASH_RE = re.compile(r"^[0-9a-f]{16}$")
-BUCKET_RE = re.compile(rf"^[A-Za-z0-9._-]{{0,{BUCKET_LENGTH}}}$")
-MAX_DISTANCE = 32
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def _utc(moment: datetime) -> datetime:
-    """Naive times are taken as UTC (as the database columns store them)."""
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
-
-
-def validate_bucket(bucket: str) -> str:
-    if not isinstance(bucket, str) or not BUCKET_RE.match(bucket):
-        raise ValueError(f"bad bucket name {bucket!r}: up to {BUCKET_LENGTH} of A-Z a-z 0-9 . _ -")
-    return bucket
-
-
-def validate_content_hash(value: str) -> str:
-    if not isinstance(value, str) or not HASH_RE.match(value):
-        raise ValueError(f"bad content hash {value!r}: 64 lowercase hex digits expected")
-    return value
-
-
-def validate_phash(value: str) -> str:
-    if not isinstance(value, str) or not PHASH_RE.match(value):
-        raise ValueError(f"bad perceptual hash {value!r}: 16 lowercase hex digits expected")
-    return value
-
-
-def validate_distance(value: int) -> int:
-    if not isinstance(value, int) or not 0 <= value <= MAX_DISTANCE:
-        raise ValueError(f"bad max distance {value!r}: an integer from 0 to {MAX_DISTANCE}")
-    return value
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One cached image as seen at one URL: the imgcache API's entry schema, plus extras."""
-
-    url: str
-    content_hash: str
-    content_type: str
-    file_size_bytes: int
-    original_filename: str | None
-    width: int | None
-    height: int | None
-    perceptual_hash: str | None
-    client_name: str
-    lookup_time: datetime
-    created_at: datetime
-    bucket: str
-    hash_algorithm: str = "phash"
-    flat: bool = False
-    etag: str | None = None
-    last_modified: str | None = None
-    path: str | None = None
-    similar_to: str | None = None
-    similar_distance: int | None = None
-    hamming_distance: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["lookup_time"] = self.lookup_time.isoformat()
-        data["created_at"] = self.created_at.isoformat()
-        if self.hamming_distance is None:
-            del data["hamming_distance"]
-        return data
-
-
-@dataclass(frozen=True)
-class PutResult:
-    entry: Entry
-    created: bool  # False: identical bytes were already in the bucket
-
-
-@dataclass
-class Usage:
-    """Counts for one bucket (and, in ``clients``, per client name)."""
-
-    bucket: str
-    images: int = 0
-    bytes: int = 0
-    urls: int = 0
-    exact_duplicates: int = 0
-    exact_bytes_saved: int = 0
-    similar_duplicates: int = 0
-    similar_bytes_saved: int = 0
-    clients: dict[str, Usage] = field(default_factory=dict)
-
-
-class Store(Protocol):
-    """The cache as every component sees it. Blocking; safe to call from many threads."""
-
-    inspector: Inspector
-
-    def put(
-        self,
-        data: bytes,
-        *,
-        url: str,
-        client_name: str,
-        bucket: str = "",
-        lookup_time: datetime | None = None,
-        filename: str | None = None,
-        etag: str | None = None,
-        last_modified: str | None = None,
-        info: ImageInfo | None = None,
-        similar_to: str | None = None,
-        similar_distance: int | None = None,
-    ) -> PutResult:
-        """Store ``data`` (once per bucket) and record ``url`` for it.
-
-        ``info``: :meth:`Inspector.inspect` of exactly these bytes, when the caller has it
-        (they are then not decoded again); without it the bytes are inspected here.
-        """
-        ...
-
-    def record_url(
-        self,
-        content_hash: str,
-        *,
-        url: str,
-        client_name: str,
-        bucket: str = "",
-        lookup_time: datetime | None = None,
-        etag: str | None = None,
-        last_modified: str | None = None,
-        duplicate: str | None = None,
-        saved_bytes: int = 0,
-    ) -> Entry | None: ...
-
-    def get_bytes(self, content_hash: str, bucket: str = "") -> bytes | None: ...
-    def get_meta(self, content_hash: str, bucket: str = "") -> Entry | None: ...
-    def lookup(self, url: str, bucket: str = "") -> Entry | None: ...
-    def search(self, url_contains: str, bucket: str = "", limit: int = 100) -> list[Entry]: ...
-    def similar(
-        self,
-        perceptual_hash: str,
-        max_distance: int = 4,
-        bucket: str = "",
-        limit: int = 100,
-        algorithm: str = "phash",
-    ) -> list[Entry]: ...
-    def urls(self, content_hash: str, bucket: str = "") -> list[Entry]: ...
-    def delete(self, content_hash: str, bucket: str = "") -> bool: ...
-    def usage(self) -> list[Usage]: ...
-    def close(self) -> None: ...
-
-
-def open_store(url: str, files: str | None = None, inspector: Inspector | None = None, **options: Any) -> Store:
-    """``http(s)://`` → a remote imgcache service; anything else is a SQLAlchemy URL."""
-    if url.startswith(("http://", "https://")):
-        from .remote import RemoteStore
-
-        return RemoteStore(url, inspector=inspector, **options)
-    if files is None:
-        raise ConfigError("a database store needs a files location (IMGCACHE_FILES_STORE)")
-    return SqlStore(url, files, inspector=inspector)
 
 
 class SqlStore:
@@ -237,6 +102,11 @@ class SqlStore:
         # one engine a connection pool (the reader or writer may be the main engine itself)
         self._pools = list({e.pool: e for e in (self.engine, self._reader, self._writer)}.values())
         self._index = _SharedIndex(self)
+
+    @classmethod
+    def from_config(cls, config: ImgCacheConfig) -> SqlStore:
+        """The database ``IMGCACHE_URL`` names, with its bytes at ``IMGCACHE_FILES_STORE``."""
+        return cls(config.url, config.files_store, inspector=config.inspector())
 
     def __repr__(self) -> str:
         return f"SqlStore({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -268,7 +138,7 @@ class SqlStore:
         elif info.size != len(data):  # (hashing them again to be sure cost ~0.3 ms an image)
             raise ValueError("the ImageInfo given does not describe these bytes")
         now = utcnow()
-        lookup_time = _utc(lookup_time) if lookup_time else now
+        lookup_time = as_utc(lookup_time) if lookup_time else now
         key = blob_key(info.content_hash, info.extension)
         self.blobs.put(key, data)  # bytes first: a row never points at nothing
         values = dict(
@@ -371,6 +241,11 @@ class SqlStore:
             )
         return self._entry(bucket, content_hash, url=url, client_name=client_name)
 
+    def put_bytes(self, data: bytes, info: ImageInfo) -> None:
+        """The atomic, fsync'd write of the bytes, ahead of the ``put`` that records them:
+        callers run it in parallel with other images, outside their own locks."""
+        self.blobs.put(blob_key(info.content_hash, info.extension), data)
+
     def delete(self, content_hash: str, bucket: str = "") -> bool:
         validate_bucket(bucket)
         with self._write() as conn:
@@ -412,17 +287,17 @@ class SqlStore:
         return True
 
     def _write(self):  # type: ignore[no-untyped-def]
-        return _retrying_begin(self._writer, self._begin_sql)
+        return WriteTransaction(self._writer, self._begin_sql)
 
     def _image_id(self, conn: Any, bucket: str, chash: str) -> int | None:
-        return conn.execute(_IMAGE_ID, {"bucket": bucket, "chash": chash}).scalar()
+        return conn.execute(IMAGE_ID, {"bucket": bucket, "chash": chash}).scalar()
 
     def _insert_ignore(self, conn: Any, model: Any, values: dict[str, Any]) -> int | None:
         """Insert unless the unique key exists; the new row's id, or None when it existed."""
         if self._dialect in ("sqlite", "postgresql"):
-            return conn.execute(_insert_ignore_stmt(self._dialect, model.__table__), values).scalar()
+            return conn.execute(insert_ignore_stmt(self._dialect, model.__table__), values).scalar()
         if self._dialect in ("mysql", "mariadb"):
-            result = conn.execute(_insert_ignore_stmt(self._dialect, model.__table__), values)
+            result = conn.execute(insert_ignore_stmt(self._dialect, model.__table__), values)
             return result.inserted_primary_key[0] if result.rowcount == 1 else None
         else:  # pragma: no cover - other dialects: plain insert, duplicate key means "exists"
             try:
@@ -438,7 +313,7 @@ class SqlStore:
         refresh = {k: values[k] for k in ("lookup_time", "etag", "last_modified")}
         key = {k: values[k] for k in ("image_id", "url_hash", "client_name")}
         if self._dialect in ("sqlite", "postgresql", "mysql", "mariadb"):
-            conn.execute(_upsert_url_stmt(self._dialect), values)
+            conn.execute(upsert_url_stmt(self._dialect), values)
         else:  # pragma: no cover
             done = conn.execute(update(UrlRow).filter_by(**key).values(**refresh)).rowcount
             if not done:
@@ -447,19 +322,36 @@ class SqlStore:
     # -- reading -------------------------------------------------------------------------
 
     def get_bytes(self, content_hash: str, bucket: str = "") -> bytes | None:
-        key = self._read(lambda conn: conn.execute(_BLOB_KEY, {"bucket": bucket, "chash": content_hash}).scalar())
+        key = self._read(lambda conn: conn.execute(BLOB_KEY, {"bucket": bucket, "chash": content_hash}).scalar())
         return None if key is None else self.blobs.get(key)
 
     def get_meta(self, content_hash: str, bucket: str = "") -> Entry | None:
         return self._entry(bucket, content_hash)
 
+    def has_bytes(self, entry: Entry) -> bool:
+        return bool(entry.path) and self.blobs.exists(entry.path or "")
+
+    def answer(self, url: str, *, bucket: str, client_name: str, fresh_since: datetime) -> Answer | None:
+        entry = self.lookup(url, bucket)
+        if entry is None or entry.lookup_time <= fresh_since:
+            return None if entry is None else Answer(entry, None)
+        body = self.blobs.get(entry.path) if entry.path else None
+        if body is None:  # the row outlived its bytes (see collect_garbage): fetch it again
+            return Answer(entry, None)
+        if client_name and entry.client_name != client_name[:255]:
+            self.record_url(
+                entry.content_hash, url=url, client_name=client_name, bucket=bucket, lookup_time=entry.lookup_time,
+                etag=entry.etag, last_modified=entry.last_modified,
+            )
+        return Answer(entry, body)
+
     def lookup(self, url: str, bucket: str = "") -> Entry | None:
         url_hash = content_hash(url.encode("utf-8", "surrogatepass"))
-        return self._first(_LOOKUP, {"bucket": bucket, "url_hash": url_hash, "url": url})
+        return self._first(LOOKUP, {"bucket": bucket, "url_hash": url_hash, "url": url})
 
     def search(self, url_contains: str, bucket: str = "", limit: int = 100) -> list[Entry]:
         stmt = (
-            _joined()
+            joined()
             .where(UrlRow.bucket == bucket, UrlRow.url.contains(url_contains, autoescape=True))
             .order_by(UrlRow.lookup_time.desc(), UrlRow.id.desc())
             .limit(limit)
@@ -469,7 +361,7 @@ class SqlStore:
     def urls(self, content_hash: str, bucket: str = "") -> list[Entry]:
         """Every URL record of one image, most recent first."""
         stmt = (
-            _joined()
+            joined()
             .where(ImageRow.bucket == bucket, ImageRow.content_hash == content_hash)
             .order_by(UrlRow.lookup_time.desc(), UrlRow.id.desc())
         )
@@ -499,27 +391,28 @@ class SqlStore:
             for image_id, dist in chunk:
                 row = by_id.get(image_id)
                 if row is not None:  # deleted since the index saw it
-                    out.append(_to_entry(row, dist))
+                    out.append(to_entry(row, dist))
             if len(out) >= limit:
                 break
         return out[:limit]
 
-    def images(self, bucket: str | None = None, batch: int = 1000) -> Iterator[Entry]:
+    def images(self, bucket: str | None = None) -> Iterator[Entry]:
         """Every image (with its most recent URL), oldest first; ``None`` walks every bucket."""
-        last = 0
-        while True:
-            stmt = select(ImageRow.id).where(ImageRow.id > last).order_by(ImageRow.id).limit(batch)
-            if bucket is not None:
-                stmt = stmt.where(ImageRow.bucket == bucket)
-            with self.engine.connect() as conn:
-                ids = list(conn.execute(stmt).scalars())
-            if not ids:
-                return
-            by_id = self._latest_by_image(ids)
-            for image_id in ids:
-                if image_id in by_id:
-                    yield by_id[image_id]
-            last = ids[-1]
+        after: int | None = 0
+        while after is not None:
+            page, after = self.image_page(bucket, after)
+            yield from page
+
+    def image_page(self, bucket: str | None, after: int = 0, limit: int = 1000) -> tuple[list[Entry], int | None]:
+        """Up to ``limit`` images past the cursor ``after`` (0: the first), oldest first, and
+        the cursor of the next page (None after the last)."""
+        stmt = select(ImageRow.id).where(ImageRow.id > after).order_by(ImageRow.id).limit(limit)
+        if bucket is not None:
+            stmt = stmt.where(ImageRow.bucket == bucket)
+        with self.engine.connect() as conn:
+            ids = list(conn.execute(stmt).scalars())
+        by_id = self._latest_by_image(ids)
+        return [by_id[i] for i in ids if i in by_id], (ids[-1] if len(ids) == limit else None)
 
     def buckets(self) -> list[str]:
         with self.engine.connect() as conn:
@@ -573,6 +466,37 @@ class SqlStore:
 
     # -- maintenance (the gc command) ------------------------------------------------------
 
+    def collect_garbage(
+        self, *, grace_seconds: float, older_than: datetime | None = None, dry_run: bool = False
+    ) -> GcReport:
+        """Rows whose bytes are gone first (damage, not garbage), then images not seen since
+        ``older_than``, then files no row references that are older than the grace period
+        (a writer puts the bytes before the row that points at them)."""
+        report = GcReport(dry_run=dry_run, missing=self.missing_blobs())
+        self._remove_images(report.missing, dry_run)
+        if older_than is not None:
+            report.expired = self.expired(older_than)
+            report.expired_bytes = self._remove_images(report.expired, dry_run)
+        orphans = self.orphan_blobs(grace_seconds)
+        report.orphans = len(orphans)
+        if dry_run:
+            report.orphan_bytes = sum(size for _, size in orphans)
+        else:
+            report.orphan_bytes = sum(size for key, size in orphans if self.remove_blob(key))
+        return report
+
+    def _remove_images(self, entries: list[Entry], dry_run: bool) -> int:
+        """Delete these images; the bytes actually freed (a blob shared with another bucket stays)."""
+        freed = 0
+        for entry in entries:
+            key = entry.path or ""
+            present = self.blobs.exists(key)
+            if dry_run:
+                freed += entry.file_size_bytes if present else 0
+            elif self.delete(entry.content_hash, entry.bucket) and present and not self.blobs.exists(key):
+                freed += entry.file_size_bytes
+        return freed
+
     def referenced_hashes(self) -> set[str]:
         with self.engine.connect() as conn:
             return set(conn.execute(select(ImageRow.content_hash).distinct()).scalars())
@@ -615,24 +539,24 @@ class SqlStore:
             params["url_hash"] = content_hash(url.encode("utf-8", "surrogatepass"))
             if client_name is not None:
                 params["client_name"] = client_name[:255]
-        return self._first(_ENTRY[url is not None, url is not None and client_name is not None], params)
+        return self._first(ENTRY[url is not None, url is not None and client_name is not None], params)
 
     def _latest_by_image(self, image_ids: Sequence[int]) -> dict[int, Entry]:
         if not image_ids:
             return {}
         with self.engine.connect() as conn:
-            return {image_id: _to_entry(row) for image_id, row in self._latest_rows(image_ids, conn).items()}
+            return {image_id: to_entry(row) for image_id, row in self._latest_rows(image_ids, conn).items()}
 
     def _latest_rows(self, image_ids: Sequence[int], conn: Any) -> dict[int, Any]:
         """Each image's row joined with its most recent URL record, by image id."""
         if not image_ids:
             return {}
-        stmt = _LATEST_ROWS[self._dialect == "postgresql"]
+        stmt = LATEST_ROWS[self._dialect == "postgresql"]
         return {row.image_id: row for row in conn.execute(stmt, {"image_ids": list(image_ids)})}
 
     def _first(self, stmt: Select[Any], params: dict[str, Any] | None = None) -> Entry | None:
         row = self._read(lambda conn: conn.execute(stmt, params or {}).first())
-        return None if row is None else _to_entry(row)
+        return None if row is None else to_entry(row)
 
     def _read(self, work: Callable[[Any], T]) -> T:
         """``work(connection)`` on the reading pool, which does not ping: a connection the
@@ -648,189 +572,11 @@ class SqlStore:
 
     def _all(self, stmt: Select[Any]) -> list[Entry]:
         with self.engine.connect() as conn:
-            return [_to_entry(r) for r in conn.execute(stmt)]
-
-
-def _entry_columns(urls: Any = UrlRow) -> tuple[Any, ...]:
-    """An Entry's fields in order, as plain columns (ORM entities cost ~15 us a row to load)."""
-    return (
-        ImageRow.id.label("image_id"),
-        urls.url,
-        ImageRow.content_hash,
-        ImageRow.content_type,
-        ImageRow.file_size.label("file_size_bytes"),
-        ImageRow.original_filename,
-        ImageRow.width,
-        ImageRow.height,
-        ImageRow.perceptual_hash,
-        urls.client_name,
-        urls.lookup_time,
-        ImageRow.created_at,
-        ImageRow.bucket,
-        ImageRow.hash_algorithm,
-        ImageRow.flat,
-        urls.etag,
-        urls.last_modified,
-        ImageRow.blob_key.label("path"),
-        ImageRow.similar_to,
-        ImageRow.similar_distance,
-    )
-
-
-_ENTRY_COLUMNS = _entry_columns()
-assert [c.key for c in _ENTRY_COLUMNS[1:]] == [f.name for f in fields(Entry)][: len(_ENTRY_COLUMNS) - 1]
-
-
-def _joined() -> Select[Any]:
-    return select(*_ENTRY_COLUMNS).select_from(ImageRow).join(UrlRow, UrlRow.image_id == ImageRow.id)
-
-
-def _to_entry(row: Any, hamming_distance: int | None = None) -> Entry:
-    return Entry(*row[1:], hamming_distance=hamming_distance)  # type: ignore[misc]
-
-
-# similar() runs the two statements below on every query, so they are built once: building
-# and cache-keying a statement costs more than a round trip. On PostgreSQL an array parameter
-# keeps the SQL text the same whatever the number of ids, so psycopg prepares it after a few
-# calls (planning the join costs more than running it); elsewhere an expanding IN.
-
-
-def _id_in(column: Any, name: str, postgres: bool) -> Any:
-    if postgres:
-        return column == any_(bindparam(name, type_=ARRAY(BigInteger)))
-    return column.in_(bindparam(name, expanding=True))
-
-
-def _latest_rows_stmt(postgres: bool) -> Select[Any]:
-    if postgres:
-        # a LATERAL top-1 per image touches fewer pages than max(id) ... GROUP BY and a second
-        # primary-key probe: p50 0.26 ms vs 0.38 ms for a dozen ids of a million cold rows
-        newest = select(UrlRow).where(UrlRow.image_id == ImageRow.id).order_by(UrlRow.id.desc()).limit(1).lateral()
-        urls = aliased(UrlRow, newest)
-        return (
-            select(*_entry_columns(urls))
-            .select_from(ImageRow)
-            .join(urls, true())
-            .where(_id_in(ImageRow.id, "image_ids", postgres))
-        )
-    wanted = _id_in(UrlRow.image_id, "image_ids", postgres)
-    latest = select(func.max(UrlRow.id)).where(wanted).group_by(UrlRow.image_id).scalar_subquery()
-    return _joined().where(UrlRow.id.in_(latest))
-
-
-def _new_rows_stmt(gaps: bool, postgres: bool) -> Select[Any]:
-    """Rows past the highest id the index has seen, and the recent ids it is still missing."""
-    cond = ImageRow.id > bindparam("high")
-    if gaps:
-        cond = or_(cond, _id_in(ImageRow.id, "gaps", postgres))
-    cols = (ImageRow.id, ImageRow.bucket, ImageRow.hash_algorithm, ImageRow.phash_int, ImageRow.flat)
-    return select(*cols).where(cond).order_by(ImageRow.id)
-
-
-_LATEST_ROWS = {postgres: _latest_rows_stmt(postgres) for postgres in (True, False)}
-_NEW_ROWS = {(gaps, pg): _new_rows_stmt(gaps, pg) for gaps in (True, False) for pg in (True, False)}
-
-
-# the per-image reads (every put, get_meta and middleware lookup) are prebuilt with bound
-# parameters too: building one and deriving its cache key cost ~0.6 ms, ~4x its execution
-_NEWEST_FIRST = (UrlRow.lookup_time.desc(), UrlRow.id.desc())
-_BY_HASH = (ImageRow.bucket == bindparam("bucket"), ImageRow.content_hash == bindparam("chash"))
-_IMAGE_ID = select(ImageRow.id).where(*_BY_HASH)
-_BLOB_KEY = select(ImageRow.blob_key).where(*_BY_HASH)
-_LOOKUP = (
-    _joined()
-    .where(UrlRow.bucket == bindparam("bucket"), UrlRow.url_hash == bindparam("url_hash"), UrlRow.url == bindparam("url"))
-    .order_by(*_NEWEST_FIRST)
-    .limit(1)
-)
-
-
-@functools.cache
-def _insert_ignore_stmt(dialect: str, table: Any) -> Any:
-    """INSERT unless the unique key exists, values bound at execution (sqlite, postgresql, mysql)."""
-    if dialect in ("mysql", "mariadb"):
-        return mysql_insert(table).prefix_with("IGNORE")
-    return (sqlite_insert if dialect == "sqlite" else pg_insert)(table).on_conflict_do_nothing().returning(table.c.id)
-
-
-@functools.cache
-def _upsert_url_stmt(dialect: str) -> Any:
-    """Insert a URL record, or refresh when it was seen and its validators (same values as inserted)."""
-    table = UrlRow.__table__
-    refresh = ("lookup_time", "etag", "last_modified")
-    if dialect in ("mysql", "mariadb"):
-        ins = mysql_insert(table)
-        return ins.on_duplicate_key_update({k: ins.inserted[k] for k in refresh})
-    ins = (sqlite_insert if dialect == "sqlite" else pg_insert)(table)
-    return ins.on_conflict_do_update(
-        index_elements=["image_id", "url_hash", "client_name"], set_={k: ins.excluded[k] for k in refresh}
-    )
-
-
-def _entry_stmt(by_url: bool, by_client: bool) -> Select[Any]:
-    stmt = _joined().where(*_BY_HASH)
-    if by_url:
-        stmt = stmt.where(UrlRow.url_hash == bindparam("url_hash"))
-        if by_client:
-            stmt = stmt.where(UrlRow.client_name == bindparam("client_name"))
-    return stmt.order_by(*_NEWEST_FIRST).limit(1)
-
-
-_ENTRY = {(u, c): _entry_stmt(u, c) for u in (True, False) for c in (True, False) if u or not c}
+            return [to_entry(r) for r in conn.execute(stmt)]
 
 
 def _is_blob(key: str) -> bool:
     return bool(HASH_RE.match(hash_of_key(key)))
-
-
-class _retrying_begin:
-    """A write transaction whose BEGIN is retried while the database stays locked past its
-    busy timeout (or a lock wait times out).
-
-    With ``begin_sql`` the engine is an autocommit pool and the transaction is plain SQL:
-    ``begin_sql`` … ``COMMIT`` (or ``ROLLBACK``); see ``schema.make_writing_engine``.
-    """
-
-    def __init__(self, engine: Any, begin_sql: str | None = None, attempts: int = 5) -> None:
-        self.engine = engine
-        self.begin_sql = begin_sql
-        self.attempts = attempts
-
-    def __enter__(self) -> Any:
-        last: Exception | None = None
-        for attempt in range(self.attempts):
-            try:
-                return self._begin()
-            except OperationalError as exc:  # locked at BEGIN IMMEDIATE past the busy timeout
-                last = exc
-                time.sleep(0.05 * (attempt + 1))
-        raise StoreError(f"database busy: {last}")
-
-    def _begin(self) -> Any:
-        if self.begin_sql is None:
-            self._ctx = self.engine.begin()
-            return self._ctx.__enter__()
-        conn = self.engine.connect()
-        try:
-            conn.exec_driver_sql(self.begin_sql)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn = conn
-        return conn
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
-        if self.begin_sql is None:
-            return self._ctx.__exit__(exc_type, exc, tb)
-        try:
-            if exc_type is None:
-                self._conn.exec_driver_sql("COMMIT")
-            else:  # a failed ROLLBACK must not hide the error that caused it
-                with contextlib.suppress(DBAPIError):
-                    self._conn.exec_driver_sql("ROLLBACK")
-        finally:
-            self._conn.close()  # a failed COMMIT is rolled back as the connection returns
-        return False
 
 
 class _SharedIndex:
@@ -870,7 +616,7 @@ class _SharedIndex:
     def _refresh(self, conn: Any = None) -> None:
         now = time.monotonic()
         self.gaps = {i: t for i, t in self.gaps.items() if now - t < self.GAP_TTL}
-        stmt = _NEW_ROWS[bool(self.gaps), self.store._dialect == "postgresql"]
+        stmt = NEW_ROWS[bool(self.gaps), self.store._dialect == "postgresql"]
         params = {"high": self.high, "gaps": list(self.gaps)}
         if conn is None:
             with self.store.engine.connect() as conn:

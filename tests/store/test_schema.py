@@ -12,11 +12,15 @@ from sqlalchemy import inspect, text
 
 from scrapy_imgcache.errors import StoreError
 from scrapy_imgcache.hashing import content_hash
-from scrapy_imgcache.schema import HEAD, VERSION_TABLE, current_revision, ensure_schema, make_engine
-from scrapy_imgcache.store import SqlStore
-
-from .photos import distinct_jpegs
-from .procs import run_processes
+from scrapy_imgcache.store.schema import (
+    HEAD,
+    VERSION_TABLE,
+    current_revision,
+    ensure_schema,
+    make_engine,
+)
+from scrapy_imgcache.store.sql import SqlStore
+from tests.helpers import distinct_jpegs, run_processes
 
 TABLES = {"imgcache_images", "imgcache_urls", VERSION_TABLE}
 
@@ -54,7 +58,7 @@ def test_concurrent_first_use_creates_the_schema_once(db_url, tmp_path):
 _KILL_AFTER = """
 import os, signal, sys
 from sqlalchemy import event
-from scrapy_imgcache.schema import ensure_schema, make_engine
+from scrapy_imgcache.store.schema import ensure_schema, make_engine
 url, after = sys.argv[1], int(sys.argv[2])
 engine = make_engine(url)
 seen = 0

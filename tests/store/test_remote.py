@@ -10,17 +10,24 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
+import httpx
 import pytest
 
 from scrapy_imgcache.config import ImgCacheConfig
 from scrapy_imgcache.errors import EmptyImage, NotAnImage, StoreError, TooManyPixels
 from scrapy_imgcache.hashing import content_hash
-from scrapy_imgcache.remote import RemoteStore
-from scrapy_imgcache.store import SqlStore
-from tests.photos import distinct_images, encode, near_duplicates, noise_bytes
-from tests.server.conftest import fresh_jpegs, fresh_url
+from scrapy_imgcache.store.remote import RemoteStore
+from scrapy_imgcache.store.sql import SqlStore
+from tests.helpers import (
+    bomb_png,
+    distinct_images,
+    encode,
+    fresh_jpegs,
+    fresh_url,
+    near_duplicates,
+    noise_bytes,
+)
 from tests.server.live import LiveServer, free_port, imgcache_server
-from tests.server.test_input_validation import bomb_png
 
 WRITE_KEY = "w" * 32
 READ_KEY = "r" * 32
@@ -77,18 +84,62 @@ def test_malformed_hashes_name_nothing(remote):
     assert remote.urls("") == []
 
 
-def test_record_url_stores_the_bytes_again_under_the_new_url(remote, bucket):
+def sent(remote: RemoteStore) -> list[httpx.Request]:
+    """Every request ``remote`` sends from now on."""
+    requests: list[httpx.Request] = []
+    remote._http.event_hooks["request"].append(requests.append)
+    return requests
+
+
+def test_record_url_records_a_sighting_in_one_small_request(remote, bucket):
+    """It once downloaded the image and uploaded it again: two downloads and an upload."""
     (data,) = fresh_jpegs(1)
     entry = remote.put(data, url=fresh_url(), client_name="s1", bucket=bucket, filename="orig.jpg").entry
     new_url = fresh_url("seen-again")
-    recorded = remote.record_url(entry.content_hash, url=new_url, client_name="s2", bucket=bucket, etag='"e"')
+    requests = sent(remote)
+    recorded = remote.record_url(
+        entry.content_hash, url=new_url, client_name="s2", bucket=bucket, etag='"e"', duplicate="exact",
+        saved_bytes=len(data),
+    )
+    assert [(r.method, r.url.path) for r in requests] == [("POST", f"/images/urls/{entry.content_hash}")]
+    assert len(requests[0].read()) < 1000  # the form, not the image
     assert recorded is not None
     assert recorded.url == new_url and recorded.content_hash == entry.content_hash and recorded.etag == '"e"'
     assert remote.lookup(new_url, bucket).content_hash == entry.content_hash
     assert len(remote.urls(entry.content_hash, bucket)) == 2
     usage = {u.bucket: u for u in remote.usage()}[bucket]
-    assert usage.images == 1 and usage.urls == 2 and usage.exact_duplicates == 1
+    assert (usage.images, usage.urls, usage.exact_duplicates, usage.exact_bytes_saved) == (1, 2, 1, len(data))
     assert remote.record_url("0" * 64, url=fresh_url(), client_name="s", bucket=bucket) is None
+
+
+def test_a_cache_hit_is_one_request(remote, bucket):
+    """The hit path: entry and bytes in one answer; the sighting of another client recorded there."""
+    (data,) = fresh_jpegs(1)
+    url = fresh_url()
+    remote.put(data, url=url, client_name="spider-a", bucket=bucket)
+    requests = sent(remote)
+    answer = remote.answer(url, bucket=bucket, client_name="spider-b", fresh_since=datetime(2000, 1, 1, tzinfo=timezone.utc))
+    assert len(requests) == 1
+    assert answer is not None and answer.body == data and answer.entry.content_hash == content_hash(data)
+    assert sorted(e.client_name for e in remote.urls(content_hash(data), bucket)) == ["spider-a", "spider-b"]
+    stale = remote.answer(url, bucket=bucket, client_name="spider-b", fresh_since=datetime.now(timezone.utc))
+    assert stale is not None and stale.body is None and stale.entry.url == url
+    assert remote.answer(fresh_url(), bucket=bucket, client_name="s", fresh_since=stale.entry.lookup_time) is None
+
+
+def test_listing_bytes_present_and_garbage_collection_over_http(remote, bucket, live):
+    photos = fresh_jpegs(3)
+    entries = [remote.put(p, url=fresh_url(), client_name="s", bucket=bucket).entry for p in photos]
+    assert [e.content_hash for e in remote.images(bucket)] == [e.content_hash for e in entries]
+    assert all(remote.has_bytes(e) for e in entries)
+    (live.files / entries[1].path).unlink()  # damage: a row without its bytes
+    assert not remote.has_bytes(entries[1])
+    report = remote.collect_garbage(grace_seconds=3600, dry_run=True)
+    assert [e.content_hash for e in report.missing] == [entries[1].content_hash] and report.dry_run
+    assert remote.get_meta(entries[1].content_hash, bucket) is not None
+    report = remote.collect_garbage(grace_seconds=3600)
+    assert [e.content_hash for e in report.missing] == [entries[1].content_hash] and not report.dry_run
+    assert remote.get_meta(entries[1].content_hash, bucket) is None
 
 
 def test_similar_nearest_first(remote, bucket):

@@ -1,9 +1,9 @@
-"""Alembic environment: always driven programmatically by ``scrapy_imgcache.schema``."""
+"""Alembic environment: always driven programmatically by ``scrapy_imgcache.store.schema``."""
 
 from alembic import context
 
-from scrapy_imgcache.models import Base
-from scrapy_imgcache.schema import VERSION_TABLE
+from scrapy_imgcache.store.models import Base
+from scrapy_imgcache.store.schema import VERSION_TABLE
 
 connection = context.config.attributes["connection"]
 context.configure(

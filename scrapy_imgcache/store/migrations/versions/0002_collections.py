@@ -6,10 +6,10 @@ Revises: 0001
 """
 
 import sqlalchemy as sa
-from scrapy_imgcache.migrations import steps
 
-from scrapy_imgcache.collections import CaseSensitive
-from scrapy_imgcache.models import BUCKET_LENGTH, RowId, UTCDateTime
+from scrapy_imgcache.store.base import BUCKET_LENGTH
+from scrapy_imgcache.store.migrations import steps
+from scrapy_imgcache.store.models import CaseSensitive, RowId, UTCDateTime
 
 revision = "0002"
 down_revision = "0001"

@@ -1,4 +1,4 @@
-"""``RemoteStore``: the :class:`~scrapy_imgcache.store.Store` protocol over an imgcache service.
+"""``RemoteStore``: the :class:`~scrapy_imgcache.store.base.Store` protocol over an imgcache service.
 
 Set ``IMGCACHE_URL = "http://host:8010"`` and the pipeline and middleware share one cache
 with every other crawler that talks to that service. Calls block (components run them in
@@ -10,21 +10,26 @@ a crawl. Refused images come back as the same typed errors a local store raises.
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import fields
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from . import errors
-from .errors import InvalidImage, StoreError
-from .hashing import ImageInfo, Inspector
-from .store import HASH_RE, Entry, PutResult, Usage, validate_bucket
+from .. import errors
+from ..hashing import ImageInfo, Inspector
+from .base import HASH_RE, Answer, Entry, GcReport, PutResult, Usage, validate_bucket
+
+if TYPE_CHECKING:
+    from ..config import ImgCacheConfig
+from ..errors import InvalidImage, StoreError
 
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
-_ENTRY_FIELDS = {f.name for f in fields(Entry)}
-_USAGE_COUNTS = {f.name for f in fields(Usage)} - {"bucket", "clients"}
+#: the headers of ``GET /images/answer`` (see ``scrapy_imgcache.server.images``)
+ENTRY_HEADER = "X-Imgcache-Entry"
+FRESH_HEADER = "X-Imgcache-Fresh"
 
 
 def _invalid_image_types() -> dict[str, type[InvalidImage]]:
@@ -37,20 +42,6 @@ def _invalid_image_types() -> dict[str, type[InvalidImage]]:
 
 
 INVALID_BY_REASON = _invalid_image_types()
-
-
-def entry_from_json(data: dict[str, Any]) -> Entry:
-    """An :class:`Entry` from the API's entry JSON (unknown extra fields are ignored)."""
-    values = {k: v for k, v in data.items() if k in _ENTRY_FIELDS}
-    for name in ("lookup_time", "created_at"):
-        values[name] = datetime.fromisoformat(values[name])
-    return Entry(**values)
-
-
-def usage_from_json(data: dict[str, Any]) -> Usage:
-    counts = {k: int(v) for k, v in data.items() if k in _USAGE_COUNTS}
-    clients = {name: usage_from_json(per) for name, per in (data.get("clients") or {}).items()}
-    return Usage(bucket=data["bucket"], clients=clients, **counts)
 
 
 class RemoteStore:
@@ -80,6 +71,16 @@ class RemoteStore:
         if api_key:
             headers["X-API-Key"] = api_key
         self._http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers, transport=transport)
+        #: the service keeps the bytes: there are none here
+        self.blobs = None
+
+    @classmethod
+    def from_config(cls, config: ImgCacheConfig) -> RemoteStore:
+        """The service ``IMGCACHE_URL`` names, with ``IMGCACHE_API_KEY``, ``_TIMEOUT`` and ``_RETRIES``."""
+        return cls(
+            config.url, inspector=config.inspector(), api_key=config.api_key, timeout=config.timeout,
+            retries=config.retries,
+        )
 
     def __repr__(self) -> str:
         return f"RemoteStore({self.url!r})"
@@ -132,7 +133,7 @@ class RemoteStore:
             raise StoreError(f"imgcache service at {self.url}: {method} {path} answered non-JSON") from exc
 
     def _entries(self, path: str, params: dict[str, Any]) -> list[Entry]:
-        return [entry_from_json(e) for e in self._json("GET", path, params=params) or []]
+        return [Entry.from_json(e) for e in self._json("GET", path, params=params) or []]
 
     # -- the Store protocol -----------------------------------------------------------------
 
@@ -170,7 +171,10 @@ class RemoteStore:
         resp = self._request("POST", "/images", data=form, files={"file": (filename or "image", data)})
         if resp.status_code not in (200, 201):
             raise StoreError(f"imgcache service at {self.url}: POST /images answered {resp.status_code}")
-        return PutResult(entry_from_json(resp.json()), created=resp.status_code == 201)
+        return PutResult(Entry.from_json(resp.json()), created=resp.status_code == 201)
+
+    def put_bytes(self, data: bytes, info: ImageInfo) -> None:
+        """Nothing to do ahead: the bytes travel with ``put``."""
 
     def record_url(
         self,
@@ -185,28 +189,33 @@ class RemoteStore:
         duplicate: str | None = None,
         saved_bytes: int = 0,
     ) -> Entry | None:
-        """Record ``url`` for an image the service has: the REST API has no call for this.
-
-        So the bytes are fetched and stored again under the new URL; the service dedupes
-        them (a 200, not a second copy) and records the URL. Two round trips instead of
-        none, and the record counts as an exact duplicate on the service (``duplicate``
-        and ``saved_bytes`` cannot be sent). None when the image is not in the bucket.
-        """
-        data = self.get_bytes(content_hash, bucket)
-        if data is None:
+        """POST /images/urls/{hash}: one small request, no bytes; None when the image is not there."""
+        validate_bucket(bucket)
+        if not HASH_RE.match(content_hash):
             return None
-        meta = self.get_meta(content_hash, bucket)
-        result = self.put(
-            data,
-            url=url,
-            client_name=client_name,
-            bucket=bucket,
-            lookup_time=lookup_time,
-            filename=meta.original_filename if meta else None,
-            etag=etag,
-            last_modified=last_modified,
-        )
-        return result.entry
+        form: dict[str, Any] = {"url": url, "client_name": client_name, "bucket": bucket, "saved_bytes": str(saved_bytes)}
+        optional = {
+            "lookup_time": lookup_time.isoformat() if lookup_time else None,
+            "etag": etag,
+            "last_modified": last_modified,
+            "duplicate": duplicate,
+        }
+        form.update({k: v for k, v in optional.items() if v is not None})
+        data = self._json("POST", f"/images/urls/{content_hash}", data=form)
+        return None if data is None else Entry.from_json(data)
+
+    def answer(self, url: str, *, bucket: str, client_name: str, fresh_since: datetime) -> Answer | None:
+        """GET /images/answer: the entry, and the bytes when fresh, in one request."""
+        params = {"url": url, "bucket": bucket, "client_name": client_name, "fresh_since": fresh_since.isoformat()}
+        resp = self._request("GET", "/images/answer", params=params)
+        if resp.status_code == 404:
+            return None
+        try:
+            entry = Entry.from_json(json.loads(resp.headers[ENTRY_HEADER]))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise StoreError(f"imgcache service at {self.url}: GET /images/answer answered no usable entry") from exc
+        fresh = resp.headers.get(FRESH_HEADER) == "true"
+        return Answer(entry, resp.content if fresh else None)
 
     # A malformed hash names no image (as in a local store), and is never put in a path.
 
@@ -216,15 +225,22 @@ class RemoteStore:
         resp = self._request("GET", f"/images/{content_hash}", params={"bucket": bucket})
         return None if resp.status_code == 404 else resp.content
 
+    def has_bytes(self, entry: Entry) -> bool:
+        """HEAD /images/{hash}."""
+        if not HASH_RE.match(entry.content_hash):
+            return False
+        resp = self._request("HEAD", f"/images/{entry.content_hash}", params={"bucket": entry.bucket})
+        return resp.status_code == 200
+
     def get_meta(self, content_hash: str, bucket: str = "") -> Entry | None:
         if not HASH_RE.match(content_hash):
             return None
         data = self._json("GET", f"/images/meta/{content_hash}", params={"bucket": bucket})
-        return None if data is None else entry_from_json(data)
+        return None if data is None else Entry.from_json(data)
 
     def lookup(self, url: str, bucket: str = "") -> Entry | None:
         data = self._json("GET", "/images/lookup", params={"url": url, "bucket": bucket})
-        return None if data is None else entry_from_json(data)
+        return None if data is None else Entry.from_json(data)
 
     def search(self, url_contains: str, bucket: str = "", limit: int = 100) -> list[Entry]:
         return self._entries("/images/search", {"url_contains": url_contains, "bucket": bucket, "limit": limit})
@@ -257,8 +273,31 @@ class RemoteStore:
         resp = self._request("DELETE", f"/images/{content_hash}", params={"bucket": bucket})
         return resp.status_code != 404
 
+    def images(self, bucket: str | None = None) -> Iterator[Entry]:
+        after: int | None = 0
+        while after is not None:
+            page, after = self.image_page(bucket, after)
+            yield from page
+
+    def image_page(self, bucket: str | None, after: int = 0, limit: int = 1000) -> tuple[list[Entry], int | None]:
+        """GET /images/list (the service decides the page size)."""
+        params: dict[str, Any] = {"after": after, "bucket": bucket or "", "all_buckets": bucket is None}
+        data = self._json("GET", "/images/list", params=params) or {}
+        return [Entry.from_json(e) for e in data.get("images", [])], data.get("next")
+
+    def collect_garbage(
+        self, *, grace_seconds: float, older_than: datetime | None = None, dry_run: bool = False
+    ) -> GcReport:
+        """POST /admin/gc: the service collects its own garbage, next to its data."""
+        body = {
+            "grace_seconds": grace_seconds,
+            "older_than": older_than.isoformat() if older_than else None,
+            "dry_run": dry_run,
+        }
+        return GcReport.from_json(self._json("POST", "/admin/gc", json=body))
+
     def usage(self) -> list[Usage]:
-        return [usage_from_json(u) for u in self._json("GET", "/usage") or []]
+        return [Usage.from_json(u) for u in self._json("GET", "/usage") or []]
 
     def health(self) -> bool:
         """True when the service answers ``/health`` (one attempt, no retries)."""

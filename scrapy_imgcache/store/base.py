@@ -1,0 +1,299 @@
+"""The store's interface: what every part of the package may ask of the cache, whatever holds it.
+
+:class:`Store` is the protocol the pipeline, the middleware, the ingestor, the commands and
+the server use; ``sql.SqlStore`` implements it over a database and a blob store,
+``remote.RemoteStore`` over an imgcache REST service. The records it speaks in
+(:class:`Entry`, :class:`PutResult`, :class:`Answer`, :class:`Usage`, :class:`GcReport`) and
+the checks of its inputs live here too.
+
+Importing this module loads no database, HTTP or imaging library: the settings and the
+commands' help read it at start-up.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ..blobs import BlobStore
+    from ..hashing import ImageInfo, Inspector
+
+#: BLAKE2b-256 of the bytes: 64 lowercase hex digits
+HASH_RE = re.compile(r"^[0-9a-f]{64}$")
+#: a 64-bit perceptual hash: 16 lowercase hex digits
+PHASH_RE = re.compile(r"^[0-9a-f]{16}$")
+BUCKET_LENGTH = 64
+BUCKET_RE = re.compile(rf"^[A-Za-z0-9._-]{{0,{BUCKET_LENGTH}}}$")
+MAX_DISTANCE = 32
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Naive times are taken as UTC (as the database columns store them)."""
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def validate_bucket(bucket: str) -> str:
+    if not isinstance(bucket, str) or not BUCKET_RE.match(bucket):
+        raise ValueError(f"bad bucket name {bucket!r}: up to {BUCKET_LENGTH} of A-Z a-z 0-9 . _ -")
+    return bucket
+
+
+def validate_phash(value: str) -> str:
+    if not isinstance(value, str) or not PHASH_RE.match(value):
+        raise ValueError(f"bad perceptual hash {value!r}: 16 lowercase hex digits expected")
+    return value
+
+
+def validate_distance(value: int) -> int:
+    if not isinstance(value, int) or not 0 <= value <= MAX_DISTANCE:
+        raise ValueError(f"bad max distance {value!r}: an integer from 0 to {MAX_DISTANCE}")
+    return value
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One cached image as seen at one URL: the imgcache API's entry schema, plus extras."""
+
+    url: str
+    content_hash: str
+    content_type: str
+    file_size_bytes: int
+    original_filename: str | None
+    width: int | None
+    height: int | None
+    perceptual_hash: str | None
+    client_name: str
+    lookup_time: datetime
+    created_at: datetime
+    bucket: str
+    hash_algorithm: str = "phash"
+    flat: bool = False
+    etag: str | None = None
+    last_modified: str | None = None
+    path: str | None = None
+    similar_to: str | None = None
+    similar_distance: int | None = None
+    hamming_distance: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["lookup_time"] = self.lookup_time.isoformat()
+        data["created_at"] = self.created_at.isoformat()
+        if self.hamming_distance is None:
+            del data["hamming_distance"]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Entry:
+        """An entry from the API's entry JSON (unknown extra fields are ignored)."""
+        values = {k: v for k, v in data.items() if k in _ENTRY_FIELDS}
+        for name in ("lookup_time", "created_at"):
+            values[name] = datetime.fromisoformat(values[name])
+        return cls(**values)
+
+
+_ENTRY_FIELDS = frozenset(f.name for f in fields(Entry))
+
+
+@dataclass(frozen=True)
+class PutResult:
+    entry: Entry
+    created: bool  # False: identical bytes were already in the bucket
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the cache knows of a URL, in one call: its newest entry and, when that entry is
+    fresh, the image's bytes (None: stale, to be revalidated with the entry's validators)."""
+
+    entry: Entry
+    body: bytes | None
+
+
+@dataclass
+class Usage:
+    """Counts for one bucket (and, in ``clients``, per client name)."""
+
+    bucket: str
+    images: int = 0
+    bytes: int = 0
+    urls: int = 0
+    exact_duplicates: int = 0
+    exact_bytes_saved: int = 0
+    similar_duplicates: int = 0
+    similar_bytes_saved: int = 0
+    clients: dict[str, Usage] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Usage:
+        counts = {k: int(v) for k, v in data.items() if k in _USAGE_COUNTS}
+        clients = {name: cls.from_json(per) for name, per in (data.get("clients") or {}).items()}
+        return cls(bucket=data["bucket"], clients=clients, **counts)
+
+
+_USAGE_COUNTS = frozenset(f.name for f in fields(Usage)) - {"bucket", "clients"}
+
+
+@dataclass
+class GcReport:
+    """What a garbage collection removed (or, in a dry run, would remove)."""
+
+    dry_run: bool
+    #: rows whose bytes were deleted by hand: damage, reported first
+    missing: list[Entry] = field(default_factory=list)
+    #: images no URL was seen at since the cutoff (only when one was given)
+    expired: list[Entry] = field(default_factory=list)
+    expired_bytes: int = 0
+    #: blobs and thumbnails no row references, and temporary files of interrupted writes
+    orphans: int = 0
+    orphan_bytes: int = 0
+
+    @property
+    def freed(self) -> int:
+        return self.expired_bytes + self.orphan_bytes
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["missing"] = [e.to_json() for e in self.missing]
+        data["expired"] = [e.to_json() for e in self.expired]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GcReport:
+        return cls(
+            dry_run=bool(data["dry_run"]),
+            missing=[Entry.from_json(e) for e in data["missing"]],
+            expired=[Entry.from_json(e) for e in data["expired"]],
+            expired_bytes=int(data["expired_bytes"]),
+            orphans=int(data["orphans"]),
+            orphan_bytes=int(data["orphan_bytes"]),
+        )
+
+
+class Store(Protocol):
+    """The cache as every component sees it. Blocking (call it from a thread); safe to call
+    from many threads at once. A malformed content hash names no image (None/False/[])."""
+
+    @property
+    def inspector(self) -> Inspector:
+        """How the store judges bytes (its limits and hash algorithm)."""
+        ...
+
+    @property
+    def blobs(self) -> BlobStore | None:
+        """Where the cache's own files (image bytes, thumbnails) are, when it keeps any
+        locally or in object storage; None for a remote service, which keeps them itself."""
+        ...
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def put(
+        self,
+        data: bytes,
+        *,
+        url: str,
+        client_name: str,
+        bucket: str = "",
+        lookup_time: datetime | None = None,
+        filename: str | None = None,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        info: ImageInfo | None = None,
+        similar_to: str | None = None,
+        similar_distance: int | None = None,
+    ) -> PutResult:
+        """Store ``data`` (once per bucket) and record ``url`` for it.
+
+        ``info``: :meth:`Inspector.inspect` of exactly these bytes, when the caller has it
+        (they are then not decoded again); without it the bytes are inspected here.
+        """
+        ...
+
+    def put_bytes(self, data: bytes, info: ImageInfo) -> None:
+        """Make the bytes durable ahead of the ``put`` that will record them (a store that
+        writes files can do this outside any lock; others need not do anything)."""
+        ...
+
+    def record_url(
+        self,
+        content_hash: str,
+        *,
+        url: str,
+        client_name: str,
+        bucket: str = "",
+        lookup_time: datetime | None = None,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        duplicate: str | None = None,
+        saved_bytes: int = 0,
+    ) -> Entry | None:
+        """Record a sighting of ``url`` for an image already cached (a 304, an exact copy, a
+        skipped near-duplicate, another spider's hit); None when the image is not there."""
+        ...
+
+    def delete(self, content_hash: str, bucket: str = "") -> bool: ...
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get_meta(self, content_hash: str, bucket: str = "") -> Entry | None: ...
+    def get_bytes(self, content_hash: str, bucket: str = "") -> bytes | None: ...
+
+    def has_bytes(self, entry: Entry) -> bool:
+        """Whether the bytes of a cached image are present (rows can outlive them)."""
+        ...
+
+    def lookup(self, url: str, bucket: str = "") -> Entry | None: ...
+
+    def answer(self, url: str, *, bucket: str, client_name: str, fresh_since: datetime) -> Answer | None:
+        """A URL's newest entry, with its bytes when seen since ``fresh_since``: the cache hit
+        in one call. A fresh hit by another client than the one that last recorded the URL is
+        recorded for ``client_name`` too (with the original fetch time, so freshness is not
+        extended). None when the URL is unknown; a fresh entry whose bytes are gone is stale."""
+        ...
+
+    def search(self, url_contains: str, bucket: str = "", limit: int = 100) -> list[Entry]: ...
+
+    def similar(
+        self,
+        perceptual_hash: str,
+        max_distance: int = 4,
+        bucket: str = "",
+        limit: int = 100,
+        algorithm: str = "phash",
+    ) -> list[Entry]:
+        """Images whose hash is within ``max_distance`` bits, nearest first (flat ones never)."""
+        ...
+
+    def urls(self, content_hash: str, bucket: str = "") -> list[Entry]:
+        """Every URL record of one image, most recent first."""
+        ...
+
+    def images(self, bucket: str | None = None) -> Iterator[Entry]:
+        """Every image (with its most recent URL), oldest first; None walks every bucket."""
+        ...
+
+    def image_page(self, bucket: str | None, after: int = 0, limit: int = 1000) -> tuple[list[Entry], int | None]:
+        """A page of :meth:`images` past the cursor ``after`` (0: the first), and the next cursor
+        (None after the last page)."""
+        ...
+
+    def usage(self) -> list[Usage]: ...
+
+    # -- looking after it ------------------------------------------------------------------
+
+    def collect_garbage(
+        self, *, grace_seconds: float, older_than: datetime | None = None, dry_run: bool = False
+    ) -> GcReport:
+        """Remove rows whose bytes are gone, images not seen since ``older_than``, and files
+        no row references that are older than ``grace_seconds`` (``dry_run``: only count)."""
+        ...
+
+    def close(self) -> None: ...
