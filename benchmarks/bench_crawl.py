@@ -49,7 +49,6 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from example_project.photos import PHOTO_NAMES, encode, photo  # noqa: E402
-
 from scrapy_imgcache.hashing import Inspector, content_hash  # noqa: E402
 
 OUT = REPO / "benchmarks" / "out"
@@ -131,8 +130,11 @@ def _near(job: tuple[bytes, str]) -> bytes:
 
 
 def _popcount(values: np.ndarray) -> np.ndarray:
-    return np.bitwise_count(values) if hasattr(np, "bitwise_count") else np.unpackbits(
-        values.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+    return (
+        np.bitwise_count(values)
+        if hasattr(np, "bitwise_count")
+        else np.unpackbits(values.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+    )
 
 
 def build_dataset(n: int, size: tuple[int, int], min_distance: int, quality: int = 88) -> Path:
@@ -178,15 +180,29 @@ def build_dataset(n: int, size: tuple[int, int], min_distance: int, quality: int
     for k, i in enumerate(exact_of):
         routes.append({"path": path("e", k), "file": f"d{int(i):05d}.jpg", "kind": "exact", "of": int(i)})
     for k, i in enumerate(near_of):
-        routes.append({"path": path("n", k), "file": f"n{k:05d}.jpg", "kind": "near", "of": int(i),
-                       "variant": NEAR_KINDS[k % len(NEAR_KINDS)]})
+        routes.append(
+            {
+                "path": path("n", k),
+                "file": f"n{k:05d}.jpg",
+                "kind": "near",
+                "of": int(i),
+                "variant": NEAR_KINDS[k % len(NEAR_KINDS)],
+            }
+        )
     order = rng.permutation(len(routes))
     pages = [[routes[j]["path"] for j in order[s : s + PER_PAGE]] for s in range(0, len(order), PER_PAGE)]
     sizes = [(tmp / f"d{i:05d}.jpg").stat().st_size for i in range(n)]
     pairwise = _pairwise_min(hashes)
     manifest = {
-        "n": n, "size": size, "quality": quality, "min_distance": min_distance, "seeds": accepted,
-        "candidates_tried": tried, "routes": routes, "pages": pages, "mean_bytes": statistics.mean(sizes),
+        "n": n,
+        "size": size,
+        "quality": quality,
+        "min_distance": min_distance,
+        "seeds": accepted,
+        "candidates_tried": tried,
+        "routes": routes,
+        "pages": pages,
+        "mean_bytes": statistics.mean(sizes),
         "pairwise_min_distance": pairwise,
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest))
@@ -208,8 +224,9 @@ class Server:
     def __init__(self, data: Path, workdir: Path) -> None:
         port_file = workdir / f"port-{uuid.uuid4().hex[:6]}"
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.crawl_server", str(data), str(port_file)],
-                                     cwd=REPO, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.crawl_server", str(data), str(port_file)], cwd=REPO, env=env
+        )
         deadline = time.time() + 120
         while not port_file.exists():
             if self.proc.poll() is not None or time.time() > deadline:
@@ -270,13 +287,27 @@ def make_project(root: Path, settings: dict[str, Any]) -> Path:
     return root
 
 
-def start_crawl(project: Path, server: Server, label: str, share: str = "0/1", *extra: str) -> tuple[subprocess.Popen, Path]:
+def start_crawl(
+    project: Path, server: Server, label: str, share: str = "0/1", *extra: str
+) -> tuple[subprocess.Popen, Path]:
     out = project / f"bench-{label}.json"
-    cmd = [sys.executable, "-m", "scrapy", "crawl", "bench", "-a", f"start={server.base}/", "-a", f"share={share}",
-           "-s", f"BENCH_OUT={out}", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "scrapy",
+        "crawl",
+        "bench",
+        "-a",
+        f"start={server.base}/",
+        "-a",
+        f"share={share}",
+        "-s",
+        f"BENCH_OUT={out}",
+        *extra,
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(project)])}
     env.pop("SCRAPY_SETTINGS_MODULE", None)
-    logf = open(project / f"crawl-{label}.log", "w")
+    logf = open(project / f"crawl-{label}.log", "w")  # noqa: SIM115 - closed by finish_crawl
     proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=logf, stderr=subprocess.STDOUT)
     proc._bench_log = logf  # type: ignore[attr-defined]
     proc._bench_t0 = time.perf_counter()  # type: ignore[attr-defined]
@@ -301,9 +332,11 @@ def crawl(project: Path, server: Server, label: str, *extra: str) -> dict[str, A
     result = finish_crawl(*start_crawl(project, server, label, "0/1", *extra))
     served = server.stats()
     result["server"] = {**served, "cpu_seconds": served["cpu_seconds"] - cpu0}
-    log(f"  {label}: {result['images']} images in {result['elapsed']:.2f}s = {result['rate']:.1f}/s "
+    log(
+        f"  {label}: {result['images']} images in {result['elapsed']:.2f}s = {result['rate']:.1f}/s "
         f"(crawler CPU {result['cpu_seconds']:.1f}s, server CPU {result['server']['cpu_seconds']:.1f}s, "
-        f"{served['image_200']} image 200s, {served['image_304']} 304s)")
+        f"{served['image_200']} image 200s, {served['image_304']} 304s)"
+    )
     return result
 
 
@@ -375,8 +408,10 @@ def sharing(processes: int, server: Server, run: Path, manifest: dict[str, Any],
     sep = "&" if "?" in POSTGRES_URL else "?"
     url = f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
     try:
-        project = make_project(run / f"share-{processes}", {**IMGCACHE, "IMGCACHE_URL": url,
-                                                             "IMGCACHE_FILES_STORE": str(run / f"share-{processes}-files")})
+        project = make_project(
+            run / f"share-{processes}",
+            {**IMGCACHE, "IMGCACHE_URL": url, "IMGCACHE_FILES_STORE": str(run / f"share-{processes}-files")},
+        )
         # the schema is created once, before the clock: N processes racing to migrate is not the point
         from scrapy_imgcache.store.sql import SqlStore
 
@@ -388,15 +423,18 @@ def sharing(processes: int, server: Server, run: Path, manifest: dict[str, Any],
         served = server.stats()
         images = sum(r["images"] for r in results)
         elapsed = max(r["end"] for r in results) - min(r["start"] for r in results)
-        expected = {r["path"]: hashlib.blake2b((data / r["file"]).read_bytes(), digest_size=32).hexdigest()
-                    for r in manifest["routes"]}
+        expected = {
+            r["path"]: hashlib.blake2b((data / r["file"]).read_bytes(), digest_size=32).hexdigest()
+            for r in manifest["routes"]
+        }
         engine = create_engine(url)
         with engine.connect() as conn:
-            rows = conn.execute(text(
-                "SELECT u.url, i.content_hash FROM imgcache_urls u JOIN imgcache_images i ON i.id = u.image_id"
-            )).all()
+            rows = conn.execute(
+                text("SELECT u.url, i.content_hash FROM imgcache_urls u JOIN imgcache_images i ON i.id = u.image_id")
+            ).all()
             n_images, n_hashes = conn.execute(
-                text("SELECT count(*), count(DISTINCT content_hash) FROM imgcache_images")).one()
+                text("SELECT count(*), count(DISTINCT content_hash) FROM imgcache_images")
+            ).one()
         engine.dispose()
         by_path: dict[str, list[str]] = {}
         for u, h in rows:
@@ -412,9 +450,15 @@ def sharing(processes: int, server: Server, run: Path, manifest: dict[str, Any],
             "urls_wrong_content": sum(by_path.get(p, [h])[0] != h for p, h in expected.items()),
             "image_downloads": served["image_200"],
         }
-        out = {"processes": processes, "images": images, "elapsed": elapsed, "rate": images / elapsed,
-               "server_cpu_seconds": served["cpu_seconds"] - cpu0, "check": check,
-               "per_process": [{"images": r["images"], "elapsed": r["elapsed"]} for r in results]}
+        out = {
+            "processes": processes,
+            "images": images,
+            "elapsed": elapsed,
+            "rate": images / elapsed,
+            "server_cpu_seconds": served["cpu_seconds"] - cpu0,
+            "check": check,
+            "per_process": [{"images": r["images"], "elapsed": r["elapsed"]} for r in results],
+        }
         log(f"  {processes} process(es): {images} images in {elapsed:.2f}s = {out['rate']:.1f}/s; {check}")
         return out
     finally:
@@ -449,7 +493,7 @@ def machine() -> dict[str, str]:
         from PIL import features
 
         info["libjpeg"] = str(features.version("jpg"))
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     return info
 
@@ -470,21 +514,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-distance", type=int, default=12, help="pHash bits between any two distinct photos")
     ap.add_argument("--skip", default="", help="comma list of: sharing, memory")
     ap.add_argument("--json", type=Path, help="write every measurement here as well")
-    ap.add_argument("--keep-stores", action="store_true", help="keep the crawls' image stores under benchmarks/out/run-*")
+    ap.add_argument(
+        "--keep-stores", action="store_true", help="keep the crawls' image stores under benchmarks/out/run-*"
+    )
     args = ap.parse_args(argv)
     n = args.photos or (200 if args.quick else 1000)
     n_mem = args.memory_photos or (1000 if args.quick else 10000)
     rounds = args.rounds or (1 if args.quick else 2)
     skip = set(filter(None, args.skip.split(",")))
 
-    report: dict[str, Any] = {"machine": machine(), "command": " ".join(["python -m benchmarks.bench_crawl", *(argv or sys.argv[1:])]),
-                              "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                              "settings": COMMON_SETTINGS}
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "command": " ".join(["python -m benchmarks.bench_crawl", *(argv or sys.argv[1:])]),
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "settings": COMMON_SETTINGS,
+    }
     log("machine:", report["machine"])
     data = build_dataset(n, (1600, 1200), args.min_distance)
     manifest = json.loads((data / "manifest.json").read_text())
-    report["dataset"] = {k: manifest[k] for k in ("n", "size", "quality", "min_distance", "mean_bytes",
-                                                  "pairwise_min_distance", "candidates_tried")}
+    report["dataset"] = {
+        k: manifest[k]
+        for k in ("n", "size", "quality", "min_distance", "mean_bytes", "pairwise_min_distance", "candidates_tried")
+    }
     report["dataset"]["urls"] = len(manifest["routes"])
     log("dataset:", report["dataset"])
     files = [str(data / r["file"]) for r in manifest["routes"]]
@@ -499,15 +550,28 @@ def main(argv: list[str] | None = None) -> int:
         report["server_raw"] = raw_throughput(server, paths)
         log("server, plain client:", report["server_raw"])
 
-        sides: dict[str, list[dict[str, Any]]] = {"images": [], "imgcache": [], "imgcache_fast": [],
-                                                    "limit": [], "limit_every_body": [], "limit_fast": [],
-                                                    "download_only": [],
-                                                    "imgcache_threads": []}
+        sides: dict[str, list[dict[str, Any]]] = {
+            "images": [],
+            "imgcache": [],
+            "imgcache_fast": [],
+            "limit": [],
+            "limit_every_body": [],
+            "limit_fast": [],
+            "download_only": [],
+            "imgcache_threads": [],
+        }
         projects: list[Path] = []
         for r in range(rounds):
             log(f"round {r + 1}/{rounds}")
-            sides["images"].append(crawl(make_project(run / f"images-{r}", {**IMAGES_PIPELINE,
-                                         "IMAGES_STORE": str(run / f"images-{r}" / "store")}), server, "first"))
+            sides["images"].append(
+                crawl(
+                    make_project(
+                        run / f"images-{r}", {**IMAGES_PIPELINE, "IMAGES_STORE": str(run / f"images-{r}" / "store")}
+                    ),
+                    server,
+                    "first",
+                )
+            )
             project = make_project(run / f"imgcache-{r}", IMGCACHE)
             projects.append(project)
             sides["imgcache"].append(crawl(project, server, "first"))
@@ -537,11 +601,15 @@ def main(argv: list[str] | None = None) -> int:
         first = sides["imgcache"][-1]
         second = crawl(project, server, "second")
         report["second_crawl"] = {
-            "first_elapsed": first["elapsed"], "second_elapsed": second["elapsed"],
-            "first_wall": first["wall"], "second_wall": second["wall"],
-            "ratio": second["elapsed"] / first["elapsed"], "wall_ratio": second["wall"] / first["wall"],
+            "first_elapsed": first["elapsed"],
+            "second_elapsed": second["elapsed"],
+            "first_wall": first["wall"],
+            "second_wall": second["wall"],
+            "ratio": second["elapsed"] / first["elapsed"],
+            "wall_ratio": second["wall"] / first["wall"],
             "image_bytes_downloaded": second["server"]["image_bytes"],
-            "image_requests": second["server"]["image_requests"], "images": second["images"],
+            "image_requests": second["server"]["image_requests"],
+            "images": second["images"],
             "hits": second["stats"].get("imgcache/hit", 0),
         }
         log("revalidation (IMGCACHE_EXPIRES=1 on the same store)")
@@ -549,10 +617,13 @@ def main(argv: list[str] | None = None) -> int:
         reval = crawl(project, server, "revalidate", "-s", "IMGCACHE_EXPIRES=1")
         served = reval["server"]
         report["revalidation"] = {
-            "image_requests": served["image_requests"], "answered_304": served["image_304"],
+            "image_requests": served["image_requests"],
+            "answered_304": served["image_304"],
             "share_304": served["image_304"] / max(served["image_requests"], 1),
-            "image_bytes_downloaded": served["image_bytes"], "images": reval["images"],
-            "revalidated": reval["stats"].get("imgcache/revalidated", 0), "elapsed": reval["elapsed"],
+            "image_bytes_downloaded": served["image_bytes"],
+            "images": reval["images"],
+            "revalidated": reval["stats"].get("imgcache/revalidated", 0),
+            "elapsed": reval["elapsed"],
         }
         if "sharing" not in skip:
             log("sharing one PostgreSQL store")
@@ -574,10 +645,18 @@ def main(argv: list[str] | None = None) -> int:
         samples = result["samples"]
         at_mark = next((s for s in samples if s[0] >= mark), samples[-1])
         report["memory"] = {
-            "photos": n_mem, "urls": total, "mean_bytes": mmanifest["mean_bytes"], "mark": mark,
-            "rss_at_mark": at_mark[1], "rss_at_end": samples[-1][1], "peak_rss": result["maxrss"],
-            "workers_rss_at_mark": at_mark[2], "workers_rss_at_end": samples[-1][2], "workers": result["workers"],
-            "images": result["images"], "rate": result["rate"],
+            "photos": n_mem,
+            "urls": total,
+            "mean_bytes": mmanifest["mean_bytes"],
+            "mark": mark,
+            "rss_at_mark": at_mark[1],
+            "rss_at_end": samples[-1][1],
+            "peak_rss": result["maxrss"],
+            "workers_rss_at_mark": at_mark[2],
+            "workers_rss_at_end": samples[-1][2],
+            "workers": result["workers"],
+            "images": result["images"],
+            "rate": result["rate"],
             "curve": [samples[min(len(samples) - 1, round(k * (len(samples) - 1) / 10))] for k in range(11)],
         }
         log("memory:", {k: v for k, v in report["memory"].items() if k != "curve"})
@@ -606,50 +685,83 @@ def render(rep: dict[str, Any]) -> str:
         "",
         "| figure | measured | target | |",
         "|---|---|---|---|",
-        f"| first-crawl throughput, ImgCache / ImagesPipeline | {b['imgcache']['rate']:.1f} / {b['images']['rate']:.1f} "
-        f"images/s = **{r['first_crawl']:.2f}** | >= 1.0 | {mark(r['first_crawl'] >= 1.0)} |",
-        f"| fast-hash mode / ImagesPipeline | {b['imgcache_fast']['rate']:.1f} / {b['images']['rate']:.1f} "
-        f"= **{r['fast_hash']:.2f}** | >= 2.0 | {mark(r['fast_hash'] >= 2.0)} |",
-        f"| overhead over the limit, the issue's bare loop (BLAKE2b + pHash of every body) / crawl | "
-        f"{b['limit_every_body']['rate']:.1f} / {b['imgcache']['rate']:.1f} "
-        f"= **{r['overhead_every_body']:.2f}** | <= 1.5 | {mark(r['overhead_every_body'] <= 1.5)} |",
-        f"| overhead over the limit, stricter bare loop (exact copies only BLAKE2b'd, as the plugin does) / crawl | "
-        f"{b['limit']['rate']:.1f} / {b['imgcache']['rate']:.1f} "
-        f"= **{r['overhead']:.2f}** | (<= 1.5) | {mark(r['overhead'] <= 1.5)} |",
-        f"| (context) overhead over the limit in fast-hash mode (copies not decoded) | "
-        f"{b['limit_fast']['rate']:.1f} / {b['imgcache_fast']['rate']:.1f} = {r['overhead_fast']:.2f} | | |",
+        (
+            "| first-crawl throughput, ImgCache / ImagesPipeline | "
+            f"{b['imgcache']['rate']:.1f} / {b['images']['rate']:.1f} "
+            f"images/s = **{r['first_crawl']:.2f}** | >= 1.0 | {mark(r['first_crawl'] >= 1.0)} |"
+        ),
+        (
+            f"| fast-hash mode / ImagesPipeline | {b['imgcache_fast']['rate']:.1f} / {b['images']['rate']:.1f} "
+            f"= **{r['fast_hash']:.2f}** | >= 2.0 | {mark(r['fast_hash'] >= 2.0)} |"
+        ),
+        (
+            f"| overhead over the limit, the issue's bare loop (BLAKE2b + pHash of every body) / crawl | "
+            f"{b['limit_every_body']['rate']:.1f} / {b['imgcache']['rate']:.1f} "
+            f"= **{r['overhead_every_body']:.2f}** | <= 1.5 | {mark(r['overhead_every_body'] <= 1.5)} |"
+        ),
+        (
+            "| overhead over the limit, stricter bare loop"
+            " (exact copies only BLAKE2b'd, as the plugin does) / crawl | "
+            f"{b['limit']['rate']:.1f} / {b['imgcache']['rate']:.1f} "
+            f"= **{r['overhead']:.2f}** | (<= 1.5) | {mark(r['overhead'] <= 1.5)} |"
+        ),
+        (
+            f"| (context) overhead over the limit in fast-hash mode (copies not decoded) | "
+            f"{b['limit_fast']['rate']:.1f} / {b['imgcache_fast']['rate']:.1f} = {r['overhead_fast']:.2f} | | |"
+        ),
     ]
-    lines.append(f"| (context) ImgCache hashing in Scrapy's threads (IMGCACHE_HASH_PROCESSES=0) / ImagesPipeline | "
-                 f"{b['imgcache_threads']['rate']:.1f} / {b['images']['rate']:.1f} = "
-                 f"{b['imgcache_threads']['rate'] / b['images']['rate']:.2f} | | |")
-    lines.append(f"| (context) Scrapy downloading the same images in the spider, no pipeline | "
-                 f"{b['download_only']['rate']:.1f} images/s | | |")
+    lines.append(
+        f"| (context) ImgCache hashing in Scrapy's threads (IMGCACHE_HASH_PROCESSES=0) / ImagesPipeline | "
+        f"{b['imgcache_threads']['rate']:.1f} / {b['images']['rate']:.1f} = "
+        f"{b['imgcache_threads']['rate'] / b['images']['rate']:.2f} | | |"
+    )
+    lines.append(
+        f"| (context) Scrapy downloading the same images in the spider, no pipeline | "
+        f"{b['download_only']['rate']:.1f} images/s | | |"
+    )
     s = rep["second_crawl"]
-    lines.append(f"| second crawl / first crawl | {s['second_elapsed']:.2f}s / {s['first_elapsed']:.2f}s = "
-                 f"**{s['ratio']:.3f}** (process wall {s['wall_ratio']:.3f}); image bytes downloaded: "
-                 f"**{s['image_bytes_downloaded']}** | <= 0.2 and 0 bytes | "
-                 f"{mark(s['ratio'] <= 0.2 and s['image_bytes_downloaded'] == 0)} |")
+    lines.append(
+        f"| second crawl / first crawl | {s['second_elapsed']:.2f}s / {s['first_elapsed']:.2f}s = "
+        f"**{s['ratio']:.3f}** (process wall {s['wall_ratio']:.3f}); image bytes downloaded: "
+        f"**{s['image_bytes_downloaded']}** | <= 0.2 and 0 bytes | "
+        f"{mark(s['ratio'] <= 0.2 and s['image_bytes_downloaded'] == 0)} |"
+    )
     v = rep["revalidation"]
-    lines.append(f"| revalidation: 304s / image requests | {v['answered_304']} / {v['image_requests']} = "
-                 f"**{100 * v['share_304']:.1f}%** | 100% | {mark(v['share_304'] == 1.0)} |")
+    lines.append(
+        f"| revalidation: 304s / image requests | {v['answered_304']} / {v['image_requests']} = "
+        f"**{100 * v['share_304']:.1f}%** | 100% | {mark(v['share_304'] == 1.0)} |"
+    )
     if "sharing" in rep:
         base = rep["sharing"][0]["rate"]
-        ok = all(x["check"]["duplicate_image_rows"] == 0 and x["check"]["urls_missing"] == 0
-                 and x["check"]["urls_wrong_content"] == 0 and x["check"]["urls_with_several_records"] == 0
-                 and x["check"]["image_rows"] == x["check"]["distinct_contents_expected"] for x in rep["sharing"])
+        ok = all(
+            x["check"]["duplicate_image_rows"] == 0
+            and x["check"]["urls_missing"] == 0
+            and x["check"]["urls_wrong_content"] == 0
+            and x["check"]["urls_with_several_records"] == 0
+            and x["check"]["image_rows"] == x["check"]["distinct_contents_expected"]
+            for x in rep["sharing"]
+        )
         scaling = ", ".join(f"{x['processes']}: {x['rate']:.1f}/s ({x['rate'] / base:.2f}x)" for x in rep["sharing"])
         lines.append(f"| sharing one PostgreSQL store | {scaling} | no duplicates, no lost URL records | {mark(ok)} |")
     if "memory" in rep:
         m = rep["memory"]
         grow = m["rss_at_end"] / m["rss_at_mark"]
-        lines.append(f"| peak memory, {m['urls']} image URLs ({m['photos']} distinct 400x300, mean "
-                     f"{m['mean_bytes'] / 1024:.0f} KB) | RSS {m['rss_at_mark'] / 2**20:.0f} MiB at {m['mark']} images, "
-                     f"{m['rss_at_end'] / 2**20:.0f} MiB at {m['images']} (x{grow:.2f}); peak {m['peak_rss'] / 2**20:.0f} MiB; "
-                     f"its {m['workers']} hashing workers {m['workers_rss_at_mark'] / 2**20:.0f} and "
-                     f"{m['workers_rss_at_end'] / 2**20:.0f} MiB "
-                     f"| flat | {mark(grow < 1.15)} |")
-    lines += ["", "Details:", "", "```", json.dumps({k: rep[k] for k in ("machine", "dataset", "server_raw")},
-                                                  indent=1, default=str), "```"]
+        lines.append(
+            f"| peak memory, {m['urls']} image URLs ({m['photos']} distinct 400x300, mean "
+            f"{m['mean_bytes'] / 1024:.0f} KB) | RSS {m['rss_at_mark'] / 2**20:.0f} MiB at {m['mark']} images, "
+            f"{m['rss_at_end'] / 2**20:.0f} MiB at {m['images']} (x{grow:.2f}); peak {m['peak_rss'] / 2**20:.0f} MiB; "
+            f"its {m['workers']} hashing workers {m['workers_rss_at_mark'] / 2**20:.0f} and "
+            f"{m['workers_rss_at_end'] / 2**20:.0f} MiB "
+            f"| flat | {mark(grow < 1.15)} |"
+        )
+    lines += [
+        "",
+        "Details:",
+        "",
+        "```",
+        json.dumps({k: rep[k] for k in ("machine", "dataset", "server_raw")}, indent=1, default=str),
+        "```",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import httpx
 
-from scrapy_imgcache.hashing import content_hash
 from example_project.photos import distinct_images, encode
+from scrapy_imgcache.hashing import content_hash
 from tests.server.live import imgcache_server
 
 
@@ -61,7 +61,7 @@ def run_concurrently(
                     start = time.perf_counter()
                     call(http, job)
                     local.append(time.perf_counter() - start)
-        except BaseException as exc:  # noqa: BLE001 - reported after the join
+        except BaseException as exc:
             errors.append(exc)
         with lock:
             latencies.extend(local)
@@ -128,17 +128,24 @@ def main(argv: Sequence[str] | None = None) -> None:
             url = stack.enter_context(imgcache_server(db, workdir)).url
         else:
             db = "(running server)"
-        print(f"Server benchmark: {platform.python_implementation()} {platform.python_version()}, "
-              f"{os.cpu_count()} CPUs, {platform.platform()}")
+        print(
+            f"Server benchmark: {platform.python_implementation()} {platform.python_version()}, "
+            f"{os.cpu_count()} CPUs, {platform.platform()}"
+        )
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-        print(f"database {db.split('?')[0]}, {args.clients} concurrent clients, loopback HTTP/1.1 keep-alive, "
-              f"load average before: {load}\n")
+        print(
+            f"database {db.split('?')[0]}, {args.clients} concurrent clients, loopback HTTP/1.1 keep-alive, "
+            f"load average before: {load}\n"
+        )
         print("| operation | requests | throughput | p50 | p99 |")
         print("|---|---|---|---|---|")
         wall, lat = run_concurrently(url, args.clients, photos, upload)
         report(f"POST /images (new {len(photos[0]) // 1024} KiB JPEGs)", wall, lat)
         with httpx.Client(base_url=url) as http:
-            stored = [e["perceptual_hash"] for e in http.get("/images/search", params={"url_contains": "bench.example", "limit": 1000}).json()]
+            stored = [
+                e["perceptual_hash"]
+                for e in http.get("/images/search", params={"url_contains": "bench.example", "limit": 1000}).json()
+            ]
         probes = [stored[i % len(stored)] for i in range(args.queries)]
         wall, lat = run_concurrently(url, args.clients, probes, query(args.distance))
         report(f"GET /images/similar (d<={args.distance}, {len(stored)} images)", wall, lat)

@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 from sqlalchemy import create_engine, text
@@ -89,16 +90,39 @@ def synthetic_rows(values: np.ndarray) -> Iterator[tuple[tuple, tuple]]:
         chash = f"{rid:064x}"
         phash = f"{int(values[i]):016x}"
         url = f"https://example.com/img/{rid}.jpg"
-        image = (rid, "", chash, "image/jpeg", 50_000, 640, 480, phash, int(signed[i]), "phash", False,
-                 f"{chash[:2]}/{chash[2:4]}/{chash}.jpg", None, "bench", now, now, None, None)
+        image = (
+            rid,
+            "",
+            chash,
+            "image/jpeg",
+            50_000,
+            640,
+            480,
+            phash,
+            int(signed[i]),
+            "phash",
+            False,
+            f"{chash[:2]}/{chash[2:4]}/{chash}.jpg",
+            None,
+            "bench",
+            now,
+            now,
+            None,
+            None,
+        )
         record = (rid, rid, "", url, content_hash(url.encode()), "bench", now, now, None, None, None, 0)
         yield image, record
 
 
-IMAGE_COLS = ("id, bucket, content_hash, content_type, file_size, width, height, perceptual_hash, phash_int, "
-              "hash_algorithm, flat, blob_key, original_filename, client_name, lookup_time, created_at, "
-              "similar_to, similar_distance")
-URL_COLS = "id, image_id, bucket, url, url_hash, client_name, lookup_time, created_at, etag, last_modified, duplicate, saved_bytes"
+IMAGE_COLS = (
+    "id, bucket, content_hash, content_type, file_size, width, height, perceptual_hash, phash_int, "
+    "hash_algorithm, flat, blob_key, original_filename, client_name, lookup_time, created_at, "
+    "similar_to, similar_distance"
+)
+URL_COLS = (
+    "id, image_id, bucket, url, url_hash, client_name, lookup_time, created_at, etag, last_modified, duplicate,"
+    " saved_bytes"
+)
 
 
 def bulk_insert(store: SqlStore, values: np.ndarray) -> None:
@@ -121,8 +145,12 @@ def bulk_insert(store: SqlStore, values: np.ndarray) -> None:
             stamp = lambda row: tuple(v.strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(v, datetime) else v for v in row)  # noqa: E731
             rows = [(stamp(a), stamp(b)) for a, b in synthetic_rows(values)]
             cur.execute("BEGIN")
-            cur.executemany(f"INSERT INTO imgcache_images ({IMAGE_COLS}) VALUES ({','.join('?' * 18)})", [a for a, _ in rows])
-            cur.executemany(f"INSERT INTO imgcache_urls ({URL_COLS}) VALUES ({','.join('?' * 12)})", [b for _, b in rows])
+            cur.executemany(
+                f"INSERT INTO imgcache_images ({IMAGE_COLS}) VALUES ({','.join('?' * 18)})", [a for a, _ in rows]
+            )
+            cur.executemany(
+                f"INSERT INTO imgcache_urls ({URL_COLS}) VALUES ({','.join('?' * 12)})", [b for _, b in rows]
+            )
             cur.execute("COMMIT")
         raw.commit()
     finally:
@@ -179,15 +207,20 @@ def bench_ingest(kinds: list[str], workdir: str, count: int) -> None:
     size_kb = statistics.mean(len(p) for p in photos) / 1024
     print(f"\n## Ingest: {count} real photos, 800x600 JPEG q90, mean {size_kb:.0f} KiB")
     print("| step | ms per image (mean) | images/s |\n| --- | ---: | ---: |")
-    for label, inspector in (("hash + pHash (Inspector)", Inspector()), ("hash + pHash, fast=True", Inspector(fast=True))):
+    for label, inspector in (
+        ("hash + pHash (Inspector)", Inspector()),
+        ("hash + pHash, fast=True", Inspector(fast=True)),
+    ):
         spent = sum(timed(lambda p=p: inspector.inspect(p))[0] for p in photos)
         print(f"| {label} | {spent / count * 1000:.2f} | {count / spent:.0f} |")
     for kind in kinds:
         db = Database(kind, workdir)
         store = db.store()
         try:
-            spent = sum(timed(lambda i=i, p=p: store.put(p, url=f"https://e.com/{i}.jpg", client_name="bench"))[0]
-                        for i, p in enumerate(photos))
+            spent = sum(
+                timed(lambda i=i, p=p: store.put(p, url=f"https://e.com/{i}.jpg", client_name="bench"))[0]
+                for i, p in enumerate(photos)
+            )
             print(f"| hash + pHash + store.put ({kind}) | {spent / count * 1000:.2f} | {count / spent:.0f} |")
         finally:
             store.close()
@@ -208,10 +241,11 @@ def best_round(run: Callable[[int], float], qs: list[int], rounds: int) -> list[
 
 def row(label: str, d: int, times: list[float], qs: list[int], expected: dict) -> None:
     """p50/p99 over all queries, then p50 of the queries with matches and of those without."""
-    found = [t for t, q in zip(times, qs) if expected[q, d]]
-    empty = [t for t, q in zip(times, qs) if not expected[q, d]]
+    found = [t for t, q in zip(times, qs, strict=True) if expected[q, d]]
+    empty = [t for t, q in zip(times, qs, strict=True) if not expected[q, d]]
     split = [f"{percentiles(part)[0]:.3f}" if part else "-" for part in (found, empty)]
-    print("| %s | %d | %.3f | %.3f | %s | %s |" % (label, d, *percentiles(times), *split))
+    p50, p99 = percentiles(times)
+    print(f"| {label} | {d} | {p50:.3f} | {p99:.3f} | {split[0]} | {split[1]} |")
 
 
 def bench_similar(
@@ -225,9 +259,13 @@ def bench_similar(
         expected = {(q, d): linear_scan(ids, values, q, d) for q in qs for d in DISTANCES}
         hits = {d: statistics.mean(len(expected[q, d]) for q in qs) for d in DISTANCES}
         with_match = {d: sum(1 for q in qs if expected[q, d]) for d in DISTANCES}
-        print(f"\n## similar() at {size:,} stored hashes\n\n{n_queries} queries, best of {rounds} rounds; "
-              + "; ".join(f"d{d}: {with_match[d]} queries with matches, {hits[d]:.1f} matches on average"
-                          for d in DISTANCES) + f". Load average before: {os.getloadavg()[0]:.1f}.\n")
+        print(
+            f"\n## similar() at {size:,} stored hashes\n\n{n_queries} queries, best of {rounds} rounds; "
+            + "; ".join(
+                f"d{d}: {with_match[d]} queries with matches, {hits[d]:.1f} matches on average" for d in DISTANCES
+            )
+            + f". Load average before: {os.getloadavg()[0]:.1f}.\n"
+        )
         print("| engine | max distance | p50 ms | p99 ms | p50, with matches | p50, none |")
         print("| --- | ---: | ---: | ---: | ---: | ---: |")
         for d in DISTANCES:
@@ -239,12 +277,20 @@ def bench_similar(
                 store = db.store()
                 load, _ = timed(lambda: bulk_insert(store, values))
                 warm, _ = timed(lambda: store.similar("8000000000000000", 0))  # loads the index
-                print(f"| SqlStore.similar, {kind} (bulk insert {load:.0f} s, first query loads the index: {warm:.2f} s) | | | | | |")
+                print(
+                    f"| SqlStore.similar, {kind} (bulk insert {load:.0f} s,"
+                    f" first query loads the index: {warm:.2f} s) | | | | | |"
+                )
                 for d in DISTANCES:
                     for q in qs:  # answers checked once, outside the timed rounds
-                        got = [(int(e.content_hash, 16), e.hamming_distance) for e in store.similar(f"{q:016x}", d, limit=limit)]
+                        got = [
+                            (int(e.content_hash, 16), e.hamming_distance)
+                            for e in store.similar(f"{q:016x}", d, limit=limit)
+                        ]
                         check(got, expected[q, d], limit, f"{kind} d={d}")
-                    times = best_round(lambda q: timed(lambda: store.similar(f"{q:016x}", d, limit=limit))[0], qs, rounds)
+                    times = best_round(
+                        lambda q: timed(lambda: store.similar(f"{q:016x}", d, limit=limit))[0], qs, rounds
+                    )
                     row(f"SqlStore.similar, {kind}", d, times, qs, expected)
                 store.close()
             finally:
@@ -262,8 +308,9 @@ def bench_bktree(values: np.ndarray, qs: list[int], expected: dict, limit: int) 
     except ImportError:
         print("| pybktree | not installed (pip install pybktree) | | | | |")
         return
-    build, tree = timed(lambda: pybktree.BKTree(lambda a, b: (a[0] ^ b[0]).bit_count(),
-                                                 [(int(v), i + 1) for i, v in enumerate(values)]))
+    build, tree = timed(
+        lambda: pybktree.BKTree(lambda a, b: (a[0] ^ b[0]).bit_count(), [(int(v), i + 1) for i, v in enumerate(values)])
+    )
     print(f"| pybktree (build {build:.0f} s; {len(qs)} queries, one round) | | | | | |")
     for d in DISTANCES:
         times = []
@@ -280,8 +327,13 @@ def machine() -> str:
     import PIL
     import sqlalchemy
 
-    versions = {"python": platform.python_version(), "numpy": np.__version__, "Pillow": PIL.__version__,
-                "imagehash": imagehash.__version__, "SQLAlchemy": sqlalchemy.__version__}
+    versions = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "Pillow": PIL.__version__,
+        "imagehash": imagehash.__version__,
+        "SQLAlchemy": sqlalchemy.__version__,
+    }
     import sqlite3
 
     versions["SQLite"] = sqlite3.sqlite_version
@@ -293,11 +345,19 @@ def machine() -> str:
     try:
         with create_engine(POSTGRES_URL).connect() as conn:
             versions["PostgreSQL"] = conn.execute(text("SHOW server_version")).scalar().split()[0]
-    except Exception:  # noqa: BLE001 - reported as absent
+    except Exception:
         versions["PostgreSQL"] = "unreachable"
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "?",
+    )
     return f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}; " + ", ".join(
-        f"{k} {v}" for k, v in versions.items())
+        f"{k} {v}" for k, v in versions.items()
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -318,7 +378,12 @@ def main(argv: list[str] | None = None) -> None:
         if not args.skip_ingest:
             bench_ingest(kinds, workdir, 20 if args.quick else 60)
         bench_similar(
-            kinds, workdir, sizes, n_queries, bk_queries=10 if args.quick else 20, rounds=args.rounds,
+            kinds,
+            workdir,
+            sizes,
+            n_queries,
+            bk_queries=10 if args.quick else 20,
+            rounds=args.rounds,
             bk_max=args.bktree_max,
         )
 

@@ -81,8 +81,12 @@ def build_site(site: Site) -> DemoSite:
     for path, data in variants.items():
         site.image(path, data)
     demo.exact += ["/blog/media/a.jpg", "/blog/media/b.jpg", "/blog/media/c.jpg"]
-    demo.near = ["/blog/media/resized.jpg", "/blog/media/recompressed.jpg", "/blog/media/brightened.jpg",
-                 "/blog/media/watermarked.jpg"]
+    demo.near = [
+        "/blog/media/resized.jpg",
+        "/blog/media/recompressed.jpg",
+        "/blog/media/brightened.jpg",
+        "/blog/media/watermarked.jpg",
+    ]
     site.image("/blog/media/broken.jpg", encode(photos[9])[:5000])  # truncated download
     site.image("/blog/media/banner.jpg", b"<html><body>ad server error</body></html>")  # not an image
     site.image("/blog/media/huge.png", png_bomb(), "image/png")  # a decompression bomb
@@ -110,7 +114,9 @@ def _page(title: str, images: list[str], links: list[str] = ()) -> str:  # type:
     return f"<html><head><title>{title}</title></head><body><h1>{title}</h1>{body}</body></html>"
 
 
-def scrapy(*args: str, stats: Path | None = None, site: str = "", check: bool = True) -> subprocess.CompletedProcess[str]:
+def scrapy(
+    *args: str, stats: Path | None = None, site: str = "", check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Run a ``scrapy`` command in the example project, as a user would."""
     cmd = [sys.executable, "-m", "scrapy", *args]
     if site:
@@ -156,8 +162,9 @@ def run(verbose: bool = False) -> dict[str, Any]:
         first_bytes = site.image_bytes
         site.image(CHANGING, demo.later_version, mtime=1_800_000_000.0)  # the deal changes overnight
         site.reset_counts()
-        print("demo: second crawl (blog from the cache; shop revalidated, as if its entries had expired) ...",
-              flush=True)
+        print(
+            "demo: second crawl (blog from the cache; shop revalidated, as if its entries had expired) ...", flush=True
+        )
         second = [crawl("shop", "2", base, "IMGCACHE_EXPIRES=0"), crawl("blog", "2", base)]
         valid_paths = [p for p, r in site.routes.items() if r.is_image and p not in demo.invalid]
         unchanged_bytes = sum(
@@ -190,8 +197,13 @@ def run(verbose: bool = False) -> dict[str, Any]:
         "similar_exit": similar.returncode,
         "similar_matches": similar.stdout.count("\n"),
         "contact_sheet": str(sheet),
-        "expected": {"stored": demo.distinct, "exact": len(demo.exact), "near": len(demo.near),
-                     "invalid": len(demo.invalid), "unchanged": len(valid_paths) - 1},
+        "expected": {
+            "stored": demo.distinct,
+            "exact": len(demo.exact),
+            "near": len(demo.near),
+            "invalid": len(demo.invalid),
+            "unchanged": len(valid_paths) - 1,
+        },
     }
     print_summary(figures)
     return figures
@@ -212,10 +224,14 @@ def print_summary(f: dict[str, Any]) -> None:
         f"              image bytes downloaded          {f['first_image_bytes']:,}",
         f"second crawl  served from the cache (no net)  {f['second_hits']}",
         f"              revalidated with 304            {f['second_revalidated']}",
-        f"              unchanged images re-downloaded  {f['second_unchanged_bytes']:,} bytes (expected 0; "
-        f"{f['second_hits'] + f['second_revalidated']} of {e['unchanged']} unchanged images from the cache)",
-        f"              the changed image, new version  {f['second_changed_stored']} stored "
-        f"({f['second_changed_bytes']:,} bytes)",
+        (
+            f"              unchanged images re-downloaded  {f['second_unchanged_bytes']:,} bytes (expected 0; "
+            f"{f['second_hits'] + f['second_revalidated']} of {e['unchanged']} unchanged images from the cache)"
+        ),
+        (
+            f"              the changed image, new version  {f['second_changed_stored']} stored "
+            f"({f['second_changed_bytes']:,} bytes)"
+        ),
         f"contact sheet {f['contact_sheet']}",
     ]
     print("\n".join(lines))

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw, ImageEnhance
 PHOTO_NAMES = ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field", "immunohistochemistry")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def photo(name: str) -> Image.Image:
     import skimage.data
 

@@ -64,7 +64,9 @@ class Site:
         return self.html(path, f"<html><body>{imgs}{anchors}</body></html>")
 
     def redirect(self, path: str, target: str, status: int = 302) -> str:
-        self.routes[path] = Route(b"", "text/plain", True, status=status, validators=False, headers={"Location": target})
+        self.routes[path] = Route(
+            b"", "text/plain", True, status=status, validators=False, headers={"Location": target}
+        )
         return self.url(path)
 
     def html(self, path: str, text: str) -> str:
@@ -97,7 +99,7 @@ class Site:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 route = site.routes.get(path)
                 with site.lock:

@@ -63,6 +63,7 @@ SECRETS_KEY_ENV = "IMGCACHE_SECRETS_KEY"
 SECRETS_KEY_FILE_ENV = "IMGCACHE_SECRETS_KEY_FILE"
 PUBLIC_KEY_RE = re.compile(r"^[0-9a-f]{20}$")
 
+
 class CollectionError(ImgCacheError):
     """A collection cannot be created or changed as asked (name taken, bad bucket...)."""
 
@@ -195,16 +196,16 @@ class Registry:
             raise CollectionError("the user label is over 255 characters")
         public, secret = new_key_pair()
         now = utcnow()
-        values = dict(
-            ref=secrets.token_hex(8),
-            name=name,
-            bucket=bucket,
-            owner=user,
-            public_key=public,
-            secret=self.box.seal(secret),
-            created_at=now,
-            key_created_at=now,
-        )
+        values = {
+            "ref": secrets.token_hex(8),
+            "name": name,
+            "bucket": bucket,
+            "owner": user,
+            "public_key": public,
+            "secret": self.box.seal(secret),
+            "created_at": now,
+            "key_created_at": now,
+        }
         with self._writer.begin() as conn:
             taken = conn.execute(
                 select(CollectionRow.name, CollectionRow.bucket).where(
@@ -350,9 +351,13 @@ class CollectionImages:
         more = rows[count : count + 1]
         return rows[:count], (more[0].image_id if more else None)
 
-    def similar(self, perceptual_hash: str, algorithm: str, max_distance: int, limit: int, leave_out: str | None = None) -> list[Match]:
+    def similar(
+        self, perceptual_hash: str, algorithm: str, max_distance: int, limit: int, leave_out: str | None = None
+    ) -> list[Match]:
         """Images of the collection within ``max_distance`` bits, nearest first."""
-        hits = self.store.similar(perceptual_hash, max_distance, bucket=self.bucket, limit=limit + 1, algorithm=algorithm)
+        hits = self.store.similar(
+            perceptual_hash, max_distance, bucket=self.bucket, limit=limit + 1, algorithm=algorithm
+        )
         hashes = [e.content_hash for e in hits]
         named: dict[str, list[str]] = {}
         hidden: set[str] = set()
@@ -377,7 +382,9 @@ class CollectionImages:
 
     # writing
 
-    def add(self, data: bytes, info: ImageInfo, image_id: str | None = None, overwrite: bool = False) -> tuple[CollectionImage, bool]:
+    def add(
+        self, data: bytes, info: ImageInfo, image_id: str | None = None, overwrite: bool = False
+    ) -> tuple[CollectionImage, bool]:
         """Cache the bytes into the bucket under ``image_id`` (generated when None).
 
         Returns the image and whether the id is new. An existing id raises :class:`IdTaken`
@@ -426,7 +433,7 @@ class CollectionImages:
         """Point ``image_id`` at ``chash``; without ``replace`` only a free (or dangling) id."""
         M = CollectionImageRow
         mine = and_(M.collection_id == self._cid, M.image_id == image_id)
-        values = dict(content_hash=chash, image_time=utcnow())
+        values = {"content_hash": chash, "image_time": utcnow()}
         with self._writer.begin() as conn:
             if replace:
                 if conn.execute(update(M).where(mine).values(**values)).rowcount:

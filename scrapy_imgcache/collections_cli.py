@@ -30,9 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser, parents: list[argparse.Argume
     )
     create.add_argument("--user", default="", help="the owner label the API answers as 'user' (default '')")
     listing = sub.add_parser("list", parents=common, help="list collections (no secrets)")
-    rotate = sub.add_parser("rotate-key", parents=common, help="replace a collection's key pair; the old one stops working")
+    rotate = sub.add_parser(
+        "rotate-key", parents=common, help="replace a collection's key pair; the old one stops working"
+    )
     rotate.add_argument("name")
-    delete = sub.add_parser("delete", parents=common, help="delete a collection and its image ids (the images stay cached)")
+    delete = sub.add_parser(
+        "delete", parents=common, help="delete a collection and its image ids (the images stay cached)"
+    )
     delete.add_argument("name")
     for action in (create, listing, rotate, delete):
         action.add_argument("--json", action="store_true", help="print JSON (one object a line)")
@@ -62,7 +66,10 @@ def run(registry: Registry, args: argparse.Namespace) -> int:
             if args.json:
                 print_json(deleted.to_json())
             else:
-                print(f"deleted collection {deleted.name!r}; its images stay cached in bucket {deleted.bucket!r}", file=out)
+                print(
+                    f"deleted collection {deleted.name!r}; its images stay cached in bucket {deleted.bucket!r}",
+                    file=out,
+                )
             return EXIT_OK
         else:
             collections = registry.list()
@@ -71,10 +78,21 @@ def run(registry: Registry, args: argparse.Namespace) -> int:
                     print_json(c.to_json())
             elif collections:
                 rows = [
-                    (c.name, c.collection_id, c.bucket, c.user, c.public_key, "encrypted" if c.secret_encrypted else "plain", c.key_created_at.isoformat(timespec="seconds"))
+                    (
+                        c.name,
+                        c.collection_id,
+                        c.bucket,
+                        c.user,
+                        c.public_key,
+                        "encrypted" if c.secret_encrypted else "plain",
+                        c.key_created_at.isoformat(timespec="seconds"),
+                    )
                     for c in collections
                 ]
-                print(table(("name", "collection_id", "bucket", "user", "public_key", "secret", "key created"), rows), file=out)
+                print(
+                    table(("name", "collection_id", "bucket", "user", "public_key", "secret", "key created"), rows),
+                    file=out,
+                )
             return EXIT_OK if collections else EXIT_NOTHING
     except CollectionError as exc:
         print(f"error: {exc}", file=err)
@@ -82,7 +100,11 @@ def run(registry: Registry, args: argparse.Namespace) -> int:
     if args.json:
         print_json({**collection.to_json(), "secret_key": secret})
     else:
-        print(f"collection {collection.name!r} (collection_id {collection.collection_id}) over bucket {collection.bucket!r}", file=out)
+        print(
+            f"collection {collection.name!r} (collection_id {collection.collection_id})"
+            f" over bucket {collection.bucket!r}",
+            file=out,
+        )
         print(f"public key: {collection.public_key}", file=out)
         print(f"secret key: {secret}", file=out)
     print(_secret_note(collection.secret_encrypted), file=err)
@@ -106,7 +128,9 @@ def _secret_note(encrypted: bool) -> str:
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     db = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: a --db given before "collections" (or IMGCACHE_SERVER_DB) is kept when none follows
-    db.add_argument("--db", default=argparse.SUPPRESS, help="SQLAlchemy URL of the cache database (env IMGCACHE_SERVER_DB)")
+    db.add_argument(
+        "--db", default=argparse.SUPPRESS, help="SQLAlchemy URL of the cache database (env IMGCACHE_SERVER_DB)"
+    )
     add_arguments(parser, [db])
 
 

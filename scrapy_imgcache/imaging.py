@@ -64,13 +64,13 @@ def inspect(inspector: Inspector, data: bytes, known_hash: str | None = None) ->
         img.load()  # the first frame only: animated images are never iterated
     except Image.DecompressionBombError as exc:  # pragma: no cover - header check runs first
         raise TooManyPixels(str(exc)) from exc
-    except Exception as exc:  # noqa: BLE001 - a decoder's failure is this image's, nothing else's
+    except Exception as exc:
         raise TruncatedImage(f"{fmt} image cannot be decoded: {exc}") from exc
     try:
         phash, flat = perceptual_hash(img, inspector.algorithm)
     except InvalidImage:
         raise
-    except Exception as exc:  # noqa: BLE001 - whatever Pillow cannot convert is refused, typed
+    except Exception as exc:
         raise UnsupportedMode(f"{fmt} image in mode {img.mode} cannot be hashed: {exc}") from exc
     return ImageInfo(
         content_hash=known_hash or content_hash(data),
@@ -96,7 +96,7 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         raise TooManyPixels(f"decompression bomb refused from its header: {exc}") from exc
     except UnidentifiedImageError as exc:
         raise _not_an_image(data) from exc
-    except Exception as exc:  # noqa: BLE001 - a parser's failure on these bytes refuses them, typed
+    except Exception as exc:
         raise TruncatedImage(f"image header cannot be parsed: {exc}") from exc
     width, height = img.size
     if width <= 0 or height <= 0:
@@ -114,7 +114,7 @@ def _not_an_image(data: bytes) -> InvalidImage:
     try:
         with Image.open(io.BytesIO(data)) as other:
             fmt = other.format
-    except Exception:  # noqa: BLE001 - any failure means "not an image we know"
+    except Exception:
         fmt = None
     if fmt:
         allowed = ", ".join(ALLOWED_FORMATS)
@@ -131,10 +131,7 @@ def perceptual_hash(img: Image.Image, algorithm: str = "phash") -> tuple[str, bo
     grey = greyscale(img)
     small = grey.resize((_PHASH_SIZE, _PHASH_SIZE), imagehash.ANTIALIAS)
     pixels = np.asarray(small)
-    if algorithm == "phash":
-        value = _phash_bits(pixels)
-    else:
-        value = str(getattr(imagehash, algorithm)(grey))
+    value = _phash_bits(pixels) if algorithm == "phash" else str(getattr(imagehash, algorithm)(grey))
     flat = _fully_transparent(img) or int(pixels.max()) - int(pixels.min()) <= _FLAT_RANGE
     return value, flat
 

@@ -77,10 +77,14 @@ class Ingestor:
     ) -> Outcome:
         """Inspect (raising a typed InvalidImage for bad bytes), dedupe and record ``data``."""
         bucket = self.config.bucket
-        common: dict[str, Any] = dict(
-            url=url, client_name=client_name, bucket=bucket, lookup_time=lookup_time, etag=etag,
-            last_modified=last_modified,
-        )
+        common: dict[str, Any] = {
+            "url": url,
+            "client_name": client_name,
+            "bucket": bucket,
+            "lookup_time": lookup_time,
+            "etag": etag,
+            "last_modified": last_modified,
+        }
         chash = content_hash(data) if 0 < len(data) <= self.inspector.limits.max_bytes else None
         copy = self._exact_copy(data, chash, common)
         if copy is not None:
@@ -214,8 +218,12 @@ def ingest_response(
     if url is not None and url != response.url:
         entry = outcome.entry
         ingestor.store.record_url(
-            entry.content_hash, url=url, client_name=client_name, bucket=entry.bucket,
-            etag=entry.etag, last_modified=entry.last_modified,
+            entry.content_hash,
+            url=url,
+            client_name=client_name,
+            bucket=entry.bucket,
+            etag=entry.etag,
+            last_modified=entry.last_modified,
         )
     return outcome
 

@@ -146,15 +146,16 @@ class ImgCacheMiddleware:
         if entry.last_modified:
             headers["Last-Modified"] = entry.last_modified
         logger.debug("Image (%s): %s served from the cache (%s)", status, request.url, entry.content_hash[:12])
-        return Response(request.url, status=200, headers=headers, body=body, flags=[RESPONSE_FLAG, status],
-                        request=request)
+        return Response(
+            request.url, status=200, headers=headers, body=body, flags=[RESPONSE_FLAG, status], request=request
+        )
 
     def _store_failed(self, request: Request, exc: Exception) -> None:
         self.ctx.inc("store_error")
         if self.config.on_store_error == "fail":
             raise exc
         logger.warning("imgcache: store unavailable, %s fetched uncached: %s", request.url, exc)
-        return None
+        return
 
     # -- responses -------------------------------------------------------------------------
 
@@ -187,16 +188,24 @@ class ImgCacheMiddleware:
         etag = header(response, b"ETag") or entry.etag
         modified = header(response, b"Last-Modified") or entry.last_modified
         self.ctx.store.record_url(
-            entry.content_hash, url=request.url, client_name=self.ctx.client_name(), bucket=entry.bucket,
-            etag=etag, last_modified=modified,
+            entry.content_hash,
+            url=request.url,
+            client_name=self.ctx.client_name(),
+            bucket=entry.bucket,
+            etag=etag,
+            last_modified=modified,
         )
 
     async def _store_response(self, request: Request, response: Response) -> None:
         assert self.ingestor is not None
         try:
             outcome = await in_thread(
-                ingest_response, self.ingestor, response, self.ctx.client_name(),
-                on_similar="skip" if self.config.on_similar == "skip" else "annotate", url=request.url,
+                ingest_response,
+                self.ingestor,
+                response,
+                self.ctx.client_name(),
+                on_similar="skip" if self.config.on_similar == "skip" else "annotate",
+                url=request.url,
             )
         except InvalidImage as exc:
             self.ctx.inc(f"invalid/{exc.reason}")
@@ -226,5 +235,3 @@ def cut_at_maxsize(exc: BaseException) -> bool:
     if isinstance(exc, IgnoreRequest):
         return "DOWNLOAD_MAXSIZE" in text or "download max size" in text
     return isinstance(exc, cancelled)
-
-

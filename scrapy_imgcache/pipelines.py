@@ -93,7 +93,7 @@ class ImgCachePipeline:
         urls = list(dict.fromkeys(adapter.get(self.urls_field) or []))
         outcomes = await _gather([self._image(url) for url in urls])
         results: list[dict[str, Any]] = []
-        for url, outcome in zip(urls, outcomes):
+        for url, outcome in zip(urls, outcomes, strict=True):
             if isinstance(outcome, ImageFailed):
                 self.ctx.inc(f"invalid/{outcome.reason}")
                 logger.warning("Image (%s): %s failed: %s", outcome.reason, url, outcome)
@@ -182,7 +182,9 @@ class ImgCachePipeline:
         outcome = Outcome(entry, created=False, stored=False, size=entry.file_size_bytes)
         return self._result(response, outcome, "uptodate", cache_status=status)
 
-    def _result(self, response: Response, outcome: Outcome, status: str, cache_status: str | None = None) -> dict[str, Any]:
+    def _result(
+        self, response: Response, outcome: Outcome, status: str, cache_status: str | None = None
+    ) -> dict[str, Any]:
         entry = outcome.entry
         result: dict[str, Any] = {
             "url": response.url,
@@ -227,9 +229,7 @@ async def _gather(coros: list[Any]) -> list[Any]:
     """Run coroutines concurrently; results or exceptions in order (either reactor)."""
     if not coros:
         return []
-    done = await maybe_deferred_to_future(
-        DeferredList([deferred_from_coro(c) for c in coros], consumeErrors=True)
-    )
+    done = await maybe_deferred_to_future(DeferredList([deferred_from_coro(c) for c in coros], consumeErrors=True))
     return [value if ok else value.value for ok, value in done]
 
 

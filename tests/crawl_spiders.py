@@ -75,8 +75,13 @@ class FetchSpider(scrapy.Spider):
             yield scrapy.Request(url, meta=meta, dont_filter=True)
 
     def parse(self, response):
-        yield {"url": response.url, "status": response.status, "size": len(response.body),
-               "flags": response.flags, "cache": response.meta.get("imgcache_status")}
+        yield {
+            "url": response.url,
+            "status": response.status,
+            "size": len(response.body),
+            "flags": response.flags,
+            "cache": response.meta.get("imgcache_status"),
+        }
 
 
 class Heartbeat:

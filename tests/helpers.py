@@ -139,7 +139,7 @@ def scratch(admin_url: str, what: str, create: str, drop: list[str], **engine_op
         with admin.connect() as conn:
             conn.execute(text(create))
             conn.commit()
-    except Exception as exc:  # noqa: BLE001 - any connection failure
+    except Exception as exc:
         unreachable(what, exc)
     try:
         yield admin
@@ -155,7 +155,10 @@ def postgres_database() -> Iterator[str]:
     name = f"imgcache_t{uuid.uuid4().hex[:12]}"
     sep = "&" if "?" in POSTGRES_URL else "?"
     with scratch(
-        POSTGRES_URL, "PostgreSQL", f"CREATE SCHEMA {name}", [f"DROP SCHEMA {name} CASCADE"],
+        POSTGRES_URL,
+        "PostgreSQL",
+        f"CREATE SCHEMA {name}",
+        [f"DROP SCHEMA {name} CASCADE"],
         isolation_level="AUTOCOMMIT",
     ):
         yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{name}"
@@ -164,7 +167,9 @@ def postgres_database() -> Iterator[str]:
 def mysql_database() -> Iterator[str]:
     name = f"imgcache_t{uuid.uuid4().hex[:12]}"
     base = MYSQL_URL.rsplit("/", 1)[0]
-    with scratch(MYSQL_URL, "MariaDB/MySQL", f"CREATE DATABASE {name} CHARACTER SET utf8mb4", [f"DROP DATABASE {name}"]):
+    with scratch(
+        MYSQL_URL, "MariaDB/MySQL", f"CREATE DATABASE {name} CHARACTER SET utf8mb4", [f"DROP DATABASE {name}"]
+    ):
         yield f"{base}/{name}?charset=utf8mb4"
 
 
@@ -233,7 +238,17 @@ def start_crawl(project: Path, spider: str, *args: str, **spider_args: str) -> t
     run = uuid.uuid4().hex[:8]
     items = project / f"items-{run}.jsonl"
     stats = project / f"stats-{run}.json"
-    cmd = [sys.executable, "-m", "scrapy", "crawl", spider, "-O", f"{items}:jsonlines", "-s", f"IMGDEMO_STATS_FILE={stats}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "scrapy",
+        "crawl",
+        spider,
+        "-O",
+        f"{items}:jsonlines",
+        "-s",
+        f"IMGDEMO_STATS_FILE={stats}",
+    ]
     for k, v in spider_args.items():
         cmd += ["-a", f"{k}={v}"]
     cmd += list(args)
@@ -297,7 +312,7 @@ def _work(db_url: str | None, files: str, ops: list[Op], barrier: Any, errors: A
                     blobs.put(op[2], op[3])
         if store is not None:
             store.close()
-    except BaseException:  # noqa: BLE001 - every failure goes back to the test
+    except BaseException:
         errors.put(traceback.format_exc())
 
 

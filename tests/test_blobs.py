@@ -37,7 +37,7 @@ def all_files(root) -> list[str]:
 
 def test_keys_are_content_addressed():
     chash = content_hash(DATA)
-    assert KEY == f"{chash[:2]}/{chash[2:4]}/{chash}.jpg"
+    assert f"{chash[:2]}/{chash[2:4]}/{chash}.jpg" == KEY
     assert hash_of_key(KEY) == chash
 
 
@@ -133,7 +133,9 @@ def s3_endpoint():
     if server is None:
         pytest.skip("moto_server is not installed (pip install 'moto[server]' s3fs)")
     port = _free_port()
-    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -152,12 +154,21 @@ def s3_endpoint():
 
 @pytest.fixture
 def s3_blobs(s3_endpoint):
-    options = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"}}
+    options = {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"},
+    }
     bucket = f"imgcache-{uuid.uuid4().hex[:12]}"
     import boto3
 
-    boto3.client("s3", endpoint_url=s3_endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                 region_name="us-east-1").create_bucket(Bucket=bucket)
+    boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    ).create_bucket(Bucket=bucket)
     return FsspecBlobStore(f"s3://{bucket}/blobs", **options)
 
 

@@ -50,8 +50,15 @@ def test_every_setting_has_a_bad_value_tested():
 def test_command_line_strings_are_parsed():
     """``scrapy crawl -s NAME=VALUE`` hands every value over as a string."""
     config = ImgCacheConfig.from_settings(
-        {**BASE, "IMGCACHE_ENABLED": "0", "IMGCACHE_FAST_HASH": "yes", "IMGCACHE_SIMILARITY_THRESHOLD": "6",
-         "IMGCACHE_TIMEOUT": "2.5", "IMGCACHE_MAX_BYTES": " 1000 ", "IMGCACHE_HASH": "dhash"}
+        {
+            **BASE,
+            "IMGCACHE_ENABLED": "0",
+            "IMGCACHE_FAST_HASH": "yes",
+            "IMGCACHE_SIMILARITY_THRESHOLD": "6",
+            "IMGCACHE_TIMEOUT": "2.5",
+            "IMGCACHE_MAX_BYTES": " 1000 ",
+            "IMGCACHE_HASH": "dhash",
+        }
     )
     assert (config.enabled, config.fast_hash, config.similarity_threshold) == (False, True, 6)
     assert (config.timeout, config.max_bytes, config.hash) == (2.5, 1000, "dhash")

@@ -71,7 +71,12 @@ def test_first_crawl_dedupes_and_second_crawl_downloads_no_image_bytes(site, tmp
     assert {img["status"] for img in second.images} == {"uptodate"}
     other = crawl(project, "otherpages", start=site.url("/p1"))  # another spider, all from the cache
     assert other.stat("hit") == 4 and site.image_bytes == 0
-    assert sorted(u.client_name for u in store.urls(a["content_hash"])) == ["otherpages", "otherpages", "pages", "pages"]
+    assert sorted(u.client_name for u in store.urls(a["content_hash"])) == [
+        "otherpages",
+        "otherpages",
+        "pages",
+        "pages",
+    ]
     assert {img["url"]: img["content_hash"] for img in second.images} == {
         img["url"]: img["content_hash"] for img in first.images
     }
@@ -147,8 +152,17 @@ def test_bad_images_are_reported_once_and_never_stored(site, tmp_path):
     site.image("/i/bomb.png", png_bomb(), "image/png")
     site.image("/i/huge.jpg", encode(Image.new("RGB", (1200, 1200), (10, 20, 30)), quality=100) + b"\0" * 300_000)
     site.image("/i/eps.jpg", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n")
-    paths = ["/i/good.jpg", "/i/error.jpg", "/i/empty.jpg", "/i/html.jpg", "/i/truncated.jpg", "/i/bomb.png",
-             "/i/huge.jpg", "/i/eps.jpg", "/i/missing.jpg"]
+    paths = [
+        "/i/good.jpg",
+        "/i/error.jpg",
+        "/i/empty.jpg",
+        "/i/html.jpg",
+        "/i/truncated.jpg",
+        "/i/bomb.png",
+        "/i/huge.jpg",
+        "/i/eps.jpg",
+        "/i/missing.jpg",
+    ]
     site.page("/p", paths)
     project = make_project(tmp_path / "proj", cache_settings(tmp_path, IMGCACHE_MAX_BYTES=200_000))
     result = crawl(project, "pages", start=site.url("/p"))
@@ -256,9 +270,7 @@ def test_unreachable_store_is_a_clear_error_at_start(site, tmp_path):
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def test_two_crawl_processes_share_one_cache(site, tmp_path, backend, request):
-    url = (
-        f"sqlite:///{tmp_path / 'cache.sqlite3'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
-    )
+    url = f"sqlite:///{tmp_path / 'cache.sqlite3'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
     photos = distinct_jpegs(12)
     for i, data in enumerate(photos):
         site.image(f"/shop/{i}.jpg", data)

@@ -12,7 +12,9 @@ class Command(ImgCacheCommand):
     needs_database = True
 
     def syntax(self) -> str:
-        return "create NAME [--bucket B] [--user LABEL] [--json] | list [--json] | rotate-key NAME [--json] | delete NAME"
+        return (
+            "create NAME [--bucket B] [--user LABEL] [--json] | list [--json] | rotate-key NAME [--json] | delete NAME"
+        )
 
     def short_desc(self) -> str:
         return "Create, list, re-key and delete VisualSnoop collections (docs/visualsnoop.md)"

@@ -31,7 +31,6 @@ Cluster = list[tuple[int, "Entry"]]  # (distance to the reference, image); the r
 
 
 class Command(ImgCacheCommand):
-
     def short_desc(self) -> str:
         return "List groups of near-duplicate images in a bucket, largest first"
 

@@ -18,7 +18,6 @@ from . import EXIT_OK, ImgCacheCommand, human_size
 
 
 class Command(ImgCacheCommand):
-
     def syntax(self) -> str:
         return "[--dry-run] [--older-than DAYS]"
 

@@ -61,7 +61,7 @@ def thumbnail_uri(data: bytes, size: int = THUMBNAIL_SIZE) -> str | None:
     try:
         img = open_image(data, DEFAULT_MAX_PIXELS)
         img.load()
-    except Exception:  # noqa: BLE001 - a damaged blob shows as a placeholder, not a crash
+    except Exception:
         return None
     img.thumbnail((size, size), Image.Resampling.LANCZOS)
     buf = io.BytesIO()

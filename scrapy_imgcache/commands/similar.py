@@ -171,7 +171,7 @@ def fetch(url: str, timeout: float, max_bytes: int) -> bytes:
 
     request = urllib.request.Request(url, headers={"User-Agent": "scrapy-imgcache (imgcache-similar)"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - http(s) only
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             length = response.headers.get("Content-Length")
             if length and length.isdigit() and int(length) > max_bytes:
                 raise UsageError(f"{url} is {length} bytes, over IMGCACHE_MAX_BYTES ({max_bytes})", print_help=False)

@@ -36,7 +36,9 @@ def admin_router(svc: Service) -> APIRouter:
     @router.post("/admin/gc", dependencies=svc.writers, responses=errors(400, 401, 403, 422))
     def collect_garbage(
         grace_seconds: Annotated[float, Body(ge=0, description="keep files younger than this")] = 3600,
-        older_than: Annotated[str | None, Body(max_length=64, description="ISO 8601: also remove images not seen since")] = None,
+        older_than: Annotated[
+            str | None, Body(max_length=64, description="ISO 8601: also remove images not seen since")
+        ] = None,
         dry_run: Annotated[bool, Body(description="only say what would be removed")] = False,
     ) -> JSONResponse:
         """What ``scrapy imgcache-gc`` does, run next to the data (an extension)."""

@@ -46,7 +46,9 @@ class ApiKeys:
         return cls(tuple(_digest(k) for k in read_keys), tuple(_digest(k) for k in write_keys))
 
     @classmethod
-    def from_env(cls, read: Iterable[str] = (), write: Iterable[str] = (), environ: dict[str, str] | None = None) -> ApiKeys:
+    def from_env(
+        cls, read: Iterable[str] = (), write: Iterable[str] = (), environ: dict[str, str] | None = None
+    ) -> ApiKeys:
         """Keys given on the command line plus the comma-separated ones in the env vars."""
         env = os.environ if environ is None else environ
         return cls.from_keys(

@@ -122,8 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="imgcache-server",
         description="Serve an imgcache database over the imgcache REST API (docs/server.md).",
     )
-    parser.add_argument("--db", default=os.environ.get("IMGCACHE_SERVER_DB"), help="SQLAlchemy URL of the cache database (env IMGCACHE_SERVER_DB)")
-    parser.add_argument("--files", default=os.environ.get("IMGCACHE_SERVER_FILES"), help="where image bytes live: a folder or an fsspec URL (env IMGCACHE_SERVER_FILES)")
+    parser.add_argument(
+        "--db",
+        default=os.environ.get("IMGCACHE_SERVER_DB"),
+        help="SQLAlchemy URL of the cache database (env IMGCACHE_SERVER_DB)",
+    )
+    parser.add_argument(
+        "--files",
+        default=os.environ.get("IMGCACHE_SERVER_FILES"),
+        help="where image bytes live: a folder or an fsspec URL (env IMGCACHE_SERVER_FILES)",
+    )
     parser.add_argument("--max-pixels", type=int, default=None, metavar="N", help="largest image accepted, in pixels")
     add_serve_arguments(parser)
     if SUBCOMMANDS:

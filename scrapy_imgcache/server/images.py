@@ -141,7 +141,9 @@ def _reading(router: APIRouter, svc: Service) -> None:
     store, readers = svc.store, svc.readers
     entries = {"response_model": list[EntryOut], "responses": errors(401, 422)}
 
-    @router.get("/images/meta/{content_hash}", dependencies=readers, response_model=EntryOut, responses=errors(401, 404, 422))
+    @router.get(
+        "/images/meta/{content_hash}", dependencies=readers, response_model=EntryOut, responses=errors(401, 404, 422)
+    )
     def get_meta(content_hash: ContentHash, bucket: Bucket = "") -> Response:
         entry = store.get_meta(content_hash, bucket)
         if entry is None:
@@ -149,7 +151,9 @@ def _reading(router: APIRouter, svc: Service) -> None:
         return entry_json(entry)
 
     @router.get("/images/lookup", dependencies=readers, response_model=EntryOut, responses=errors(401, 404, 422))
-    def lookup(url: Annotated[str, Query(min_length=1, max_length=MAX_URL, pattern=TEXT)], bucket: Bucket = "") -> Response:
+    def lookup(
+        url: Annotated[str, Query(min_length=1, max_length=MAX_URL, pattern=TEXT)], bucket: Bucket = ""
+    ) -> Response:
         """The most recent entry seen at exactly ``url`` (in the default bucket unless one is named)."""
         entry = store.lookup(url, bucket)
         if entry is None:
@@ -250,8 +254,15 @@ def _crawling(router: APIRouter, svc: Service) -> None:
 def _bytes(router: APIRouter, svc: Service) -> None:
     store = svc.store
     cache_control = "private" if svc.keys.enabled else "public"
-    ok = {"description": "the image bytes", "content": {m: {"schema": {"type": "string", "format": "binary"}} for m in IMAGE_TYPES}}
-    responses: dict[int | str, dict[str, Any]] = {200: ok, 304: {"description": "Not Modified"}, **errors(401, 403, 404, 422)}
+    ok = {
+        "description": "the image bytes",
+        "content": {m: {"schema": {"type": "string", "format": "binary"}} for m in IMAGE_TYPES},
+    }
+    responses: dict[int | str, dict[str, Any]] = {
+        200: ok,
+        304: {"description": "Not Modified"},
+        **errors(401, 403, 404, 422),
+    }
 
     def image_response(request: Request, content_hash: str, bucket: str) -> Response:
         entry = store.get_meta(content_hash, bucket)

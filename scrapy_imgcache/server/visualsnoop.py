@@ -119,7 +119,9 @@ class Gate:
                     ]
                 )
             ).hexdigest()
-            fresh = await run_in_threadpool(self.registry.remember_request, digest, date + self.skew + timedelta(seconds=1))
+            fresh = await run_in_threadpool(
+                self.registry.remember_request, digest, date + self.skew + timedelta(seconds=1)
+            )
             if not fresh:
                 raise unauthorized("replayed request: this signed request was already accepted")
         return collection, body
@@ -269,7 +271,9 @@ def create_router(
                 raise ApiError(404, f"no image {start!r} in this collection to start from", image_id=start)
             rows, next_id = page
             listed = [{"id": i.image_id, "image_time": i.image_time.isoformat()} for i in rows]
-            return answer(200, "OK", collection_id=images.collection.collection_id, images=listed, next_image_id=next_id)
+            return answer(
+                200, "OK", collection_id=images.collection.collection_id, images=listed, next_image_id=next_id
+            )
 
         return await serve(request, work)
 
@@ -291,12 +295,16 @@ def create_router(
     async def search_by_upload(request: Request) -> JSONResponse:
         def work(images: CollectionImages, body: bytes) -> JSONResponse:
             info = store.inspector.inspect(body)  # inspected only: nothing is stored
-            matches = [] if info.flat else images.similar(info.perceptual_hash, info.algorithm, search_distance, SEARCH_LIMIT)
+            matches = (
+                [] if info.flat else images.similar(info.perceptual_hash, info.algorithm, search_distance, SEARCH_LIMIT)
+            )
             return answer(200, "OK", collection_id=images.collection.collection_id, results=results(matches))
 
         return await serve(request, work)
 
-    @router.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"], include_in_schema=False)
+    @router.api_route(
+        "/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD"], include_in_schema=False
+    )
     async def unknown(request: Request, rest: str) -> JSONResponse:
         return answer(404, f"no such call: {request.method} /{rest}")
 

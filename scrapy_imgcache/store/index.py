@@ -149,7 +149,7 @@ class HammingIndex:
         dists = dists[first]
         order = np.lexsort((ids, dists))
         removed = self._removed
-        return [(int(i), int(d)) for i, d in zip(ids[order], dists[order]) if int(i) not in removed]
+        return [(int(i), int(d)) for i, d in zip(ids[order], dists[order], strict=True) if int(i) not in removed]
 
     def _candidates(self, value: np.uint64, max_distance: int) -> np.ndarray:
         """Positions in the raveled per-chunk arrays of every row sharing a chunk within
@@ -169,9 +169,7 @@ class HammingIndex:
         return np.arange(total) + shift
 
 
-def _scan(
-    ids: np.ndarray, hashes: np.ndarray, q: np.uint64, max_distance: int, found_ids: list, found_d: list
-) -> None:
+def _scan(ids: np.ndarray, hashes: np.ndarray, q: np.uint64, max_distance: int, found_ids: list, found_d: list) -> None:
     """Append the ids and distances of every hash within ``max_distance`` of ``q``."""
     dist = popcount(hashes ^ q)
     hit = np.flatnonzero(dist <= max_distance)
@@ -185,4 +183,4 @@ def linear_scan(ids: np.ndarray, hashes: np.ndarray, value: int, max_distance: i
     hit = dist <= max_distance
     sel_ids, sel_d = ids[hit], dist[hit]
     order = np.lexsort((sel_ids, sel_d))
-    return [(int(i), int(d)) for i, d in zip(sel_ids[order], sel_d[order])]
+    return [(int(i), int(d)) for i, d in zip(sel_ids[order], sel_d[order], strict=True)]

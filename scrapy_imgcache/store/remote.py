@@ -78,7 +78,10 @@ class RemoteStore:
     def from_config(cls, config: ImgCacheConfig) -> RemoteStore:
         """The service ``IMGCACHE_URL`` names, with ``IMGCACHE_API_KEY``, ``_TIMEOUT`` and ``_RETRIES``."""
         return cls(
-            config.url, inspector=config.inspector(), api_key=config.api_key, timeout=config.timeout,
+            config.url,
+            inspector=config.inspector(),
+            api_key=config.api_key,
+            timeout=config.timeout,
             retries=config.retries,
         )
 
@@ -118,7 +121,10 @@ class RemoteStore:
         if reason in INVALID_BY_REASON:
             return INVALID_BY_REASON[reason](detail)
         if resp.status_code in (401, 403):
-            return StoreError(f"imgcache service at {self.url} refused {method} {path}: {resp.status_code} {detail} (check IMGCACHE_API_KEY)")
+            return StoreError(
+                f"imgcache service at {self.url} refused {method} {path}: {resp.status_code} {detail}"
+                " (check IMGCACHE_API_KEY)"
+            )
         # a 422 here is input a local store would take (a URL over the service's length limit,
         # say): a StoreError, so IMGCACHE_ON_STORE_ERROR decides, as for any service trouble
         return StoreError(f"imgcache service at {self.url}: {method} {path} answered {resp.status_code}: {detail}")
@@ -193,7 +199,12 @@ class RemoteStore:
         validate_bucket(bucket)
         if not HASH_RE.match(content_hash):
             return None
-        form: dict[str, Any] = {"url": url, "client_name": client_name, "bucket": bucket, "saved_bytes": str(saved_bytes)}
+        form: dict[str, Any] = {
+            "url": url,
+            "client_name": client_name,
+            "bucket": bucket,
+            "saved_bytes": str(saved_bytes),
+        }
         optional = {
             "lookup_time": lookup_time.isoformat() if lookup_time else None,
             "etag": etag,
@@ -324,6 +335,7 @@ def _detail(resp: httpx.Response) -> str:
 def _flatten(detail: Any) -> str:
     if isinstance(detail, list):  # validation errors: where and what
         return "; ".join(
-            f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg', '')}" if isinstance(d, dict) else str(d) for d in detail
+            f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg', '')}" if isinstance(d, dict) else str(d)
+            for d in detail
         )
     return str(detail)

@@ -141,25 +141,25 @@ class SqlStore:
         lookup_time = as_utc(lookup_time) if lookup_time else now
         key = blob_key(info.content_hash, info.extension)
         self.blobs.put(key, data)  # bytes first: a row never points at nothing
-        values = dict(
-            bucket=bucket,
-            content_hash=info.content_hash,
-            content_type=info.content_type,
-            file_size=info.size,
-            width=info.width,
-            height=info.height,
-            perceptual_hash=info.perceptual_hash,
-            phash_int=to_signed(int(info.perceptual_hash, 16)),
-            hash_algorithm=info.algorithm,
-            flat=info.flat,
-            blob_key=key,
-            original_filename=(filename or None) and filename[:255],
-            client_name=client_name[:255],
-            lookup_time=lookup_time,
-            created_at=now,
-            similar_to=similar_to,
-            similar_distance=similar_distance,
-        )
+        values = {
+            "bucket": bucket,
+            "content_hash": info.content_hash,
+            "content_type": info.content_type,
+            "file_size": info.size,
+            "width": info.width,
+            "height": info.height,
+            "perceptual_hash": info.perceptual_hash,
+            "phash_int": to_signed(int(info.perceptual_hash, 16)),
+            "hash_algorithm": info.algorithm,
+            "flat": info.flat,
+            "blob_key": key,
+            "original_filename": (filename or None) and filename[:255],
+            "client_name": client_name[:255],
+            "lookup_time": lookup_time,
+            "created_at": now,
+            "similar_to": similar_to,
+            "similar_distance": similar_distance,
+        }
         with self._write() as conn:
             image_id = self._insert_ignore(conn, ImageRow, values)
             created = image_id is not None
@@ -258,9 +258,7 @@ class SqlStore:
                 return False
             conn.execute(delete(UrlRow).where(UrlRow.image_id == row.id))
             conn.execute(delete(ImageRow).where(ImageRow.id == row.id))
-            still_used = conn.execute(
-                select(ImageRow.id).where(ImageRow.content_hash == content_hash).limit(1)
-            ).first()
+            still_used = conn.execute(select(ImageRow.id).where(ImageRow.content_hash == content_hash).limit(1)).first()
         self._index.forget(row.id)
         if still_used is None:  # the same bytes may live on in another bucket
             self.remove_blob(row.blob_key)
@@ -278,9 +276,7 @@ class SqlStore:
             return False
         self.blobs.delete(key)
         with self.engine.connect() as conn:
-            used = conn.execute(
-                select(ImageRow.id).where(ImageRow.content_hash == hash_of_key(key)).limit(1)
-            ).first()
+            used = conn.execute(select(ImageRow.id).where(ImageRow.content_hash == hash_of_key(key)).limit(1)).first()
         if used is not None:
             self.blobs.put(key, data)
             return False
@@ -299,12 +295,12 @@ class SqlStore:
         if self._dialect in ("mysql", "mariadb"):
             result = conn.execute(insert_ignore_stmt(self._dialect, model.__table__), values)
             return result.inserted_primary_key[0] if result.rowcount == 1 else None
-        else:  # pragma: no cover - other dialects: plain insert, duplicate key means "exists"
-            try:
-                with conn.begin_nested():
-                    return conn.execute(model.__table__.insert().values(**values)).inserted_primary_key[0]
-            except IntegrityError:
-                return None
+        # pragma: no cover - other dialects: plain insert, duplicate key means "exists"
+        try:
+            with conn.begin_nested():
+                return conn.execute(model.__table__.insert().values(**values)).inserted_primary_key[0]
+        except IntegrityError:
+            return None
 
     def _upsert_url(self, conn: Any, **values: Any) -> None:
         values["url_hash"] = content_hash(values["url"].encode("utf-8", "surrogatepass"))
@@ -340,8 +336,13 @@ class SqlStore:
             return Answer(entry, None)
         if client_name and entry.client_name != client_name[:255]:
             self.record_url(
-                entry.content_hash, url=url, client_name=client_name, bucket=bucket, lookup_time=entry.lookup_time,
-                etag=entry.etag, last_modified=entry.last_modified,
+                entry.content_hash,
+                url=url,
+                client_name=client_name,
+                bucket=bucket,
+                lookup_time=entry.lookup_time,
+                etag=entry.etag,
+                last_modified=entry.last_modified,
             )
         return Answer(entry, body)
 
@@ -445,9 +446,8 @@ class SqlStore:
                     elif dup == "similar":
                         target.similar_duplicates += int(n)
                         target.similar_bytes_saved += int(saved)
-            stmt = (
-                select(ImageRow.bucket, ImageRow.client_name, func.count(), func.sum(ImageRow.file_size))
-                .group_by(ImageRow.bucket, ImageRow.client_name)
+            stmt = select(ImageRow.bucket, ImageRow.client_name, func.count(), func.sum(ImageRow.file_size)).group_by(
+                ImageRow.bucket, ImageRow.client_name
             )
             for bucket, client, n, size in conn.execute(stmt):
                 per = out[bucket].clients.setdefault(client, Usage(bucket))
@@ -520,9 +520,7 @@ class SqlStore:
     def expired(self, older_than: datetime, bucket: str | None = None) -> list[Entry]:
         """Images no URL has been seen at since ``older_than``."""
         newest = (
-            select(UrlRow.image_id, func.max(UrlRow.lookup_time).label("seen"))
-            .group_by(UrlRow.image_id)
-            .subquery()
+            select(UrlRow.image_id, func.max(UrlRow.lookup_time).label("seen")).group_by(UrlRow.image_id).subquery()
         )
         stmt = select(ImageRow.id).join(newest, newest.c.image_id == ImageRow.id).where(newest.c.seen < older_than)
         if bucket is not None:

@@ -110,7 +110,9 @@ IMAGE_ID = select(ImageRow.id).where(*BY_HASH)
 BLOB_KEY = select(ImageRow.blob_key).where(*BY_HASH)
 LOOKUP = (
     joined()
-    .where(UrlRow.bucket == bindparam("bucket"), UrlRow.url_hash == bindparam("url_hash"), UrlRow.url == bindparam("url"))
+    .where(
+        UrlRow.bucket == bindparam("bucket"), UrlRow.url_hash == bindparam("url_hash"), UrlRow.url == bindparam("url")
+    )
     .order_by(*NEWEST_FIRST)
     .limit(1)
 )

@@ -94,8 +94,10 @@ def test_two_sqlite_caches_in_one_folder_never_delete_each_others_files(project:
     a, b = distinct_images(2)
     stores = {}
     for name, img in (("one", a), ("two", b)):
-        store = SqlStore(f"sqlite:///{folder / name}.sqlite3", ImgCacheConfig.from_settings(
-            {"IMGCACHE_URL": f"sqlite:///{folder / name}.sqlite3"}).files_store)
+        store = SqlStore(
+            f"sqlite:///{folder / name}.sqlite3",
+            ImgCacheConfig.from_settings({"IMGCACHE_URL": f"sqlite:///{folder / name}.sqlite3"}).files_store,
+        )
         stores[name] = store.put(encode(img), url=f"https://x.example/{name}.jpg", client_name="t").entry
         assert make_thumbnails(store, stores[name].content_hash, encode(img), {"small": (50, 50)})
         store.close()
@@ -117,7 +119,9 @@ def test_two_sqlite_caches_in_one_folder_never_delete_each_others_files(project:
 def test_a_second_cache_cannot_use_a_folder_another_cache_owns(project: Project):
     shared = project.root / "shared-files"
     SqlStore(f"sqlite:///{project.root / 'one.sqlite3'}", str(shared)).close()
-    _settings(project, f"IMGCACHE_URL = {f'sqlite:///{project.root}/two.sqlite3'!r}\nIMGCACHE_FILES_STORE = {str(shared)!r}\n")
+    _settings(
+        project, f"IMGCACHE_URL = {f'sqlite:///{project.root}/two.sqlite3'!r}\nIMGCACHE_FILES_STORE = {str(shared)!r}\n"
+    )
     for command in ("imgcache-gc", "imgcache-stats"):
         proc = project.run(command, "--dry-run") if command == "imgcache-gc" else project.run(command)
         assert_one_line_error(proc, 3, "belong to another cache", "one.sqlite3", "IMGCACHE_FILES_STORE")

@@ -19,7 +19,7 @@ def image_server(filled: Filled) -> Iterator[str]:
     """``/query.jpg`` is a near-duplicate of photo A; anything else is a 404."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             if self.path == "/query.jpg":
                 self.send_response(200)
                 self.send_header("Content-Type", "image/jpeg")

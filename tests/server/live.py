@@ -60,7 +60,9 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def running(command: Sequence[str], url: str, workdir: Path, files: Path, env: dict[str, str] | None = None) -> Iterator[LiveServer]:
+def running(
+    command: Sequence[str], url: str, workdir: Path, files: Path, env: dict[str, str] | None = None
+) -> Iterator[LiveServer]:
     """Run ``command`` until the block ends; it must answer ``{url}/health``."""
     log = workdir / f"server-{url.rsplit(':', 1)[-1]}.log"
     with log.open("wb") as out:

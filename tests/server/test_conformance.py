@@ -123,7 +123,7 @@ def test_search_by_substring(client, bucket):
     token = uuid.uuid4().hex
     images = fresh_jpegs(3)
     urls = [f"https://shop.example/{token}/products/{i}.jpg" for i in range(3)]
-    for url, data in zip(urls, images):
+    for url, data in zip(urls, images, strict=True):
         client.store(url, data, "spider", bucket)
     client.store(f"https://shop.example/{token}/other/x.jpg", fresh_jpegs(1)[0], "spider", bucket)
     found = client.search(url_contains=f"{token}/products", bucket=bucket or None)

@@ -21,7 +21,10 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_metrics_count_requests_by_route_template_and_uploads_by_outcome(tmp_path):
-    with imgcache_server(f"sqlite:///{tmp_path / 'c.sqlite3'}", tmp_path) as server, httpx.Client(base_url=server.url) as http:
+    with (
+        imgcache_server(f"sqlite:///{tmp_path / 'c.sqlite3'}", tmp_path) as server,
+        httpx.Client(base_url=server.url) as http,
+    ):
         (data,) = fresh_jpegs(1)
         for _ in range(2):
             http.post("/images", data={"url": fresh_url(), "client_name": "s"}, files={"file": ("a.jpg", data)})

@@ -104,7 +104,17 @@ def test_schema_requires_every_field_of_the_entry_contract(fuzzed):
     schema = httpx.get(f"{fuzzed.url}/openapi.json").json()
     entry = schema["components"]["schemas"]["EntryOut"]
     assert set(entry["required"]) == {
-        "url", "content_hash", "content_type", "file_size_bytes", "original_filename", "width", "height",
-        "perceptual_hash", "client_name", "lookup_time", "created_at", "bucket",
+        "url",
+        "content_hash",
+        "content_type",
+        "file_size_bytes",
+        "original_filename",
+        "width",
+        "height",
+        "perceptual_hash",
+        "client_name",
+        "lookup_time",
+        "created_at",
+        "bucket",
     }
     assert entry["additionalProperties"] is True

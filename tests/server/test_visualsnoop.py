@@ -28,13 +28,6 @@ from PIL import Image
 from scrapy_imgcache.hashing import Inspector, content_hash, hamming
 from scrapy_imgcache.server.visualsnoop import signature
 from scrapy_imgcache.store.sql import SqlStore
-
-from .live import SERVER_BIN, LiveServer, imgcache_server
-
-base64.encodestring = base64.encodebytes  # type: ignore[attr-defined]  # the client's one wart (see the spec)
-from visualsnoop.auth import VisualSnoopHMACAuth  # noqa: E402
-from visualsnoop.models import Collection  # noqa: E402
-
 from tests.helpers import (
     distinct_images,
     distinct_jpegs,
@@ -44,6 +37,12 @@ from tests.helpers import (
     noise_bytes,
     postgres_database,
 )
+
+from .live import SERVER_BIN, LiveServer, imgcache_server
+
+base64.encodestring = base64.encodebytes  # type: ignore[attr-defined]  # the client's one wart (see the spec)
+from visualsnoop.auth import VisualSnoopHMACAuth  # noqa: E402
+from visualsnoop.models import Collection  # noqa: E402
 
 SECRETS_KEY = "test-secrets-key-" + "k" * 24
 SKEW = 60
@@ -82,7 +81,9 @@ class Deployment:
             check=True,
         )
         data = json.loads(out.stdout)
-        return Keys(data["collection_id"], data["name"], data["bucket"], data["user"], data["public_key"], data["secret_key"])
+        return Keys(
+            data["collection_id"], data["name"], data["bucket"], data["user"], data["public_key"], data["secret_key"]
+        )
 
     def client(self, keys: Keys) -> Collection:
         return Collection(keys.public_key, keys.secret_key, endpoint=self.endpoint)
@@ -190,7 +191,12 @@ def test_delete_and_unknown_ids(deployment, coll, keys):
     assert deployment.cached(keys) == []
     # (deleting "gone" again inside the same second would be a byte-identical signed DELETE:
     # refused as a replay, see test_replayed_post_is_refused_but_repeated_reads_are_not)
-    unknown = (coll.get_image("gone"), coll.search_images_by_id("gone"), coll.get_image("never"), coll.delete_image("never"))
+    unknown = (
+        coll.get_image("gone"),
+        coll.search_images_by_id("gone"),
+        coll.get_image("never"),
+        coll.delete_image("never"),
+    )
     for answer in unknown:
         assert answer["status"] == 404 and answer["message"]
 
@@ -337,7 +343,10 @@ def test_the_signature_helper_matches_the_client(deployment, keys):
             {"Authorization": "VSHMAC ünïcode:AAAA".encode(), "Date": formatdate(usegmt=True)}, id="non-ascii"
         ),
         pytest.param(
-            {"Authorization": "VSHMAC 0123456789abcdef0123:AAAAAAAAAAAAAAAAAAAAAAAAAAA=", "Date": formatdate(usegmt=True)},
+            {
+                "Authorization": "VSHMAC 0123456789abcdef0123:AAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                "Date": formatdate(usegmt=True),
+            },
             id="unknown-key",
         ),
     ],
@@ -351,7 +360,9 @@ def test_wrong_secret_wrong_path_and_stale_dates_are_refused(deployment, keys):
     url = deployment.endpoint + "/collection"
     other = deployment.create()
     assert httpx.get(url, headers=signed_headers(keys, "GET", PREFIX + "/collection")).status_code == 200
-    wrong_secret = signed_headers(Keys(**{**keys.__dict__, "secret_key": other.secret_key}), "GET", PREFIX + "/collection")
+    wrong_secret = signed_headers(
+        Keys(**{**keys.__dict__, "secret_key": other.secret_key}), "GET", PREFIX + "/collection"
+    )
     assert_refused(httpx.get(url, headers=wrong_secret))
     assert_refused(httpx.get(url, headers=signed_headers(keys, "GET", "/collection")))  # mount prefix left out
     assert_refused(httpx.get(url, headers=signed_headers(keys, "POST", PREFIX + "/collection")))
@@ -444,7 +455,9 @@ def test_oversized_stream_without_length_is_cut_off(deployment, coll, keys):
             yield b"\xff" * 65536
 
     response = requests.post(
-        deployment.endpoint + "/image/streamed", data=chunks(), auth=VisualSnoopHMACAuth(keys.public_key, keys.secret_key)
+        deployment.endpoint + "/image/streamed",
+        data=chunks(),
+        auth=VisualSnoopHMACAuth(keys.public_key, keys.secret_key),
     )
     assert_refused(response, 413)
     assert deployment.cached(keys) == []
@@ -456,5 +469,10 @@ def test_id_of_100_characters_is_fine_and_bad_listing_parameters_are_refused(dep
     assert coll.get_image(long_id)["image_id"] == long_id
     assert coll.get_image("i" * 101)["status"] == 400
     auth = VisualSnoopHMACAuth(keys.public_key, keys.secret_key)
-    for params, status in (({"count": "abc"}, 400), ({"count": "0"}, 400), ({"count": "100000"}, 400), ({"start": "nope"}, 404)):
+    for params, status in (
+        ({"count": "abc"}, 400),
+        ({"count": "0"}, 400),
+        ({"count": "100000"}, 400),
+        ({"start": "nope"}, 404),
+    ):
         assert_refused(requests.get(deployment.endpoint + "/images", params=params, auth=auth), status)

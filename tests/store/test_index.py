@@ -72,9 +72,9 @@ def check_against_scan(ops, min_tail: int, scan_below: int) -> None:
                 if op == "add_many":
                     index.add_many(np.array(ids, dtype=np.int64), np.array(arg, dtype=np.uint64))
                 else:
-                    for row_id, value in zip(ids, arg):
+                    for row_id, value in zip(ids, arg, strict=True):
                         index.add(row_id, value)
-                model.update(zip(ids, arg))
+                model.update(zip(ids, arg, strict=True))
             elif op == "remove":
                 for row_id in arg:
                     index.remove(row_id)

@@ -98,7 +98,12 @@ def test_record_url_records_a_sighting_in_one_small_request(remote, bucket):
     new_url = fresh_url("seen-again")
     requests = sent(remote)
     recorded = remote.record_url(
-        entry.content_hash, url=new_url, client_name="s2", bucket=bucket, etag='"e"', duplicate="exact",
+        entry.content_hash,
+        url=new_url,
+        client_name="s2",
+        bucket=bucket,
+        etag='"e"',
+        duplicate="exact",
         saved_bytes=len(data),
     )
     assert [(r.method, r.url.path) for r in requests] == [("POST", f"/images/urls/{entry.content_hash}")]
@@ -118,7 +123,9 @@ def test_a_cache_hit_is_one_request(remote, bucket):
     url = fresh_url()
     remote.put(data, url=url, client_name="spider-a", bucket=bucket)
     requests = sent(remote)
-    answer = remote.answer(url, bucket=bucket, client_name="spider-b", fresh_since=datetime(2000, 1, 1, tzinfo=timezone.utc))
+    answer = remote.answer(
+        url, bucket=bucket, client_name="spider-b", fresh_since=datetime(2000, 1, 1, tzinfo=timezone.utc)
+    )
     assert len(requests) == 1
     assert answer is not None and answer.body == data and answer.entry.content_hash == content_hash(data)
     assert sorted(e.client_name for e in remote.urls(content_hash(data), bucket)) == ["spider-a", "spider-b"]
@@ -144,7 +151,10 @@ def test_listing_bytes_present_and_garbage_collection_over_http(remote, bucket, 
 
 def test_similar_nearest_first(remote, bucket):
     original = distinct_images(1, size=(320, 240))[0]
-    stored = [remote.put(d, url=fresh_url(n), client_name="s", bucket=bucket).entry for n, d in near_duplicates(original).items()]
+    stored = [
+        remote.put(d, url=fresh_url(n), client_name="s", bucket=bucket).entry
+        for n, d in near_duplicates(original).items()
+    ]
     base = remote.put(encode(original, "PNG"), url=fresh_url(), client_name="s", bucket=bucket).entry
     hits = remote.similar(base.perceptual_hash, 10, bucket)
     assert [h.hamming_distance for h in hits] == sorted(h.hamming_distance for h in hits)
@@ -179,7 +189,7 @@ def test_api_keys(tmp_path):
         try:
             entry = writer.put(data, url=fresh_url(), client_name="s").entry
             assert reader.get_bytes(entry.content_hash) == data
-            with pytest.raises(StoreError, match="403.*IMGCACHE_API_KEY"):
+            with pytest.raises(StoreError, match=r"403.*IMGCACHE_API_KEY"):
                 reader.put(data, url=fresh_url(), client_name="s")
             with pytest.raises(StoreError, match="401"):
                 anonymous.get_meta(entry.content_hash)
@@ -191,7 +201,7 @@ def test_api_keys(tmp_path):
 def test_service_down_is_a_quick_store_error():
     store = RemoteStore(f"http://127.0.0.1:{free_port()}", timeout=2, retries=2, backoff=0.05)
     start = time.monotonic()
-    with pytest.raises(StoreError, match="cannot connect.*after 3 attempt"):
+    with pytest.raises(StoreError, match=r"cannot connect.*after 3 attempt"):
         store.get_meta("0" * 64)
     assert time.monotonic() - start < 5
     assert store.health() is False
@@ -206,7 +216,7 @@ def test_stuck_service_times_out():
     try:
         store = RemoteStore(f"http://127.0.0.1:{port}", timeout=0.5, retries=1, backoff=0.05)
         start = time.monotonic()
-        with pytest.raises(StoreError, match="timed out.*after 2 attempt"):
+        with pytest.raises(StoreError, match=r"timed out.*after 2 attempt"):
             store.put(b"x", url=fresh_url(), client_name="s")
         assert time.monotonic() - start < 4
     finally:
@@ -219,7 +229,7 @@ class _Flaky(http.server.BaseHTTPRequestHandler):
     failures = 0
     seen = 0
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         type(self).seen += 1
         status = 503 if type(self).seen <= type(self).failures else 404
         body = b'{"error": "x", "detail": "flaky"}'
@@ -286,7 +296,7 @@ def test_remote_and_local_views_agree(live, tmp_path, bucket):
 
 def test_input_the_service_refuses_is_a_store_error(remote, bucket):
     (data,) = fresh_jpegs(1)
-    with pytest.raises(StoreError, match="answered 422: body.url: String should have at most 8192"):
+    with pytest.raises(StoreError, match=r"answered 422: body\.url: String should have at most 8192"):
         remote.put(data, url="https://e.example/" + "a" * 9000, client_name="s", bucket=bucket)
     with pytest.raises(StoreError, match="answered 422"):
         remote.lookup("a\x00b", bucket)

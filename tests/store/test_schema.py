@@ -40,7 +40,7 @@ def test_first_use_creates_the_versioned_schema(db_url, tmp_path):
         assert current_revision(engine) is None
         assert not TABLES & set(inspect(engine).get_table_names())
         SqlStore(db_url, str(tmp_path / "files")).close()
-        assert TABLES <= set(inspect(engine).get_table_names())
+        assert set(inspect(engine).get_table_names()) >= TABLES
         assert current_revision(engine) == HEAD
         ensure_schema(engine)  # again: nothing to do, nothing breaks
     finally:
@@ -126,7 +126,7 @@ def test_an_unreachable_database_and_a_failing_migration_say_which_it_was(tmp_pa
     with engine.begin() as conn:  # a table of that name, not ours, in the way of the first migration
         conn.execute(text("CREATE TABLE imgcache_urls (x INTEGER)"))
         conn.execute(text("CREATE VIEW imgcache_images AS SELECT 1 AS id"))
-    with pytest.raises(StoreError, match="creating or migrating the cache schema .* failed"):
+    with pytest.raises(StoreError, match=r"creating or migrating the cache schema .* failed"):
         ensure_schema(engine)
     engine.dispose()
 

@@ -91,7 +91,7 @@ def test_a_changed_url_keeps_every_version_and_lookup_gives_the_latest(store):
 
 def test_search_matches_substrings_with_wildcards_taken_literally(store):
     urls = ["https://x.example/a%b.jpg", "https://x.example/a_b.jpg", "https://x.example/axb.jpg"]
-    for data, url in zip(JPEGS, urls):
+    for data, url in zip(JPEGS, urls, strict=True):
         put(store, data, url)
     assert [e.url for e in store.search("a%b")] == [urls[0]]
     assert [e.url for e in store.search("a_b")] == [urls[1]]
@@ -103,7 +103,9 @@ def test_search_matches_substrings_with_wildcards_taken_literally(store):
 def test_similar_finds_near_duplicates_nearest_first(store):
     original = distinct_images(1)[0]
     stored = put(store, encode(original), "https://a.example/orig.jpg").entry
-    copies = {name: put(store, data, f"https://b.example/{name}").entry for name, data in near_duplicates(original).items()}
+    copies = {
+        name: put(store, data, f"https://b.example/{name}").entry for name, data in near_duplicates(original).items()
+    }
     far = put(store, JPEGS[3], "https://c.example/far.jpg").entry
     assert hamming(far.perceptual_hash, stored.perceptual_hash) > 10  # a different photo
     found = store.similar(stored.perceptual_hash, 10)
@@ -176,8 +178,14 @@ def test_a_blob_removed_while_a_row_for_it_commits_is_put_back(store):
 
 def test_usage_counts_annotated_near_duplicates_for_their_client(store):
     original = put(store, JPEGS[0], "https://a.example/1.jpg", client_name="shop").entry
-    put(store, JPEGS[1], "https://b.example/1.jpg", client_name="blog",
-        similar_to=original.content_hash, similar_distance=2)
+    put(
+        store,
+        JPEGS[1],
+        "https://b.example/1.jpg",
+        client_name="blog",
+        similar_to=original.content_hash,
+        similar_distance=2,
+    )
     (usage,) = store.usage()
     assert usage.similar_duplicates == 1
     assert usage.clients["blog"].similar_duplicates == 1 and usage.clients["shop"].similar_duplicates == 0
@@ -335,8 +343,14 @@ def test_store_behaves_like_a_dict_model(ops):
                 if op == "put":
                     i, url, bucket = args
                     chash = infos[i].content_hash
-                    result = store.put(POOL[i], url=url, client_name="m", bucket=bucket, info=infos[i],
-                                       lookup_time=T0 + timedelta(seconds=step))
+                    result = store.put(
+                        POOL[i],
+                        url=url,
+                        client_name="m",
+                        bucket=bucket,
+                        info=infos[i],
+                        lookup_time=T0 + timedelta(seconds=step),
+                    )
                     assert result.created == ((bucket, chash) not in images)
                     images[bucket, chash] = i
                     seen.setdefault((bucket, url), {})[chash] = step
@@ -404,8 +418,11 @@ def test_a_failed_write_keeps_its_own_error_and_leaves_the_store_usable(store):
     class Boom(Exception):
         pass
 
-    with pytest.raises(Boom):
+    def fail_after_sqlite_rolled_back() -> None:
         with store._write() as conn:
             conn.exec_driver_sql("ROLLBACK")  # what SQLite does itself after some errors
             raise Boom()
+
+    with pytest.raises(Boom):
+        fail_after_sqlite_rolled_back()
     assert put(store, JPEGS[0], "https://a.example/after.jpg").created

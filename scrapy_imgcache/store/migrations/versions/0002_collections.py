@@ -49,7 +49,9 @@ def upgrade() -> None:
     steps.create_index(
         "ix_imgcache_collection_images_hash", "imgcache_collection_images", ["collection_id", "content_hash"]
     )
-    steps.create_index("ix_imgcache_collection_images_time", "imgcache_collection_images", ["collection_id", "image_time"])
+    steps.create_index(
+        "ix_imgcache_collection_images_time", "imgcache_collection_images", ["collection_id", "image_time"]
+    )
     steps.create_index("ix_imgcache_images_bucket_created", "imgcache_images", ["bucket", "created_at", "id"])
     steps.create_table(
         "imgcache_collection_requests",
