@@ -91,7 +91,7 @@ def test_a_changed_url_keeps_every_version_and_lookup_gives_the_latest(store):
 
 def test_search_matches_substrings_with_wildcards_taken_literally(store):
     urls = ["https://x.example/a%b.jpg", "https://x.example/a_b.jpg", "https://x.example/axb.jpg"]
-    for data, url in zip(JPEGS, urls, strict=True):
+    for data, url in zip(JPEGS[: len(urls)], urls, strict=True):
         put(store, data, url)
     assert [e.url for e in store.search("a%b")] == [urls[0]]
     assert [e.url for e in store.search("a_b")] == [urls[1]]
