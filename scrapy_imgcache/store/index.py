@@ -46,7 +46,8 @@ def to_signed(value: int) -> int:
 
 
 def popcount(values: np.ndarray) -> np.ndarray:
-    return np.bitwise_count(values)
+    counts: np.ndarray = np.bitwise_count(values)  # numpy types ufunc results as Any
+    return counts
 
 
 class HammingIndex:
@@ -129,7 +130,8 @@ class HammingIndex:
     def query(self, value: int, max_distance: int) -> list[tuple[int, int]]:
         """(row id, distance) of every hash within ``max_distance`` bits, nearest first."""
         q = np.uint64(value & 0xFFFFFFFFFFFFFFFF)
-        found_ids, found_d = [], []
+        found_ids: list[np.ndarray] = []
+        found_d: list[np.ndarray] = []
         if len(self._ids):
             if max_distance // _CHUNKS > _SCAN_RADIUS or len(self._ids) < _SCAN_BELOW:  # cheaper than probing
                 _scan(self._ids, self._hashes, q, max_distance, found_ids, found_d)
@@ -166,10 +168,18 @@ class HammingIndex:
             return np.empty(0, dtype=np.int64)
         # start..start+length-1 of every probe, without a Python loop
         shift = np.repeat(starts - np.concatenate(([0], np.cumsum(lengths)[:-1])), lengths)
-        return np.arange(total) + shift
+        positions: np.ndarray = np.arange(total) + shift
+        return positions
 
 
-def _scan(ids: np.ndarray, hashes: np.ndarray, q: np.uint64, max_distance: int, found_ids: list, found_d: list) -> None:
+def _scan(
+    ids: np.ndarray,
+    hashes: np.ndarray,
+    q: np.uint64,
+    max_distance: int,
+    found_ids: list[np.ndarray],
+    found_d: list[np.ndarray],
+) -> None:
     """Append the ids and distances of every hash within ``max_distance`` of ``q``."""
     dist = popcount(hashes ^ q)
     hit = np.flatnonzero(dist <= max_distance)

@@ -9,6 +9,7 @@ applications. The schema is versioned with Alembic (``scrapy_imgcache/migrations
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING, ClassVar
 
 from sqlalchemy import (
     BigInteger,
@@ -26,6 +27,9 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from .base import BUCKET_LENGTH
+
+if TYPE_CHECKING:
+    from sqlalchemy import Table
 
 #: BIGINT everywhere, but INTEGER on SQLite so that the key is the rowid (AUTOINCREMENT
 #: keeps ids of deleted rows from being reused, which the similarity index relies on).
@@ -57,7 +61,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class Base(DeclarativeBase):
-    pass
+    if TYPE_CHECKING:  # every model here declares a __tablename__, so it is mapped to a Table
+        __table__: ClassVar[Table]
 
 
 class ImageRow(Base):

@@ -313,7 +313,8 @@ class RemoteStore:
     def health(self) -> bool:
         """True when the service answers ``/health`` (one attempt, no retries)."""
         try:
-            return self._http.get("/health").json() == {"status": "ok"}
+            answer: object = self._http.get("/health").json()
+            return answer == {"status": "ok"}
         except (httpx.HTTPError, ValueError):
             return False
 

@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event, insert, select, text
 from sqlalchemy.engine import URL, make_url
@@ -35,6 +35,11 @@ from sqlalchemy.exc import (
 )
 
 from ..errors import ConfigError, StoreError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from sqlalchemy import Connection
 
 logger = logging.getLogger(__name__)
 VERSION_TABLE = "imgcache_alembic_version"
@@ -277,12 +282,15 @@ class WriteTransaction:
     ``begin_sql`` … ``COMMIT`` (or ``ROLLBACK``); see ``schema.make_writing_engine``.
     """
 
-    def __init__(self, engine: Any, begin_sql: str | None = None, attempts: int = 5) -> None:
+    _ctx: contextlib.AbstractContextManager[Connection]
+    _conn: Connection
+
+    def __init__(self, engine: Engine, begin_sql: str | None = None, attempts: int = 5) -> None:
         self.engine = engine
         self.begin_sql = begin_sql
         self.attempts = attempts
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Connection:
         last: Exception | None = None
         for attempt in range(self.attempts):
             try:
@@ -292,7 +300,7 @@ class WriteTransaction:
                 time.sleep(0.05 * (attempt + 1))
         raise StoreError(f"database busy: {last}")
 
-    def _begin(self) -> Any:
+    def _begin(self) -> Connection:
         if self.begin_sql is None:
             self._ctx = self.engine.begin()
             return self._ctx.__enter__()
@@ -305,7 +313,9 @@ class WriteTransaction:
         self._conn = conn
         return conn
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
         if self.begin_sql is None:
             return self._ctx.__exit__(exc_type, exc, tb)
         try:

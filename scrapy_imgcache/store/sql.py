@@ -72,7 +72,10 @@ from .statements import (
 )
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection, CursorResult
+
     from ..config import ImgCacheConfig
+    from .models import Base
 
 T = TypeVar("T")
 
@@ -141,6 +144,8 @@ class SqlStore:
         lookup_time = as_utc(lookup_time) if lookup_time else now
         key = blob_key(info.content_hash, info.extension)
         self.blobs.put(key, data)  # bytes first: a row never points at nothing
+        original_filename = (filename or None) and filename[:255]
+        client = client_name[:255]
         values = {
             "bucket": bucket,
             "content_hash": info.content_hash,
@@ -153,8 +158,8 @@ class SqlStore:
             "hash_algorithm": info.algorithm,
             "flat": info.flat,
             "blob_key": key,
-            "original_filename": (filename or None) and filename[:255],
-            "client_name": client_name[:255],
+            "original_filename": original_filename,
+            "client_name": client,
             "lookup_time": lookup_time,
             "created_at": now,
             "similar_to": similar_to,
@@ -186,11 +191,11 @@ class SqlStore:
                 content_hash=info.content_hash,
                 content_type=info.content_type,
                 file_size_bytes=info.size,
-                original_filename=values["original_filename"],
+                original_filename=original_filename,
                 width=info.width,
                 height=info.height,
                 perceptual_hash=info.perceptual_hash,
-                client_name=values["client_name"],
+                client_name=client,
                 lookup_time=lookup_time,
                 created_at=now,
                 bucket=bucket,
@@ -282,27 +287,29 @@ class SqlStore:
             return False
         return True
 
-    def _write(self):  # type: ignore[no-untyped-def]
+    def _write(self) -> WriteTransaction:
         return WriteTransaction(self._writer, self._begin_sql)
 
-    def _image_id(self, conn: Any, bucket: str, chash: str) -> int | None:
-        return conn.execute(IMAGE_ID, {"bucket": bucket, "chash": chash}).scalar()
+    def _image_id(self, conn: Connection, bucket: str, chash: str) -> int | None:
+        image_id: int | None = conn.execute(IMAGE_ID, {"bucket": bucket, "chash": chash}).scalar()
+        return image_id
 
-    def _insert_ignore(self, conn: Any, model: Any, values: dict[str, Any]) -> int | None:
+    def _insert_ignore(self, conn: Connection, model: type[Base], values: dict[str, Any]) -> int | None:
         """Insert unless the unique key exists; the new row's id, or None when it existed."""
         if self._dialect in ("sqlite", "postgresql"):
-            return conn.execute(insert_ignore_stmt(self._dialect, model.__table__), values).scalar()
+            new_id: int | None = conn.execute(insert_ignore_stmt(self._dialect, model.__table__), values).scalar()
+            return new_id
         if self._dialect in ("mysql", "mariadb"):
             result = conn.execute(insert_ignore_stmt(self._dialect, model.__table__), values)
-            return result.inserted_primary_key[0] if result.rowcount == 1 else None
+            return _inserted_id(result) if result.rowcount == 1 else None
         # pragma: no cover - other dialects: plain insert, duplicate key means "exists"
         try:
             with conn.begin_nested():
-                return conn.execute(model.__table__.insert().values(**values)).inserted_primary_key[0]
+                return _inserted_id(conn.execute(model.__table__.insert().values(**values)))
         except IntegrityError:
             return None
 
-    def _upsert_url(self, conn: Any, **values: Any) -> None:
+    def _upsert_url(self, conn: Connection, **values: Any) -> None:
         values["url_hash"] = content_hash(values["url"].encode("utf-8", "surrogatepass"))
         values["client_name"] = values["client_name"][:255]
         values["created_at"] = utcnow()
@@ -382,7 +389,7 @@ class SqlStore:
         return self._read(lambda conn: self._similar(conn, perceptual_hash, max_distance, bucket, limit, algorithm))
 
     def _similar(
-        self, conn: Any, perceptual_hash: str, max_distance: int, bucket: str, limit: int, algorithm: str
+        self, conn: Connection, perceptual_hash: str, max_distance: int, bucket: str, limit: int, algorithm: str
     ) -> list[Entry]:
         out: list[Entry] = []
         hits = self._index.query(bucket, algorithm, int(perceptual_hash, 16), max_distance, conn)
@@ -428,14 +435,14 @@ class SqlStore:
                 )
             ):
                 out[bucket] = Usage(bucket, images=int(n), bytes=int(size))
-            stmt = select(
+            urls_stmt = select(
                 UrlRow.bucket,
                 UrlRow.client_name,
                 UrlRow.duplicate,
                 func.count(),
                 func.coalesce(func.sum(UrlRow.saved_bytes), 0),
             ).group_by(UrlRow.bucket, UrlRow.client_name, UrlRow.duplicate)
-            for bucket, client, dup, n, saved in conn.execute(stmt):
+            for bucket, client, dup, n, saved in conn.execute(urls_stmt):
                 usage = out.setdefault(bucket, Usage(bucket))
                 per = usage.clients.setdefault(client, Usage(bucket))
                 for target in (usage, per):
@@ -446,20 +453,20 @@ class SqlStore:
                     elif dup == "similar":
                         target.similar_duplicates += int(n)
                         target.similar_bytes_saved += int(saved)
-            stmt = select(ImageRow.bucket, ImageRow.client_name, func.count(), func.sum(ImageRow.file_size)).group_by(
-                ImageRow.bucket, ImageRow.client_name
-            )
-            for bucket, client, n, size in conn.execute(stmt):
+            images_stmt = select(
+                ImageRow.bucket, ImageRow.client_name, func.count(), func.sum(ImageRow.file_size)
+            ).group_by(ImageRow.bucket, ImageRow.client_name)
+            for bucket, client, n, size in conn.execute(images_stmt):
                 per = out[bucket].clients.setdefault(client, Usage(bucket))
                 per.images += int(n)
                 per.bytes += int(size or 0)
             # near-duplicates kept in annotate mode count too (their bytes were stored)
-            stmt = (
+            similar_stmt = (
                 select(ImageRow.bucket, ImageRow.client_name, func.count())
                 .where(ImageRow.similar_to.is_not(None))
                 .group_by(ImageRow.bucket, ImageRow.client_name)
             )
-            for bucket, client, n in conn.execute(stmt):
+            for bucket, client, n in conn.execute(similar_stmt):
                 out[bucket].similar_duplicates += int(n)
                 out[bucket].clients.setdefault(client, Usage(bucket)).similar_duplicates += int(n)
         return [out[b] for b in sorted(out)]
@@ -545,7 +552,7 @@ class SqlStore:
         with self.engine.connect() as conn:
             return {image_id: to_entry(row) for image_id, row in self._latest_rows(image_ids, conn).items()}
 
-    def _latest_rows(self, image_ids: Sequence[int], conn: Any) -> dict[int, Any]:
+    def _latest_rows(self, image_ids: Sequence[int], conn: Connection) -> dict[int, Any]:
         """Each image's row joined with its most recent URL record, by image id."""
         if not image_ids:
             return {}
@@ -556,7 +563,7 @@ class SqlStore:
         row = self._read(lambda conn: conn.execute(stmt, params or {}).first())
         return None if row is None else to_entry(row)
 
-    def _read(self, work: Callable[[Any], T]) -> T:
+    def _read(self, work: Callable[[Connection], T]) -> T:
         """``work(connection)`` on the reading pool, which does not ping: a connection the
         server dropped is retried once."""
         try:
@@ -571,6 +578,14 @@ class SqlStore:
     def _all(self, stmt: Select[Any]) -> list[Entry]:
         with self.engine.connect() as conn:
             return [to_entry(r) for r in conn.execute(stmt)]
+
+
+def _inserted_id(result: CursorResult[Any]) -> int:
+    """The id of the row a single-row INSERT added (SQLAlchemy types its key as optional)."""
+    key = result.inserted_primary_key
+    assert key is not None  # only an INSERT of no rows has none
+    new_id: int = key[0]
+    return new_id
 
 
 def _is_blob(key: str) -> bool:
@@ -604,14 +619,14 @@ class _SharedIndex:
                 index.remove(image_id)
 
     def query(
-        self, bucket: str, algorithm: str, value: int, max_distance: int, conn: Any = None
+        self, bucket: str, algorithm: str, value: int, max_distance: int, conn: Connection | None = None
     ) -> list[tuple[int, int]]:
         with self.lock:
             self._refresh(conn)
             index = self.indexes.get((bucket, algorithm))
             return [] if index is None else index.query(value, max_distance)
 
-    def _refresh(self, conn: Any = None) -> None:
+    def _refresh(self, conn: Connection | None = None) -> None:
         now = time.monotonic()
         self.gaps = {i: t for i, t in self.gaps.items() if now - t < self.GAP_TTL}
         stmt = NEW_ROWS[bool(self.gaps), self.store._dialect == "postgresql"]

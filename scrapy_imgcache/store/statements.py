@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import BigInteger, Select, any_, bindparam, func, or_, select, true
 from sqlalchemy.dialects.mysql import insert as mysql_insert
@@ -20,6 +20,9 @@ from sqlalchemy.orm import aliased
 
 from .base import Entry
 from .models import ImageRow, UrlRow
+
+if TYPE_CHECKING:
+    from sqlalchemy import Insert, Table
 
 
 def entry_columns(urls: Any = UrlRow) -> tuple[Any, ...]:
@@ -89,7 +92,7 @@ def latest_rows_stmt(postgres: bool) -> Select[Any]:
     return joined().where(UrlRow.id.in_(latest))
 
 
-def new_rows_stmt(gaps: bool, postgres: bool) -> Select[Any]:
+def new_rows_stmt(gaps: bool, postgres: bool) -> Select[int, str, str, int | None, bool]:
     """Rows past the highest id the index has seen, and the recent ids it is still missing."""
     cond = ImageRow.id > bindparam("high")
     if gaps:
@@ -119,7 +122,7 @@ LOOKUP = (
 
 
 @functools.cache
-def insert_ignore_stmt(dialect: str, table: Any) -> Any:
+def insert_ignore_stmt(dialect: str, table: Table) -> Insert:
     """INSERT unless the unique key exists, values bound at execution (sqlite, postgresql, mysql)."""
     if dialect in ("mysql", "mariadb"):
         return mysql_insert(table).prefix_with("IGNORE")
@@ -127,13 +130,13 @@ def insert_ignore_stmt(dialect: str, table: Any) -> Any:
 
 
 @functools.cache
-def upsert_url_stmt(dialect: str) -> Any:
+def upsert_url_stmt(dialect: str) -> Insert:
     """Insert a URL record, or refresh when it was seen and its validators (same values as inserted)."""
     table = UrlRow.__table__
     refresh = ("lookup_time", "etag", "last_modified")
     if dialect in ("mysql", "mariadb"):
-        ins = mysql_insert(table)
-        return ins.on_duplicate_key_update({k: ins.inserted[k] for k in refresh})
+        my_ins = mysql_insert(table)
+        return my_ins.on_duplicate_key_update({k: my_ins.inserted[k] for k in refresh})
     ins = (sqlite_insert if dialect == "sqlite" else pg_insert)(table)
     return ins.on_conflict_do_update(
         index_elements=["image_id", "url_hash", "client_name"], set_={k: ins.excluded[k] for k in refresh}
