@@ -212,9 +212,10 @@ class FsspecBlobStore:
 
     def get(self, key: str) -> bytes | None:
         try:
-            return self.fs.cat_file(self._path(key))
+            data: bytes = self.fs.cat_file(self._path(key))  # fsspec is untyped
         except FileNotFoundError:
             return None
+        return data
 
     def exists(self, key: str) -> bool:
         return bool(self.fs.exists(self._path(key)))

@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Engine,
@@ -55,6 +55,9 @@ from .store.models import (
     RequestRow,
 )
 from .store.sql import SqlStore
+
+if TYPE_CHECKING:
+    from cryptography.fernet import Fernet
 
 MAX_NAME_LENGTH = 100
 #: what the cache records as the client of images added through the API
@@ -84,7 +87,7 @@ class SecretBox:
     """
 
     def __init__(self, server_key: str | None = None) -> None:
-        self._fernet: Any = None
+        self._fernet: Fernet | None = None
         if server_key:
             if len(server_key) < 16:
                 raise ConfigError(f"{SECRETS_KEY_ENV}: at least 16 characters of random text are expected")

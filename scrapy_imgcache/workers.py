@@ -19,7 +19,6 @@ import os
 import queue
 import threading
 from multiprocessing.connection import Connection
-from typing import Any
 
 from .hashing import ImageInfo, Inspector
 
@@ -77,9 +76,11 @@ class _Worker:
         if self.conn.recv() != "ready":  # pragma: no cover - the worker's own start-up failed
             raise RuntimeError("an imgcache hashing worker failed to start")
 
-    def run(self, data: bytes, content_hash: str) -> Any:
+    def run(self, data: bytes, content_hash: str) -> ImageInfo | Exception:
+        """What the worker sent back: the image's info, or the exception its inspection raised."""
         self.conn.send_bytes(content_hash.encode("ascii") + data)
-        return self.conn.recv()
+        result: ImageInfo | Exception = self.conn.recv()  # unpickled, so typed Any
+        return result
 
     def close(self) -> None:
         self.conn.close()
@@ -98,7 +99,7 @@ def _serve(conn: Connection, inspector: Inspector) -> None:
             return
         chash, data = message[:_HASH_LEN].decode("ascii"), message[_HASH_LEN:]
         try:
-            result: Any = inspector.inspect(data, known_hash=chash)
+            result: ImageInfo | Exception = inspector.inspect(data, known_hash=chash)
         except Exception as exc:
             result = exc
         conn.send(result)

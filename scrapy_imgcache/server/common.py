@@ -7,10 +7,11 @@ schema exact) before it reaches the store or the disk; every refusal is JSON
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import MISSING, fields
 from datetime import datetime, timezone
 from http import HTTPStatus
-from typing import Annotated, Any, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, get_type_hints
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -52,7 +53,13 @@ def _entry_model() -> type[BaseModel]:
     return create_model("EntryOut", __config__=ConfigDict(extra="allow"), **spec)
 
 
-EntryOut = _entry_model()
+if TYPE_CHECKING:  # a model class built at run time; to the checker, a BaseModel of that name
+
+    class EntryOut(BaseModel):
+        pass
+
+else:
+    EntryOut = _entry_model()
 
 
 class ErrorOut(BaseModel):
@@ -81,7 +88,7 @@ def entry_json(entry: Entry, status: int = 200) -> JSONResponse:
     return JSONResponse(entry.to_json(), status_code=status)
 
 
-def error_response(status: int, reason: str, detail: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(status: int, reason: str, detail: Any, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": reason, "detail": detail}, status_code=status, headers=headers)
 
 

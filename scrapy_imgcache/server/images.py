@@ -139,7 +139,7 @@ def _storing(router: APIRouter, svc: Service) -> None:
 
 def _reading(router: APIRouter, svc: Service) -> None:
     store, readers = svc.store, svc.readers
-    entries = {"response_model": list[EntryOut], "responses": errors(401, 422)}
+    listed = errors(401, 422)
 
     @router.get(
         "/images/meta/{content_hash}", dependencies=readers, response_model=EntryOut, responses=errors(401, 404, 422)
@@ -160,7 +160,7 @@ def _reading(router: APIRouter, svc: Service) -> None:
             raise ApiError(404, "not_found", f"no image recorded for that URL in bucket {bucket!r}")
         return entry_json(entry)
 
-    @router.get("/images/search", dependencies=readers, **entries)
+    @router.get("/images/search", dependencies=readers, response_model=list[EntryOut], responses=listed)
     def search(
         url_contains: Annotated[str, Query(min_length=1, max_length=MAX_URL, pattern=TEXT)],
         bucket: Bucket = "",
@@ -169,7 +169,7 @@ def _reading(router: APIRouter, svc: Service) -> None:
         """Entries whose source URL contains the substring, most recent first."""
         return JSONResponse([e.to_json() for e in store.search(url_contains, bucket, limit)])
 
-    @router.get("/images/similar", dependencies=readers, **entries)
+    @router.get("/images/similar", dependencies=readers, response_model=list[EntryOut], responses=listed)
     def similar(
         perceptual_hash: Annotated[str, Query(pattern=PHASH_RE.pattern, description="16 lowercase hex digits")],
         max_hamming_distance: Annotated[int, Query(ge=0, le=MAX_DISTANCE)] = 4,
@@ -181,7 +181,7 @@ def _reading(router: APIRouter, svc: Service) -> None:
         hits = store.similar(perceptual_hash, max_hamming_distance, bucket, limit, algorithm)
         return JSONResponse([e.to_json() for e in hits])
 
-    @router.get("/images/urls/{content_hash}", dependencies=readers, **entries)
+    @router.get("/images/urls/{content_hash}", dependencies=readers, response_model=list[EntryOut], responses=listed)
     def urls(content_hash: ContentHash, bucket: Bucket = "") -> Response:
         """Every URL record of one image, most recent first (an extension; the client has no call)."""
         return JSONResponse([e.to_json() for e in store.urls(content_hash, bucket)])
