@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 #: where the components go; the middleware sits below HttpCompressionMiddleware (590) so it
 #: sees decompressed bodies, and above the downloader-side built-ins it must not bypass
@@ -11,11 +14,38 @@ MIDDLEWARE_PRIORITY = 585
 
 
 class Addon:
-    """Enables :class:`ImgCachePipeline` and :class:`ImgCacheMiddleware` with the defaults."""
+    """Enables :class:`ImgCachePipeline` and :class:`ImgCacheMiddleware` where the project has
+    not configured them itself: a project that lists either (a subclass of the pipeline, say,
+    or the component set to ``None``) keeps exactly what it listed."""
 
     def update_settings(self, settings: Any) -> None:
+        from scrapy.settings import BaseSettings
+
+        from .config import enabled
         from .middleware import ImgCacheMiddleware
         from .pipelines import ImgCachePipeline
 
-        settings.set_in_component_priority_dict("ITEM_PIPELINES", ImgCachePipeline, PIPELINE_PRIORITY)
-        settings.set_in_component_priority_dict("DOWNLOADER_MIDDLEWARES", ImgCacheMiddleware, MIDDLEWARE_PRIORITY)
+        if not enabled(settings):
+            logger.info("imgcache: IMGCACHE_ENABLED is False; the image cache is off")
+            return
+        assert isinstance(settings, BaseSettings)
+        for name, component, priority in (
+            ("ITEM_PIPELINES", ImgCachePipeline, PIPELINE_PRIORITY),
+            ("DOWNLOADER_MIDDLEWARES", ImgCacheMiddleware, MIDDLEWARE_PRIORITY),
+        ):
+            if not _configured(settings.getdict(name), component):
+                settings.set_in_component_priority_dict(name, component, priority)
+
+
+def _configured(components: dict[Any, Any], base: type) -> bool:
+    """Whether ``components`` lists ``base`` or a subclass of it, under any priority or ``None``."""
+    from scrapy.utils.misc import load_object
+
+    for key in components:
+        try:
+            found = load_object(key) if isinstance(key, str) else key
+        except (ImportError, NameError, ValueError):
+            continue  # Scrapy reports what it cannot load
+        if isinstance(found, type) and issubclass(found, base):
+            return True
+    return False

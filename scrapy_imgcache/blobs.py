@@ -1,4 +1,5 @@
-"""Content-addressed blob storage: the bytes of each distinct image, once, under its hash.
+"""Blob storage: the bytes of each distinct image, once, under its content hash; and the
+file trees (``IMAGES_STORE``) the pipeline writes beside the cache.
 
 Keys are paths like ``ab/cd/abcd…ef.jpg`` derived from the content hash, so the same bytes
 always land at the same key and "already exists" is success (as in git's object store).
@@ -6,17 +7,26 @@ always land at the same key and "already exists" is success (as in git's object 
 Local writes are atomic (restic's local backend): a temporary file in the destination
 folder, fsync, rename over the final name, fsync of the folder. Two processes writing the
 same bytes at once both rename a complete file into place; the survivor is intact either way.
+Object storage (``s3://``, ``gs://``, ``ftp://``…) goes through fsspec, configured from
+Scrapy's own ``AWS_*``, ``GCS_*`` and ``FTP_*`` settings (:func:`storage_options`).
+
+A store that fails (a full disk, refused credentials, an FTP server gone) raises
+:class:`~scrapy_imgcache.errors.StoreError`, so ``IMGCACHE_ON_STORE_ERROR`` decides.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
 
 from .errors import ConfigError, StoreError
 
@@ -24,6 +34,8 @@ from .errors import ConfigError, StoreError
 OWNER_KEY = ".imgcache-owner"
 #: the prefix of a local write's temporary file (left behind only by a crash)
 TEMP_PREFIX = ".tmp-"
+#: what each object-storage scheme needs installed
+BACKENDS = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
 
 
 def blob_key(content_hash: str, extension: str = "") -> str:
@@ -36,7 +48,7 @@ def hash_of_key(key: str) -> str:
 
 
 class BlobStore(Protocol):
-    """Where image bytes live. Implementations are blocking and thread-safe."""
+    """Where files live. Implementations are blocking and thread-safe."""
 
     def read_marker(self, key: str) -> bytes | None:
         """A small file the store keeps for itself (not a blob), or None."""
@@ -46,7 +58,19 @@ class BlobStore(Protocol):
         """Write a marker unless one is there already; True when this call wrote it."""
         ...
 
-    def put(self, key: str, data: bytes) -> None: ...
+    def put(self, key: str, data: bytes) -> None:
+        """Store content-addressed bytes: a key already there holds them already."""
+        ...
+
+    def replace(self, key: str, data: bytes) -> None:
+        """Write ``data`` at ``key`` whatever is there (atomically where the store allows)."""
+        ...
+
+    def copy_from(self, source: BlobStore, source_key: str, key: str) -> bool:
+        """Make ``key`` hold what ``source`` holds at ``source_key`` without moving the bytes
+        through here (a hard link, a server-side copy); False when that is not possible."""
+        ...
+
     def get(self, key: str) -> bytes | None: ...
     def exists(self, key: str) -> bool: ...
     def delete(self, key: str) -> bool: ...
@@ -58,16 +82,27 @@ class BlobStore(Protocol):
         """Where a key is, for people (a path or URL)."""
         ...
 
+    def probe(self) -> None:
+        """Write, read and delete a probe file: a StoreError now, in one line, rather than
+        with every image later."""
+        ...
+
 
 class LocalBlobStore:
-    """Blobs as files under one folder."""
+    """Files under one folder."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], create: bool = True) -> None:
         self.root = Path(root).expanduser().resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            if create:
+                self.root.mkdir(parents=True, exist_ok=True)
+            elif not self.root.is_dir():
+                raise StoreError(f"{self.root} does not exist")
+        except OSError as exc:
+            raise StoreError(f"cannot use the folder {self.root}: {exc.strerror or exc}") from exc
         self._prefix = str(self.root) + os.sep
 
-    def _path(self, key: str) -> str:
+    def path(self, key: str) -> str:
         """The file of a key, checked lexically (a few microseconds: this runs several times
         an image, where resolving the path through the file system cost ~0.1 ms)."""
         if not key or key[0] == "/" or "\\" in key or "\0" in key or _BAD_SEGMENTS & set(key.split("/")):
@@ -75,7 +110,7 @@ class LocalBlobStore:
         return self._prefix + key
 
     def describe(self, key: str) -> str:
-        return self._path(key)
+        return self.path(key)
 
     def read_marker(self, key: str) -> bytes | None:
         return self.get(key)
@@ -84,61 +119,96 @@ class LocalBlobStore:
         """Written whole to a temporary file, then hard-linked to its name, which fails when
         the name exists: of two caches claiming the folder at once one wins, and nobody
         reads a half-written marker."""
-        path = self._path(key)
-        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.root)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(tmp)
-        _fsync_dir(str(self.root))
+        path = self.path(key)
+        with _failing_as_store_error("write", path):
+            fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=self.root)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+            _fsync_dir(str(self.root))
         return True
 
     def put(self, key: str, data: bytes) -> None:
-        path = self._path(key)
+        path = self.path(key)
         try:
             if os.stat(path).st_size == len(data):
                 os.utime(path)  # a fresh mtime keeps the GC's grace period away from it
                 return
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        self.replace(key, data)
+
+    def replace(self, key: str, data: bytes) -> None:
+        path = self.path(key)
         folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
+        with _failing_as_store_error("write", path):
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
             try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+            _fsync_dir(folder)
+
+    def copy_from(self, source: BlobStore, source_key: str, key: str) -> bool:
+        """A hard link to a file of another local store, put in place by rename (so a reader
+        never sees a missing or partial file); False across file systems or where links are
+        not allowed (the caller then writes the bytes)."""
+        if not isinstance(source, LocalBlobStore):
+            return False
+        src, dest = source.path(source_key), self.path(key)
+        folder = os.path.dirname(dest)
+        tmp = os.path.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+        try:
+            os.makedirs(folder, exist_ok=True)
+            os.link(src, tmp)
+            os.replace(tmp, dest)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        _fsync_dir(folder)
+            if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+                return False
+            if isinstance(exc, FileNotFoundError):  # the blob went (gc): write the bytes instead
+                return False
+            raise StoreError(f"cannot link {dest}: {exc.strerror or exc}") from exc
+        return True
 
     def get(self, key: str) -> bytes | None:
+        path = self.path(key)
         try:
-            with open(self._path(key), "rb") as fh:
+            with open(path, "rb") as fh:
                 return fh.read()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
     def exists(self, key: str) -> bool:
-        return os.path.isfile(self._path(key))
+        return os.path.isfile(self.path(key))
 
     def delete(self, key: str) -> bool:
+        path = self.path(key)
         try:
-            os.unlink(self._path(key))
+            os.unlink(path)
         except FileNotFoundError:
             return False
+        except OSError as exc:
+            raise StoreError(f"cannot delete {path}: {exc.strerror or exc}") from exc
         return True
 
     def iter_keys(self) -> Iterator[tuple[str, float, int]]:
@@ -153,8 +223,19 @@ class LocalBlobStore:
                     continue
                 yield path.relative_to(self.root).as_posix(), st.st_mtime, st.st_size
 
+    def probe(self) -> None:
+        _probe(self)
+
 
 _BAD_SEGMENTS = frozenset({"", ".", ".."})
+
+
+@contextlib.contextmanager
+def _failing_as_store_error(action: str, where: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise StoreError(f"cannot {action} {where}: {exc.strerror or exc}") from exc
 
 
 def _fsync_dir(path: str) -> None:
@@ -169,28 +250,49 @@ def _fsync_dir(path: str) -> None:
 
 
 class FsspecBlobStore:
-    """Blobs in object storage (``s3://``, ``gs://``, ``memory://`` …) through fsspec.
+    """Files in object storage (``s3://``, ``gs://``, ``ftp://``, ``memory://`` …) through fsspec.
 
     Object stores make a single PUT atomic, so no temporary name is needed; the backend
     packages (s3fs, gcsfs) are the user's choice, installed beside the ``cloud`` extra.
+    Every failure of the backend (bad credentials, a bucket that does not exist, a server
+    gone) is a :class:`StoreError`.
     """
 
-    def __init__(self, url: str, **storage_options: object) -> None:
+    def __init__(self, url: str, **storage_options: Any) -> None:
+        self.protocol = url.split("://", 1)[0]
         try:
             import fsspec
         except ImportError as exc:  # pragma: no cover - depends on the extra
             raise ConfigError("object storage needs the extra: pip install 'scrapy-imgcache[cloud]'") from exc
-        self.fs, root = fsspec.core.url_to_fs(url, **storage_options)
+        try:
+            if self.protocol == "ftp":
+                self.fs, root = _ftp_filesystem(url, storage_options)
+            else:
+                self.fs, root = fsspec.core.url_to_fs(url, **storage_options)
+        except ImportError as exc:
+            backend = BACKENDS.get(self.protocol, f"the fsspec backend of {self.protocol}://")
+            raise ConfigError(f"{url} needs {backend}: pip install {backend} ({exc})") from exc
         self.root = root.rstrip("/")
-        self.protocol = url.split("://", 1)[0]
+        #: FTP servers need folders made before files go in them; object stores have none
+        self._folders = self.protocol == "ftp"
 
     def _path(self, key: str) -> str:
-        if ".." in key.split("/"):
+        if ".." in key.split("/") or "\0" in key:
             raise ValueError(f"blob key {key!r} escapes the store")
         return f"{self.root}/{key}"
 
     def describe(self, key: str) -> str:
         return f"{self.protocol}://{self._path(key)}"
+
+    @contextlib.contextmanager
+    def _calling(self, action: str, key: str) -> Iterator[None]:
+        """The backend's failures (any exception type: botocore, aiohttp, ftplib…) as StoreError."""
+        try:
+            yield
+        except (FileNotFoundError, StoreError, ValueError):
+            raise
+        except Exception as exc:
+            raise StoreError(f"cannot {action} {self.describe(key)}: {type(exc).__name__}: {exc}") from exc
 
     def read_marker(self, key: str) -> bytes | None:
         return self.get(key)
@@ -198,39 +300,55 @@ class FsspecBlobStore:
     def create_marker(self, key: str, data: bytes) -> bool:
         """Object stores have no exclusive create here: write when absent, and the caller
         reads the marker back, so that of two racing claims the later write is the one obeyed."""
-        path = self._path(key)
-        if self.fs.exists(path):
+        if self.exists(key):
             return False
-        self.fs.pipe_file(path, data)
+        self.replace(key, data)
         return True
 
     def put(self, key: str, data: bytes) -> None:
+        if not self.exists(key):
+            self.replace(key, data)
+
+    def replace(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        if self.fs.exists(path):
-            return
-        self.fs.pipe_file(path, data)
+        with self._calling("write", key):
+            if self._folders:
+                self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+            self.fs.pipe_file(path, data)
+
+    def copy_from(self, source: BlobStore, source_key: str, key: str) -> bool:
+        """A server-side copy within one object store (S3 CopyObject, say)."""
+        if not isinstance(source, FsspecBlobStore) or source.fs is not self.fs or self._folders:
+            return False
+        with self._calling("copy to", key):
+            self.fs.copy(source._path(source_key), self._path(key))
+        return True
 
     def get(self, key: str) -> bytes | None:
-        try:
-            data: bytes = self.fs.cat_file(self._path(key))  # fsspec is untyped
-        except FileNotFoundError:
-            return None
+        with self._calling("read", key):
+            try:
+                data: bytes = self.fs.cat_file(self._path(key))  # fsspec is untyped
+            except FileNotFoundError:
+                return None
         return data
 
     def exists(self, key: str) -> bool:
-        return bool(self.fs.exists(self._path(key)))
+        with self._calling("look for", key):
+            return bool(self.fs.exists(self._path(key)))
 
     def delete(self, key: str) -> bool:
-        path = self._path(key)
-        if not self.fs.exists(path):
+        if not self.exists(key):
             return False
-        self.fs.rm_file(path)
+        with self._calling("delete", key):
+            self.fs.rm_file(self._path(key))
         return True
 
     def iter_keys(self) -> Iterator[tuple[str, float, int]]:
-        if not self.fs.exists(self.root):
-            return
-        for path, info in self.fs.find(self.root, detail=True).items():
+        with self._calling("list", ""):
+            if not self.fs.exists(self.root):
+                return
+            found = self.fs.find(self.root, detail=True).items()
+        for path, info in found:
             mtime = info.get("mtime") or info.get("LastModified") or info.get("created") or time.time()
             if hasattr(mtime, "timestamp"):
                 mtime = mtime.timestamp()
@@ -238,15 +356,100 @@ class FsspecBlobStore:
             if key != OWNER_KEY:
                 yield key, float(mtime), int(info.get("size") or 0)
 
+    def probe(self) -> None:
+        _probe(self)
 
-def open_blob_store(location: str | os.PathLike[str]) -> BlobStore:
-    """A folder path (or ``file://``) gives local files; any other URL scheme goes to fsspec."""
+
+def _probe(store: BlobStore) -> None:
+    key = f".imgcache-probe-{uuid.uuid4().hex}"
+    data = b"imgcache probe\n"
+    store.replace(key, data)
+    try:
+        if store.get(key) != data:
+            raise StoreError(f"{store.describe(key)} does not read back what was written")
+    finally:
+        store.delete(key)
+
+
+def _ftp_filesystem(url: str, options: Mapping[str, Any]) -> tuple[Any, str]:
+    """fsspec's FTP file system for ``ftp://[user[:password]@]host[:port]/path``, with Scrapy's
+    ``FTP_USER``/``FTP_PASSWORD`` where the URL has none, and active mode on request."""
+    from fsspec.implementations.ftp import FTPFileSystem
+
+    class _FTP(FTPFileSystem):  # type: ignore[misc]  # fsspec is untyped
+        def _connect(self) -> None:
+            super()._connect()
+            if self.storage_options.get("active"):
+                self.ftp.set_pasv(False)
+
+    parts = urlsplit(url)
+    fs = _FTP(
+        host=parts.hostname or "",
+        port=parts.port or 21,
+        username=unquote(parts.username) if parts.username else options.get("username", "anonymous"),
+        password=unquote(parts.password) if parts.password else options.get("password", "guest"),
+        active=bool(options.get("active")),
+        skip_instance_cache=True,
+    )
+    return fs, parts.path or "/"
+
+
+def storage_options(url: str, settings: Mapping[str, Any], acl_setting: str | None = None) -> dict[str, Any]:
+    """fsspec options for ``url`` from Scrapy's settings, as its FilesPipeline reads them:
+    ``AWS_*`` for ``s3://``, ``GCS_PROJECT_ID`` for ``gs://``, ``FTP_USER``/``FTP_PASSWORD``/
+    ``FEED_STORAGE_FTP_ACTIVE`` for ``ftp://``; ``acl_setting`` (``IMAGES_STORE``) adds the
+    ACL of ``<acl_setting>_S3_ACL``/``_GCS_ACL``."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    get = settings.get
+    if scheme == "s3":
+        client: dict[str, Any] = {}
+        for setting, name in (("AWS_ENDPOINT_URL", "endpoint_url"), ("AWS_REGION_NAME", "region_name")):
+            if get(setting):
+                client[name] = get(setting)
+        if get("AWS_VERIFY") is not None:
+            client["verify"] = get("AWS_VERIFY")
+        options: dict[str, Any] = {"client_kwargs": client}
+        for setting, name in (
+            ("AWS_ACCESS_KEY_ID", "key"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ("AWS_SESSION_TOKEN", "token"),
+        ):
+            if get(setting):
+                options[name] = get(setting)
+        if get("AWS_USE_SSL") is not None:
+            options["use_ssl"] = _true(get("AWS_USE_SSL"))
+        if acl_setting and get(f"{acl_setting}_S3_ACL"):
+            options["s3_additional_kwargs"] = {"ACL": get(f"{acl_setting}_S3_ACL")}
+        return options
+    if scheme in ("gs", "gcs"):
+        options = {"project": get("GCS_PROJECT_ID")} if get("GCS_PROJECT_ID") else {}
+        if acl_setting and get(f"{acl_setting}_GCS_ACL"):
+            options["default_acl"] = get(f"{acl_setting}_GCS_ACL")
+        return options
+    if scheme == "ftp":
+        return {
+            "username": get("FTP_USER") or "anonymous",
+            "password": get("FTP_PASSWORD") or "guest",
+            "active": _true(get("FEED_STORAGE_FTP_ACTIVE")),
+        }
+    return {}
+
+
+def _true(value: Any) -> bool:
+    return value is True or str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def open_blob_store(
+    location: str | os.PathLike[str], options: Mapping[str, Any] | None = None, create: bool = True
+) -> BlobStore:
+    """A folder path (or ``file://``) gives local files; any other URL scheme goes to fsspec.
+    ``create=False``: a local folder that does not exist is an error."""
     text = os.fspath(location)
     if "://" not in text:
-        return LocalBlobStore(text)
+        return LocalBlobStore(text, create)
     if text.startswith("file://"):
-        return LocalBlobStore(text[len("file://") :])
-    return FsspecBlobStore(text)
+        return LocalBlobStore(text[len("file://") :], create)
+    return FsspecBlobStore(text, **(options or {}))
 
 
 def claim(blobs: BlobStore, cache_id: str, database: str) -> None:
@@ -268,7 +471,7 @@ def claim(blobs: BlobStore, cache_id: str, database: str) -> None:
         raise StoreError(
             f"the image files at {blobs.describe(OWNER_KEY).rsplit('/', 1)[0]} belong to another cache "
             f"(database {other}), not to this one ({database}); give each cache a folder of its own "
-            "with IMGCACHE_FILES_STORE"
+            f"with IMGCACHE_FILES_STORE (or, if that cache is gone for good, delete {OWNER_KEY} there)"
         )
 
 

@@ -41,7 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "IMGCACHE_HASH_PROCESSES": None,  # None: one worker process a core; 0: hash in threads
     "IMGCACHE_SIMILARITY_THRESHOLD": 8,
     "IMGCACHE_ON_SIMILAR": "annotate",
-    "IMGCACHE_EXPIRES": 90 * 86400,
+    "IMGCACHE_EXPIRES": None,  # None: IMAGES_EXPIRES days (90 unless set)
     "IMGCACHE_MAX_BYTES": DEFAULT_MAX_BYTES,
     "IMGCACHE_MAX_PIXELS": DEFAULT_MAX_PIXELS,
     "IMGCACHE_API_KEY": None,
@@ -75,6 +75,12 @@ class ImgCacheConfig:
     gc_grace: float = 3600
     #: URL scheme -> store class (or its import path), over the built-in table
     store_schemes: Mapping[str, Any] = field(default_factory=dict)
+    #: whether IMGCACHE_URL was left to its default (whose folder is made when missing)
+    url_is_default: bool = False
+    #: whether IMGCACHE_EXPIRES was set (else the pipeline's own IMAGES_EXPIRES applies)
+    expires_set: bool = False
+    #: Scrapy's storage settings (AWS_*, GCS_*, FTP_*), for object-storage blob stores
+    storage_settings: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Any) -> ImgCacheConfig:
@@ -102,7 +108,8 @@ class ImgCacheConfig:
             hash_processes=_hash_processes(settings.get("IMGCACHE_HASH_PROCESSES")),
             similarity_threshold=threshold,
             on_similar=_choice("IMGCACHE_ON_SIMILAR", get("IMGCACHE_ON_SIMILAR"), ON_SIMILAR),
-            expires=_float("IMGCACHE_EXPIRES", get("IMGCACHE_EXPIRES"), 0),
+            expires=_expires(settings),
+            expires_set=settings.get("IMGCACHE_EXPIRES") is not None,
             max_bytes=_int("IMGCACHE_MAX_BYTES", get("IMGCACHE_MAX_BYTES"), 1),
             max_pixels=_int("IMGCACHE_MAX_PIXELS", get("IMGCACHE_MAX_PIXELS"), 1),
             api_key=_str("IMGCACHE_API_KEY", get("IMGCACHE_API_KEY") or "") or None,
@@ -111,6 +118,8 @@ class ImgCacheConfig:
             on_store_error=_choice("IMGCACHE_ON_STORE_ERROR", get("IMGCACHE_ON_STORE_ERROR"), ON_STORE_ERROR),
             gc_grace=_float("IMGCACHE_GC_GRACE", get("IMGCACHE_GC_GRACE"), 0),
             store_schemes=_schemes(settings.get("IMGCACHE_STORE_SCHEMES")),
+            url_is_default=not settings.get("IMGCACHE_URL"),
+            storage_settings={name: settings.get(name) for name in STORAGE_SETTINGS},
         )
 
     @property
@@ -120,11 +129,42 @@ class ImgCacheConfig:
     def inspector(self) -> Inspector:
         return Inspector(ImageLimits(self.max_bytes, self.max_pixels), self.hash, self.fast_hash)
 
-    def open_store(self) -> Store:
-        """The store these settings name (blocking: opening a database may create its schema)."""
+    def open_store(self, create: bool = True) -> Store:
+        """The store these settings name (blocking: opening a database may create its schema;
+        ``create=False`` opens an existing cache only)."""
         from .store import open_store
 
-        return open_store(self)
+        return open_store(self, create=create)
+
+
+#: Scrapy's settings for its files stores, which the cache's blob stores honour too
+STORAGE_SETTINGS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_REGION_NAME",
+    "AWS_USE_SSL",
+    "AWS_VERIFY",
+    "GCS_PROJECT_ID",
+    "FTP_USER",
+    "FTP_PASSWORD",
+    "FEED_STORAGE_FTP_ACTIVE",
+)
+
+
+def enabled(settings: Any) -> bool:
+    """``IMGCACHE_ENABLED`` alone (the add-on reads it before anything else)."""
+    value = settings.get("IMGCACHE_ENABLED")
+    return True if value is None else _bool("IMGCACHE_ENABLED", value)
+
+
+def _expires(settings: Any) -> float:
+    """``IMGCACHE_EXPIRES`` seconds, else ``IMAGES_EXPIRES`` days (Scrapy's), else 90 days."""
+    if settings.get("IMGCACHE_EXPIRES") is not None:
+        return _float("IMGCACHE_EXPIRES", settings.get("IMGCACHE_EXPIRES"), 0)
+    days = settings.get("IMAGES_EXPIRES")
+    return 90 * 86400.0 if days is None else _float("IMAGES_EXPIRES", days, 0) * 86400
 
 
 def _data_path(name: str) -> str:

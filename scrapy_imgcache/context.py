@@ -1,31 +1,36 @@
-"""What the pipeline and the middleware of one crawler share: config, store, stats.
+"""What the pipeline and the middleware of one crawler share: config, store, ingestor, stats.
 
-The config is parsed once per crawler; the store is opened once, in a thread (opening it
-may create the schema), when the first component needs it; a store that cannot be opened
-fails the spider's start with a clear message instead of a crawl that caches nothing.
+The config is parsed once per crawler; the store is opened once, in a thread (opening it may
+create the schema), when the first component needs it. When the settings are wrong or the
+cache cannot be opened, the crawl must not quietly run uncached: the reason is logged as
+one ERROR line, no request is let through, and the spider is closed with the finish reason
+``imgcache_unavailable``.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from scrapy import signals
 from twisted.internet.threads import deferToThread
 
 from .config import ImgCacheConfig
-from .errors import ImgCacheError, StoreError
-from .store.base import Store
+from .errors import ConfigError, ImgCacheError, StoreError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from scrapy.crawler import Crawler
 
-    from .ingest import Outcome
+    from .ingest import Ingestor, Outcome
+    from .store.base import Store
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 _ATTR = "_imgcache_context"
+#: the finish reason of a crawl whose cache cannot be used
+UNAVAILABLE = "imgcache_unavailable"
 
 
 async def in_thread(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -54,19 +59,27 @@ def component_result(coro: Any) -> Any:
 class ImgCacheContext:
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
-        self.config = ImgCacheConfig.from_settings(crawler.settings)
         self.stats = crawler.stats
+        #: why the cache cannot be used (a bad setting, a store that cannot be opened)
+        self.failed: str | None = None
+        try:
+            self.config = ImgCacheConfig.from_settings(crawler.settings)
+        except ConfigError as exc:  # reported at open, as one line, with the crawl stopped
+            self.config = ImgCacheConfig()
+            self.failed = str(exc)
         #: the most bytes an image download may bring: IMGCACHE_MAX_BYTES, or Scrapy's
         #: DOWNLOAD_MAXSIZE where that is lower (set as each image request's download_maxsize)
         scrapy_max = crawler.settings.getint("DOWNLOAD_MAXSIZE")
         self.download_maxsize = min(self.config.max_bytes, scrapy_max) if scrapy_max else self.config.max_bytes
         self._store: Store | None = None
+        self._ingestor: Ingestor | None = None
         self._users = 0
+        self._reported = False
 
     @classmethod
     def of(cls, crawler: Crawler) -> ImgCacheContext:
         """The one context of this crawler (created by whichever component asks first)."""
-        ctx = getattr(crawler, _ATTR, None)
+        ctx: ImgCacheContext | None = getattr(crawler, _ATTR, None)
         if ctx is None:
             ctx = cls(crawler)
             setattr(crawler, _ATTR, ctx)
@@ -76,33 +89,82 @@ class ImgCacheContext:
         spider = self.crawler.spider
         return self.config.client_name or (spider.name if spider is not None else "scrapy")
 
-    async def open(self) -> Store:
-        """Open the store (once) for a component; pair with :meth:`release`."""
+    def check(self, problem: str | None) -> None:
+        """Note a start-up problem a component found (an option it cannot honour)."""
+        if problem and self.failed is None:
+            self.failed = problem
+
+    async def open(self) -> bool:
+        """Open the store and the ingestor (once) for a component; pair with :meth:`release`.
+        False when the cache cannot be used: the reason is logged once and the spider closed."""
         self._users += 1
-        if self._store is None:
+        if self.failed is None and self._store is None:
             try:
                 store = await in_thread(self.config.open_store)
-            except ImgCacheError:
-                raise
-            except Exception as exc:  # driver errors, unreachable servers
-                raise StoreError(f"cannot open the image cache at {self.config.url!r}: {exc}") from exc
-            if self._store is None:
-                self._store = store
-                logger.info("imgcache: using %r (bucket %r)", store, self.config.bucket)
-            else:  # pragma: no cover - two components raced; keep the first
-                await in_thread(store.close)
-        return self._store
+            except ImgCacheError as exc:
+                self.failed = str(exc)
+            except ImportError as exc:  # a missing driver or extra (the message names it)
+                self.failed = f"cannot open the image cache at {self.config.url!r}: {exc}"
+            except Exception as exc:
+                self.failed = f"cannot open the image cache at {self.config.url!r}: {type(exc).__name__}: {exc}"
+            else:
+                await self._started(store)
+        if self.failed is not None:
+            self._report()
+            return False
+        return True
+
+    async def _started(self, store: Store) -> None:
+        from .ingest import Ingestor
+
+        if self._store is not None:  # pragma: no cover - two components raced; keep the first
+            await in_thread(store.close)
+            return
+        self._store = store
+        self._ingestor = Ingestor(store, self.config)
+        await in_thread(self._ingestor.start)
+        logger.info("imgcache: using %r (bucket %r)", store, self.config.bucket)
+
+    def _report(self) -> None:
+        """One ERROR line, and the spider closed as soon as it is open."""
+        if self._reported:
+            return
+        self._reported = True
+        logger.error("imgcache: the image cache cannot be used, so the crawl stops: %s", self.failed)
+        self.inc("unavailable")
+        self.crawler.signals.connect(self._close_spider, signal=signals.spider_opened)
+
+    def _close_spider(self, spider: Any) -> None:
+        """Scheduled, not done here: an engine still opening the spider cannot close it yet."""
+        from twisted.internet import reactor
+
+        cast(Any, reactor).callLater(0, self._close_now, spider)  # the installed reactor (untyped module)
+
+    def _close_now(self, spider: Any) -> Any:
+        engine = self.crawler.engine
+        assert engine is not None
+        if hasattr(engine, "close_spider_async"):  # Scrapy >= 2.14
+            from scrapy.utils.defer import deferred_from_coro
+
+            return deferred_from_coro(engine.close_spider_async(reason=UNAVAILABLE))
+        return engine.close_spider(spider, UNAVAILABLE)
 
     @property
     def store(self) -> Store:
         if self._store is None:
-            raise StoreError("the image cache is not open yet")
+            raise StoreError("the image cache is not open")
         return self._store
+
+    @property
+    def ingestor(self) -> Ingestor:
+        if self._ingestor is None:
+            raise StoreError("the image cache is not open")
+        return self._ingestor
 
     async def release(self) -> None:
         self._users -= 1
         if self._users <= 0 and self._store is not None:
-            store, self._store = self._store, None
+            store, self._store, self._ingestor = self._store, None, None
             await in_thread(store.close)
 
     def inc(self, key: str, count: int = 1) -> None:

@@ -9,16 +9,13 @@ remote service apply the same policy. Blocking: run it in a thread.
 from __future__ import annotations
 
 import hashlib
-import io
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image
-
 from .config import ImgCacheConfig
-from .errors import ImageTooSmall
 from .hashing import ImageInfo, Inspector, content_hash
 from .store.base import Entry, Store
 from .workers import hash_workers
@@ -46,14 +43,10 @@ class Ingestor:
         store: Store,
         config: ImgCacheConfig,
         inspector: Inspector | None = None,
-        min_width: int = 0,
-        min_height: int = 0,
     ) -> None:
         self.store = store
         self.config = config
         self.inspector = inspector or config.inspector()
-        self.min_width = min_width
-        self.min_height = min_height
         self._decide = threading.Lock()
         processes = config.hash_processes
         self.workers = hash_workers(processes, self.inspector) if processes > 0 else None
@@ -93,7 +86,6 @@ class Ingestor:
             info = self.workers.inspect(data, chash)
         else:
             info = self.inspector.inspect(data, known_hash=chash)
-        self._check_size(info.width, info.height)
         policy = on_similar or self.config.on_similar
         if policy == "annotate":
             # Whatever the decision (new, exact copy, annotated near-duplicate) these bytes are
@@ -103,10 +95,6 @@ class Ingestor:
             self.store.put_bytes(data, info)
         with self._decide:  # decoding ran in parallel; check-then-store is one step per crawler
             return self._record(data, info, policy, filename, common)
-
-    def _check_size(self, width: int, height: int) -> None:
-        if width < self.min_width or height < self.min_height:
-            raise ImageTooSmall(f"{width}x{height} is smaller than the minimum {self.min_width}x{self.min_height}")
 
     def _exact_copy(self, data: bytes, chash: str | None, common: dict[str, Any]) -> Outcome | None:
         """Bytes the bucket already holds: an exact duplicate, recorded without decoding them.
@@ -127,7 +115,6 @@ class Ingestor:
             or not self.store.has_bytes(entry)
         ):
             return None
-        self._check_size(entry.width, entry.height)
         recorded = self.store.record_url(chash, duplicate="exact", saved_bytes=len(data), **common)
         if recorded is None:  # deleted since get_meta
             return None
@@ -178,34 +165,18 @@ def checksum(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
-def make_thumbnails(store: Store, content_hash: str, data: bytes, sizes: dict[str, tuple[int, int]]) -> dict[str, str]:
-    """JPEG thumbnails (as ImagesPipeline makes them) kept beside the blobs, once per content."""
-    if not sizes or store.blobs is None:
-        return {}
-    paths: dict[str, str] = {}
-    img: Image.Image | None = None
-    for name, (width, height) in sizes.items():
-        key = f"thumbs/{name}/{content_hash[:2]}/{content_hash}.jpg"
-        if not store.blobs.exists(key):
-            if img is None:
-                img = Image.open(io.BytesIO(data))
-                img.load()
-            thumb = img.convert("RGB")
-            thumb.thumbnail((width, height), Image.Resampling.LANCZOS)
-            buf = io.BytesIO()
-            thumb.save(buf, "JPEG", quality=85)
-            store.blobs.put(key, buf.getvalue())
-        paths[name] = key
-    return paths
-
-
 def ingest_response(
-    ingestor: Ingestor, response: Response, client_name: str, on_similar: str | None = None, url: str | None = None
+    ingestor: Ingestor,
+    response: Response,
+    client_name: str,
+    on_similar: str | None = None,
+    also: Sequence[str] = (),
 ) -> Outcome:
     """Store a downloaded image with its validators (blocking: run it in a thread).
 
-    ``url``: the URL it was asked for, when a redirect brought it from another; the entry is
-    recorded under both, so a later crawl answers the requested URL from the cache.
+    ``also``: the URLs it was asked for when redirects brought it from elsewhere (the
+    request's ``redirect_urls`` and URL); the entry is recorded under each of them too, so a
+    later crawl answers them from the cache without following the redirect again.
     """
     outcome = ingestor.ingest(
         response.body,
@@ -215,16 +186,17 @@ def ingest_response(
         last_modified=header(response, b"Last-Modified"),
         on_similar=on_similar,
     )
-    if url is not None and url != response.url:
-        entry = outcome.entry
-        ingestor.store.record_url(
-            entry.content_hash,
-            url=url,
-            client_name=client_name,
-            bucket=entry.bucket,
-            etag=entry.etag,
-            last_modified=entry.last_modified,
-        )
+    entry = outcome.entry
+    for url in dict.fromkeys(also):
+        if url != response.url:
+            ingestor.store.record_url(
+                entry.content_hash,
+                url=url,
+                client_name=client_name,
+                bucket=entry.bucket,
+                etag=entry.etag,
+                last_modified=entry.last_modified,
+            )
     return outcome
 
 

@@ -17,13 +17,13 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from scrapy import signals
-from scrapy.exceptions import NotConfigured
+from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.http import Response
 from scrapy.utils.httpobj import urlparse_cached
 
 from .context import ImgCacheContext, in_thread
 from .errors import InvalidImage, StoreError
-from .ingest import Ingestor, header, ingest_response
+from .ingest import header, ingest_response
 from .store.base import Entry
 
 if TYPE_CHECKING:
@@ -42,6 +42,8 @@ META_STATUS = "imgcache_status"
 META_PIPELINE = "imgcache_pipeline"
 #: Request.meta key: seconds a cached answer stays fresh for this request (default IMGCACHE_EXPIRES)
 META_MAX_AGE = "imgcache_max_age"
+#: Request.meta key the pipeline sets: the URL it already looked up (a miss, or stale)
+META_LOOKED_UP = "imgcache_looked_up"
 RESPONSE_FLAG = "imgcache"
 
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
@@ -71,9 +73,8 @@ class ImgCacheMiddleware:
     def __init__(self, crawler: Crawler) -> None:
         self.ctx = ImgCacheContext.of(crawler)
         if not self.ctx.config.enabled:
-            raise NotConfigured("IMGCACHE_ENABLED is False")
+            raise NotConfigured  # no args: Scrapy says nothing; the add-on logs one INFO line
         self.config = self.ctx.config
-        self.ingestor: Ingestor | None = None
         crawler.signals.connect(self.spider_opened, signal=signals.spider_opened)
         crawler.signals.connect(self.spider_closed, signal=signals.spider_closed)
 
@@ -82,9 +83,7 @@ class ImgCacheMiddleware:
         return cls(crawler)
 
     async def spider_opened(self, spider: Spider) -> None:
-        store = await self.ctx.open()
-        self.ingestor = Ingestor(store, self.config)
-        await in_thread(self.ingestor.start)
+        await self.ctx.open()
 
     async def spider_closed(self, spider: Spider) -> None:
         await self.ctx.release()
@@ -92,9 +91,14 @@ class ImgCacheMiddleware:
     # -- requests --------------------------------------------------------------------------
 
     async def process_request(self, request: Request, spider: Spider | None = None) -> Response | None:
+        if self.ctx.failed is not None:  # the crawl is stopping: nothing goes out uncached
+            raise IgnoreRequest(f"the image cache cannot be used: {self.ctx.failed}")
         if not is_image_request(request):
             return None
         request.meta.setdefault("download_maxsize", self.ctx.download_maxsize)
+        if request.meta.get(META_LOOKED_UP) == request.url:  # the pipeline asked the cache already
+            self._revalidate(request, request.meta.get(META_ENTRY))
+            return None
         try:
             answer = await in_thread(
                 self.ctx.store.answer,
@@ -104,22 +108,27 @@ class ImgCacheMiddleware:
                 fresh_since=self._fresh_since(request),
             )
         except StoreError as exc:
-            return self._store_failed(request, exc)
-        if answer is None:
+            self._store_failed(request, exc)
+            return None
+        if answer is not None and answer.body is not None:
+            self.ctx.inc("hit")
+            return self._respond(request, answer.entry, "hit", answer.body)
+        self._revalidate(request, None if answer is None else answer.entry)
+        return None
+
+    def _revalidate(self, request: Request, entry: Entry | None) -> None:
+        """A miss goes out as it is; a stale entry goes out with its validators."""
+        if entry is None:
             request.meta[META_STATUS] = "miss"
             self.ctx.inc("miss")
-            return None
-        entry = answer.entry
-        if answer.body is not None:
-            self.ctx.inc("hit")
-            return self._respond(request, entry, "hit", answer.body)
+            return
         request.meta[META_STATUS] = "stale"
         request.meta[META_ENTRY] = entry
         if entry.etag:
             request.headers[b"If-None-Match"] = entry.etag
         if entry.last_modified:
             request.headers[b"If-Modified-Since"] = entry.last_modified
-        return None
+        return
 
     def _fresh_since(self, request: Request) -> datetime:
         """Entries seen after this are fresh: ``meta["imgcache_max_age"]`` (seconds; the
@@ -147,7 +156,12 @@ class ImgCacheMiddleware:
             headers["Last-Modified"] = entry.last_modified
         logger.debug("Image (%s): %s served from the cache (%s)", status, request.url, entry.content_hash[:12])
         return Response(
-            request.url, status=200, headers=headers, body=body, flags=[RESPONSE_FLAG, status], request=request
+            request.url,
+            status=200,
+            headers=headers,
+            body=body,
+            flags=[RESPONSE_FLAG, status, "cached"],
+            request=request,
         )
 
     def _store_failed(self, request: Request, exc: Exception) -> None:
@@ -197,15 +211,14 @@ class ImgCacheMiddleware:
         )
 
     async def _store_response(self, request: Request, response: Response) -> None:
-        assert self.ingestor is not None
         try:
             outcome = await in_thread(
                 ingest_response,
-                self.ingestor,
+                self.ctx.ingestor,
                 response,
                 self.ctx.client_name(),
                 on_similar="skip" if self.config.on_similar == "skip" else "annotate",
-                url=request.url,
+                also=[*request.meta.get("redirect_urls", ()), request.url],
             )
         except InvalidImage as exc:
             self.ctx.inc(f"invalid/{exc.reason}")

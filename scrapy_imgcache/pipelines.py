@@ -1,241 +1,440 @@
-"""``ImgCachePipeline``: a drop-in for Scrapy's ImagesPipeline over the shared cache.
+"""``ImgCachePipeline``: Scrapy's ImagesPipeline, over the shared cache.
 
-Same item fields (``IMAGES_URLS_FIELD`` → ``IMAGES_RESULT_FIELD``), same result entries
-(``url``, ``path``, ``checksum``, ``status``) plus what the cache knows (content and
-perceptual hashes, size, type, duplicate status). Differences that are the point:
-- each distinct content is stored once, under its content hash, in its original format;
-- every URL it was seen at is recorded with the spider's client name, in a store that
-  other spiders, processes and machines share;
-- near-duplicates follow ``IMGCACHE_ON_SIMILAR`` (annotate, skip or drop the item);
-- decoding, hashing, database and disk work run in threads, never on the reactor.
+It *is* an ``ImagesPipeline`` (a subclass), so a project switches by changing one base class
+or one line of settings, and keeps what it customised: ``get_media_requests``,
+``file_path``, ``thumb_path``, ``convert_image`` (for thumbnails), ``item_completed``,
+``media_failed``, the ``IMAGES_*`` and ``MEDIA_ALLOW_REDIRECTS`` settings (per-pipeline
+prefixed ones too), per-URL download sharing within a crawl, and Scrapy's file stats.
+
+What changes is where images come from and go:
+- a URL the cache knows and that was seen within the expiry is answered from the cache,
+  without the network (status ``uptodate``); an expired one is revalidated by the
+  middleware with a conditional request (a 304 gives status ``cached``);
+- a downloaded image is stored once per distinct content (BLAKE2b), in its original format,
+  with every URL it was seen at; near-duplicates follow ``IMGCACHE_ON_SIMILAR``;
+- ``IMAGES_STORE``, when set, is a view of the cache: each image also exists at
+  ``file_path()`` under it (a hard link, a server-side copy or a copy) and its thumbnails
+  at ``thumb_path()``; a fresh ``IMAGES_STORE`` is filled from the cache without the network;
+- decoding, hashing, database and file work run in threads, never on the reactor.
+
+Hooks it cannot honour are refused when the crawler starts (see :data:`REPLACED_HOOKS`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections import OrderedDict
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
 
-from itemadapter import ItemAdapter
-from scrapy import Request
 from scrapy.exceptions import DropItem, NotConfigured
-from scrapy.http.request import NO_CALLBACK
-from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
-from twisted.internet.defer import Deferred, DeferredList
-from twisted.python.failure import Failure
+from scrapy.pipelines.images import ImagesPipeline
+from scrapy.utils.defer import deferred_from_coro
+from scrapy.utils.request import referer_str
 
 from .context import ImgCacheContext, component_result, in_thread
-from .errors import InvalidImage, StoreError
-from .ingest import Ingestor, Outcome, checksum, ingest_response, make_thumbnails
+from .errors import ImageTooSmall, InvalidImage, StoreError
+from .ingest import Outcome, checksum, ingest_response
 from .middleware import (
     META_ENTRY,
     META_KEY,
+    META_LOOKED_UP,
+    META_MAX_AGE,
     META_PIPELINE,
     META_STATUS,
     RESPONSE_FLAG,
     cut_at_maxsize,
 )
-from .store.base import Entry
+from .view import ImagesStoreView, Thumbnailer
+
+try:  # Scrapy >= 2.14 moved it; the old name still works there, with a warning
+    from scrapy.pipelines.media import FileException
+except ImportError:  # pragma: no cover - depends on the Scrapy version
+    from scrapy.pipelines.files import FileException  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
-    from scrapy import Spider
+    from scrapy import Request, Spider
     from scrapy.crawler import Crawler
     from scrapy.http import Response
+    from scrapy.pipelines.media import MediaPipeline
+    from twisted.internet.defer import Deferred
+    from twisted.python.failure import Failure
+
+    from .store.base import Entry
+
+    SpiderInfo = MediaPipeline.SpiderInfo
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: ImagesPipeline hooks this pipeline does not call, because it keeps each image's original
+#: bytes instead of re-encoding them as JPEG; a subclass overriding one is refused at start
+REPLACED_HOOKS = ("get_images", "image_downloaded", "file_downloaded")
+#: IMAGES_STORE schemes the view can write (through fsspec beyond local folders)
+VIEW_SCHEMES = ("", "file", "s3", "gs", "gcs", "ftp", "memory")
 
 
-class ImageFailed(Exception):
-    """One image of an item could not be cached; the reason is its stat/log name."""
+class ImageFailed(FileException):
+    """One image of an item failed, and has been logged once with its reason (the stat key)."""
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
         self.reason = reason
 
 
-class ImgCachePipeline:
-    #: completed results remembered per URL within a crawl, so items sharing an image reuse
-    #: it (bounded, so memory stays flat; results still being computed are never evicted)
+class _AlreadyReported(logging.Filter):
+    """Scrapy's media pipeline logs every failed download again, with a traceback; failures
+    this pipeline has reported in one line already are left out of that."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for candidate in (record.exc_info[1] if record.exc_info else None, getattr(record.msg, "value", None)):
+            if isinstance(candidate, ImageFailed):
+                return False
+        return True
+
+
+_MEDIA_LOG_FILTER = _AlreadyReported()
+
+
+class _NoFilesStore:
+    """What Scrapy's FilesPipeline keeps as ``self.store``: here a placeholder, since the
+    cache and its :class:`ImagesStoreView` do the storing."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+
+    def persist_file(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError("ImgCachePipeline writes IMAGES_STORE through the cache")
+
+    def stat_file(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return {}
+
+
+class ImgCachePipeline(ImagesPipeline):
+    STORE_SCHEMES: ClassVar[dict[str, Any]] = dict.fromkeys((*VIEW_SCHEMES, "imgcache"), _NoFilesStore)
+    #: completed results remembered per URL within a crawl, so that items sharing an image
+    #: reuse it (bounded so memory stays flat; downloads in flight are never forgotten)
     results_memory = 4096
 
-    def __init__(self, crawler: Crawler) -> None:
-        self.crawler = crawler
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass's own ``item_completed`` still sees ``IMGCACHE_ON_SIMILAR = "drop"``
+        applied first, whether or not it calls ``super()``."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("item_completed")
+        if own is not None and not getattr(own, "_applies_on_similar", False):
+
+            @functools.wraps(own)
+            def item_completed(self: ImgCachePipeline, results: list[Any], item: Any, info: Any) -> Any:
+                drop_near_duplicates(self, results)
+                return own(self, results, item, info)
+
+            item_completed._applies_on_similar = True  # type: ignore[attr-defined]
+            cls.item_completed = item_completed  # type: ignore[method-assign]
+
+    def __init__(
+        self,
+        store_uri: Any = None,
+        download_func: Any = None,
+        settings: Any = None,
+        *,
+        crawler: Crawler | None = None,
+    ) -> None:
+        if crawler is None:
+            raise TypeError(f"{type(self).__name__} is built with from_crawler(crawler)")
         self.ctx = ImgCacheContext.of(crawler)
         if not self.ctx.config.enabled:
-            raise NotConfigured("IMGCACHE_ENABLED is False")
+            raise NotConfigured  # no args: Scrapy says nothing; the add-on logs one INFO line
+        view_uri = str(store_uri or "")
+        super().__init__(view_uri or "imgcache://", crawler=crawler)
         self.config = self.ctx.config
-        settings = crawler.settings
-        self.urls_field = settings.get("IMAGES_URLS_FIELD") or "image_urls"
-        self.result_field = settings.get("IMAGES_RESULT_FIELD") or "images"
-        self.thumbs: dict[str, tuple[int, int]] = dict(settings.getdict("IMAGES_THUMBS") or {})
-        self.min_width = settings.getint("IMAGES_MIN_WIDTH", 0)
-        self.min_height = settings.getint("IMAGES_MIN_HEIGHT", 0)
-        self.ingestor: Ingestor | None = None
-        self._results: OrderedDict[str, _Pending | dict[str, Any]] = OrderedDict()
+        self.view = ImagesStoreView.open(view_uri, crawler.settings, self._problem) if view_uri else None
+        self.thumbnailer = Thumbnailer(self)
+        self.ctx.check(self._refused_options(view_uri))
+        logging.getLogger("scrapy.pipelines.media").addFilter(_MEDIA_LOG_FILTER)
 
-    @classmethod
-    def from_crawler(cls, crawler: Crawler) -> ImgCachePipeline:
-        return cls(crawler)
+    def _problem(self, message: str) -> None:
+        self.ctx.check(message)
+
+    def _refused_options(self, view_uri: str) -> str | None:
+        """What this subclass or these settings ask that cannot be honoured, in one line."""
+        cls = type(self)
+        for hook in REPLACED_HOOKS:
+            if getattr(cls, hook) is not getattr(ImgCachePipeline, hook):
+                return (
+                    f"{cls.__name__} overrides {hook}(), which ImgCachePipeline does not call: it keeps each "
+                    "image's original bytes instead of re-encoding them (customise file_path(), thumb_path() "
+                    "or convert_image() instead)"
+                )
+        if cls.STORE_SCHEMES is not ImgCachePipeline.STORE_SCHEMES:
+            return f"{cls.__name__} sets STORE_SCHEMES; ImgCachePipeline writes IMAGES_STORE itself (through fsspec)"
+        if self.thumbs and self.config.is_remote and not view_uri:
+            return (
+                "IMAGES_THUMBS with a remote cache (IMGCACHE_URL is a service) needs IMAGES_STORE: "
+                "thumbnails are made here and written there"
+            )
+        return None
+
+    # -- the crawl -------------------------------------------------------------------------
 
     def open_spider(self, spider: Spider | None = None) -> Any:
+        if spider is None:
+            super().open_spider()
+        else:
+            super().open_spider(spider)
         return component_result(self._open())
+
+    async def _open(self) -> None:
+        if await self.ctx.open() and self.view is not None:
+            try:
+                await in_thread(self.view.probe)
+            except StoreError as exc:
+                self.ctx.check(str(exc))
+                await self.ctx.open()  # reports the problem and stops the crawl
 
     def close_spider(self, spider: Spider | None = None) -> Any:
         return component_result(self.ctx.release())
 
-    async def _open(self) -> None:
-        store = await self.ctx.open()
-        self.ingestor = Ingestor(store, self.config, min_width=self.min_width, min_height=self.min_height)
-        await in_thread(self.ingestor.start)
+    def process_item(self, item: Any, spider: Spider | None = None) -> Any:
+        if self.ctx.failed is not None:
+            raise DropItem(f"the image cache cannot be used: {self.ctx.failed}")
+        return super().process_item(item) if spider is None else super().process_item(item, spider)
 
-    async def process_item(self, item: Any, spider: Spider | None = None) -> Any:
-        adapter = ItemAdapter(item)
-        urls = list(dict.fromkeys(adapter.get(self.urls_field) or []))
-        outcomes = await _gather([self._image(url) for url in urls])
-        results: list[dict[str, Any]] = []
-        for url, outcome in zip(urls, outcomes, strict=True):
-            if isinstance(outcome, ImageFailed):
-                self.ctx.inc(f"invalid/{outcome.reason}")
-                logger.warning("Image (%s): %s failed: %s", outcome.reason, url, outcome)
-            elif isinstance(outcome, BaseException):
-                raise outcome
-            else:
-                results.append(outcome)
-        try:
-            adapter[self.result_field] = results
-        except KeyError:  # a declared item class without the results field: as Scrapy does
-            pass
-        if self.config.on_similar == "drop":
-            similar = [r for r in results if r["duplicate"] == "similar"]
-            if similar:
-                self.ctx.inc("dropped/similar")
-                raise DropItem(
-                    f"near-duplicate image {similar[0]['url']} (distance {similar[0]['hamming_distance']} "
-                    f"from {similar[0]['duplicate_of'][:12]})"
-                )
-        return item
+    def media_to_download(self, request: Request, info: SpiderInfo, *, item: Any = None) -> Deferred[Any]:
+        """A URL the cache has fresh is answered from it, with no download."""
+        request.meta.setdefault(META_KEY, True)
+        request.meta[META_PIPELINE] = True
+        request.meta.setdefault("download_maxsize", self.ctx.download_maxsize)
+        request.meta.setdefault(META_MAX_AGE, self._max_age())
+        self._forget_oldest(info)
+        return deferred_from_coro(self._from_cache(request, info, item))
 
-    async def _image(self, url: str) -> dict[str, Any]:
-        """One URL's result, computed once per crawl even when many items share the URL."""
-        known = self._results.get(url)
-        if isinstance(known, dict):
-            return known
-        if isinstance(known, _Pending):
-            return await maybe_deferred_to_future(known.wait())
-        pending = self._results[url] = _Pending()
+    def _max_age(self) -> float:
+        """IMGCACHE_EXPIRES when set, else this pipeline's IMAGES_EXPIRES (days), as Scrapy reads it."""
+        return self.config.expires if self.config.expires_set else self.expires * 86400.0
+
+    def _forget_oldest(self, info: SpiderInfo) -> None:
+        """Keep at most ``results_memory`` completed results (the oldest go first); results of
+        downloads in flight are in ``info.downloading``/``info.waiting``, never here."""
+        excess = len(info.downloaded) - self.results_memory
+        if excess > 0:
+            for fingerprint in list(info.downloaded)[:excess]:
+                del info.downloaded[fingerprint]
+
+    async def _from_cache(self, request: Request, info: SpiderInfo, item: Any) -> dict[str, Any] | None:
         try:
-            result = await self._fetch_and_cache(url)
-        except BaseException as exc:
-            self._results.pop(url, None)
-            pending.fire(Failure(exc))
-            raise
-        self._results[url] = result
-        pending.fire(result)
-        self._forget_oldest_results()
+            found = await in_thread(
+                self.ctx.store.answer,
+                request.url,
+                bucket=self.config.bucket,
+                client_name=self.ctx.client_name(),
+                fresh_since=_since(request.meta[META_MAX_AGE]),
+            )
+        except StoreError as exc:  # the middleware and media_downloaded decide what follows
+            logger.warning("imgcache: cannot look %s up in the cache: %s", request.url, exc)
+            return None
+        if found is None or found.body is None:  # a miss, or stale: the middleware need not ask again
+            request.meta[META_LOOKED_UP] = request.url
+            if found is not None:
+                request.meta[META_ENTRY] = found.entry
+            return None
+        if not self._large_enough(found.entry):
+            return None  # the middleware answers it from the cache, and media_downloaded refuses it
+        try:
+            result = await in_thread(self._result, request, None, found.entry, found.body, None, "hit", item, info)
+        except (StoreError, OSError) as exc:
+            logger.warning("imgcache: %s answered from the cache, but IMAGES_STORE failed: %s", request.url, exc)
+            return None
+        self.ctx.inc("hit")
+        self._count("uptodate", request, info)
         return result
 
-    def _forget_oldest_results(self) -> None:
-        """Evict the oldest completed results past ``results_memory``; pending ones stay, or
-        their download's outcome would find nothing to update and its waiters would hang."""
-        excess = len(self._results) - self.results_memory
-        if excess <= 0:
-            return
-        for url in [u for u, r in self._results.items() if isinstance(r, dict)][:excess]:
-            del self._results[url]
+    def _large_enough(self, entry: Entry) -> bool:
+        return (entry.width or 0) >= self.min_width and (entry.height or 0) >= self.min_height
 
-    async def _fetch_and_cache(self, url: str) -> dict[str, Any]:
-        meta = {META_KEY: True, META_PIPELINE: True, "download_maxsize": self.ctx.download_maxsize}
-        request = Request(url, callback=NO_CALLBACK, meta=meta)
-        try:
-            response = await _download(self.crawler, request)
-        except Exception as exc:  # DNS, connection refused, timeouts: as ImagesPipeline, a failed image
-            if cut_at_maxsize(exc):
-                raise ImageFailed("too_many_bytes", f"over {self.ctx.download_maxsize} bytes: {exc}") from exc
-            raise ImageFailed("download_error", f"{type(exc).__name__}: {exc}") from exc
+    def _check_size(self, entry: Entry, request: Request, referer: str | None) -> None:
+        """IMAGES_MIN_WIDTH/HEIGHT, as ImagesPipeline applies them (to cache hits too)."""
+        if not self._large_enough(entry):
+            too_small = ImageTooSmall(
+                f"Image too small ({entry.width}x{entry.height} < {self.min_width}x{self.min_height})"
+            )
+            self._failed(too_small.reason, request, too_small.message, referer)
+
+    def media_downloaded(  # type: ignore[override]  # a Deferred: Scrapy 2.13 awaits nothing else
+        self, response: Response, request: Request, info: SpiderInfo, *, item: Any = None
+    ) -> Deferred[dict[str, Any]]:
+        return deferred_from_coro(self._downloaded(response, request, info, item))
+
+    async def _downloaded(self, response: Response, request: Request, info: SpiderInfo, item: Any) -> dict[str, Any]:
+        referer = referer_str(request)
         if response.status != 200:
-            raise ImageFailed("http_error", f"HTTP {response.status}")
+            self._failed("http_error", request, f"HTTP {response.status}", referer)
         if not response.body:
-            raise ImageFailed("empty", "empty body")
+            self._failed("empty", request, "empty body", referer)
         entry: Entry | None = request.meta.get(META_ENTRY)
+        answered = RESPONSE_FLAG in response.flags and entry is not None  # by the middleware, from the cache
+        self._count("cached" if answered else "downloaded", request, info)  # as FilesPipeline counts
+        if answered:
+            assert entry is not None
+            self._check_size(entry, request, referer)
+            status = request.meta.get(META_STATUS, "hit")
+            return await self._in_thread_or_fail(
+                request, referer, self._result, request, response, entry, response.body, None, status, item, info
+            )
         try:
-            if RESPONSE_FLAG in response.flags and entry is not None:
-                return await in_thread(self._from_cache, response, entry, request.meta.get(META_STATUS, "hit"))
-            return await in_thread(self._ingest, response)
+            outcome = await in_thread(self._ingest, response, request)
         except InvalidImage as exc:
-            raise ImageFailed(exc.reason, exc.message) from exc
+            self._failed(exc.reason, request, exc.message, referer)
         except StoreError as exc:
+            if self.config.on_store_error == "fail":
+                self._failed("store_error", request, str(exc), referer, error=True)
             self.ctx.inc("store_error")
-            if self.config.on_store_error == "continue":
-                raise ImageFailed("store_error", str(exc)) from exc
-            raise
+            logger.warning("imgcache: store unavailable, %s kept uncached: %s", request.url, exc)
+            outcome = None
+        if outcome is not None:  # cached whatever its size; this pipeline may still refuse it
+            self._check_size(outcome.entry, request, referer)
+        return await self._in_thread_or_fail(
+            request, referer, self._result, request, response, outcome and outcome.entry, response.body, outcome,
+            "miss", item, info,
+        )  # fmt: skip
 
-    def _ingest(self, response: Response) -> dict[str, Any]:
-        assert self.ingestor is not None
-        outcome = ingest_response(self.ingestor, response, self.ctx.client_name())
+    def _ingest(self, response: Response, request: Request) -> Outcome:
+        outcome = ingest_response(
+            self.ctx.ingestor,
+            response,
+            self.ctx.client_name(),
+            also=[*request.meta.get("redirect_urls", ()), request.url],
+        )
         self.ctx.count(outcome)
-        status = "downloaded"
-        logger.debug("Image (%s): %s %s", outcome.duplicate or status, response.url, outcome.entry.content_hash[:12])
-        return self._result(response, outcome, status)
+        return outcome
 
-    def _from_cache(self, response: Response, entry: Entry, status: str) -> dict[str, Any]:
-        """Answered by the middleware from the cache: nothing to hash or store again."""
-        outcome = Outcome(entry, created=False, stored=False, size=entry.file_size_bytes)
-        return self._result(response, outcome, "uptodate", cache_status=status)
+    async def _in_thread_or_fail(self, request: Request, referer: str | None, func: Callable[..., T], *args: Any) -> T:
+        try:
+            return await in_thread(func, *args)
+        except (StoreError, OSError) as exc:  # IMAGES_STORE or the cache's files failed
+            self._failed("store_error", request, f"{type(exc).__name__}: {exc}", referer, error=True)
+
+    def media_failed(self, failure: Failure, request: Request, info: SpiderInfo) -> Any:
+        if isinstance(failure.value, ImageFailed):  # media_downloaded refused it, and said so
+            raise failure.value
+        if failure.value is not None and cut_at_maxsize(failure.value):
+            self._failed("too_many_bytes", request, f"over {self.ctx.download_maxsize} bytes", referer_str(request))
+        self._failed(
+            "download_error", request, f"{type(failure.value).__name__}: {failure.value}", referer_str(request)
+        )
+
+    def _failed(
+        self, reason: str, request: Request, message: str, referer: str | None, error: bool = False
+    ) -> NoReturn:
+        """Log one line tagged with the reason, count it (``imgcache/invalid/<reason>``; a
+        store failure as ``imgcache/store_error``), and fail this image (not the item)."""
+        self.ctx.inc("store_error" if reason == "store_error" else f"invalid/{reason}")
+        log = logger.error if error else logger.warning
+        log("Image (%s): %s referred in <%s>: %s", reason, request.url, referer, message)
+        raise ImageFailed(reason)
+
+    def _count(self, status: str, request: Request, info: SpiderInfo) -> None:
+        """Scrapy's own file stats and its debug line, as FilesPipeline gives them."""
+        stats = self.crawler.stats
+        assert stats is not None
+        stats.inc_value("file_count")
+        stats.inc_value(f"file_status_count/{status}")
+        logger.debug("File (%s): %s referred in <%s>", status, request.url, referer_str(request))
+
+    # -- results (blocking: in threads) ----------------------------------------------------
 
     def _result(
-        self, response: Response, outcome: Outcome, status: str, cache_status: str | None = None
+        self,
+        request: Request,
+        response: Response | None,
+        entry: Entry | None,
+        body: bytes,
+        outcome: Outcome | None,
+        cache_status: str,
+        item: Any,
+        info: SpiderInfo,
     ) -> dict[str, Any]:
-        entry = outcome.entry
+        """What ImagesPipeline returns for one image, and what the cache knows of it; the
+        IMAGES_STORE file and thumbnails written on the way."""
+        path = entry.path if entry is not None else None
+        if entry is not None:
+            request.meta[META_ENTRY] = entry  # file_path() takes the image's extension from it
+        refresh = cache_status == "miss"  # downloaded: what IMAGES_STORE holds may be an older version
+        if self.view is not None:
+            path = self.file_path(request, response=response, info=info, item=item)
+            self.view.place(path, body, entry, self.ctx.store if entry is not None else None, refresh)
         result: dict[str, Any] = {
-            "url": response.url,
-            "path": entry.path,
-            "checksum": checksum(response.body),
-            "status": status,
-            "content_hash": entry.content_hash,
-            "perceptual_hash": entry.perceptual_hash,
-            "width": entry.width,
-            "height": entry.height,
-            "content_type": entry.content_type,
-            "size": entry.file_size_bytes,
-            "duplicate": outcome.duplicate,
-            "duplicate_of": outcome.duplicate_of,
-            "hamming_distance": outcome.hamming_distance,
-            "cache": cache_status or "miss",
+            "url": request.url,
+            "path": path,
+            "checksum": checksum(body),
+            "status": {"hit": "uptodate", "miss": "downloaded"}.get(cache_status, "cached"),
         }
-        if cache_status is not None and entry.similar_to:
-            result.update(duplicate="similar", duplicate_of=entry.similar_to, hamming_distance=entry.similar_distance)
+        result.update(_cache_fields(entry, outcome, cache_status, len(body)))
         if self.thumbs:
-            result["thumbs"] = make_thumbnails(self.ctx.store, entry.content_hash, response.body, self.thumbs)
+            result["thumbs"] = self.thumbnailer.make(request, response, body, entry, item, info, refresh)
         return result
 
+    # -- hooks ImgCachePipeline replaces (see REPLACED_HOOKS) ------------------------------
 
-class _Pending:
-    """A result being computed; later askers wait on their own Deferred (works on either reactor)."""
+    def file_path(
+        self, request: Request, response: Response | None = None, info: SpiderInfo | None = None, *, item: Any = None
+    ) -> str:
+        """ImagesPipeline's ``full/<SHA-1 of the URL>``, with the image's real extension (the
+        original bytes are kept): ``.jpg`` for JPEGs, ``.png`` for PNGs…"""
+        path = super().file_path(request, response=response, info=info, item=item)
+        entry: Entry | None = request.meta.get(META_ENTRY)
+        if entry is not None and entry.path:
+            return path.rsplit(".", 1)[0] + "." + entry.path.rsplit(".", 1)[-1]
+        return path
 
-    def __init__(self) -> None:
-        self.waiters: list[Deferred[Any]] = []
-
-    def wait(self) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.waiters.append(d)
-        return d
-
-    def fire(self, result: Any) -> None:
-        for d in self.waiters:
-            d.callback(result) if not isinstance(result, Failure) else d.errback(result)
-
-
-async def _gather(coros: list[Any]) -> list[Any]:
-    """Run coroutines concurrently; results or exceptions in order (either reactor)."""
-    if not coros:
-        return []
-    done = await maybe_deferred_to_future(DeferredList([deferred_from_coro(c) for c in coros], consumeErrors=True))
-    return [value if ok else value.value for ok, value in done]
+    def item_completed(self, results: list[Any], item: Any, info: SpiderInfo) -> Any:
+        """ImagesPipeline's, after ``IMGCACHE_ON_SIMILAR = "drop"`` had its say."""
+        drop_near_duplicates(self, results)
+        return super().item_completed(results, item, info)
 
 
-async def _download(crawler: Crawler, request: Request) -> Response:
-    engine = crawler.engine
-    assert engine is not None
-    if hasattr(engine, "download_async"):  # Scrapy >= 2.14
-        return await engine.download_async(request)
-    return await maybe_deferred_to_future(engine.download(request))
+def drop_near_duplicates(pipeline: ImgCachePipeline, results: list[Any]) -> None:
+    """``DropItem`` when an image of the item is a near-duplicate of an image another item
+    brought (two near-identical photos of one item do not drop it)."""
+    if pipeline.config.on_similar != "drop":
+        return
+    images = [r for ok, r in results if ok]
+    for r in images:
+        if r.get("duplicate") != "similar":
+            continue
+        others = {o.get("content_hash") for o in images if o is not r}
+        if r.get("duplicate_of") not in others:
+            pipeline.ctx.inc("dropped/similar")
+            raise DropItem(
+                f"near-duplicate image {r['url']} (distance {r['hamming_distance']} from {r['duplicate_of'][:12]})"
+            )
+
+
+def _cache_fields(entry: Entry | None, outcome: Outcome | None, cache_status: str, size: int) -> dict[str, Any]:
+    """The result fields beyond ImagesPipeline's: what the cache knows of the image."""
+    if entry is None:  # stored nowhere: the store was down and IMGCACHE_ON_STORE_ERROR = "continue"
+        return {"content_hash": None, "cache": "error", "size": size}
+    duplicate = outcome.duplicate if outcome is not None else None
+    duplicate_of = outcome.duplicate_of if outcome is not None else None
+    distance = outcome.hamming_distance if outcome is not None else None
+    if outcome is None and entry.similar_to:  # answered from the cache: what it was stored as
+        duplicate, duplicate_of, distance = "similar", entry.similar_to, entry.similar_distance
+    return {
+        "content_hash": entry.content_hash,
+        "perceptual_hash": entry.perceptual_hash,
+        "width": entry.width,
+        "height": entry.height,
+        "content_type": entry.content_type,
+        "size": entry.file_size_bytes,
+        "duplicate": duplicate,
+        "duplicate_of": duplicate_of,
+        "hamming_distance": distance,
+        "cache": cache_status,
+    }
+
+
+def _since(max_age: float) -> Any:
+    from datetime import datetime, timedelta, timezone
+
+    if max_age <= 0:
+        return datetime.max.replace(tzinfo=timezone.utc)
+    return datetime.now(timezone.utc) - timedelta(seconds=max_age)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 
 import attrs
 import scrapy
+from itemadapter import ItemAdapter
 from scrapy import signals
+from scrapy.exceptions import DropItem
+from scrapy.pipelines.images import ImagesPipeline
 from twisted.internet import task
 
 from scrapy_imgcache.pipelines import ImgCachePipeline
@@ -118,3 +122,40 @@ class SmallMemoryPipeline(ImgCachePipeline):
     """Remembers two results: a slow download outlives many others' results."""
 
     results_memory = 2
+
+
+def docs_pipeline(base: type) -> type:
+    """The custom pipeline of Scrapy's "Downloading and processing files and images" page,
+    over ``base``: the very same class body on ImagesPipeline and on ImgCachePipeline."""
+
+    class DocsPipeline(base):  # type: ignore[misc,valid-type]
+        def get_media_requests(self, item, info):
+            for image_url in item["image_urls"]:
+                yield scrapy.Request(image_url, headers={"X-Docs-Pipeline": "yes"})
+
+        def file_path(self, request, response=None, info=None, *, item=None):
+            image_url_hash = hashlib.shake_256(request.url.encode()).hexdigest(5)
+            image_perspective = request.url.split("/")[-2]
+            return f"{image_url_hash}_{image_perspective}.jpg"
+
+        def item_completed(self, results, item, info):
+            image_paths = [x["path"] for ok, x in results if ok]
+            if not image_paths:
+                raise DropItem("Item contains no images")
+            adapter = ItemAdapter(item)
+            adapter["image_paths"] = image_paths
+            adapter["image_urls_done"] = [x["url"] for ok, x in results if ok]
+            return item
+
+    return DocsPipeline
+
+
+StockDocsPipeline = docs_pipeline(ImagesPipeline)
+CachedDocsPipeline = docs_pipeline(ImgCachePipeline)
+
+
+class OverridesGetImages(ImgCachePipeline):
+    """A hook ImgCachePipeline cannot honour: it never re-encodes the image."""
+
+    def get_images(self, response, request, info, *, item=None):
+        return super().get_images(response, request, info, item=item)

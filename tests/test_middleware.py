@@ -55,7 +55,7 @@ def test_marked_requests_are_answered_from_the_cache(site, photos, tmp_path):
     assert site.image_hits == 0 and site.image_bytes == 0
     assert second.stat("hit") == 3
     assert sorted(i["size"] for i in second.items) == sorted(len(p) for p in photos)
-    assert all(i["flags"] == ["imgcache", "hit"] and i["cache"] == "hit" for i in second.items)
+    assert all(i["flags"] == ["imgcache", "hit", "cached"] and i["cache"] == "hit" for i in second.items)
 
 
 def test_stale_entries_are_revalidated_with_304(site, photos, tmp_path):

@@ -49,8 +49,10 @@ class ImgCacheCommand(ScrapyCommand):
     #: the name it is registered under in pyproject.toml, for its error messages;
     #: ``imgcache-<module name>`` unless a subclass says otherwise
     name: ClassVar[str] = "imgcache"
-    #: the command reads the database directly (what the REST API of a remote store lacks)
+    #: the command needs the cache's database itself (a remote service will not do)
     needs_database: ClassVar[bool] = False
+    #: the command may create a cache where there is none (the others only look at one)
+    creates_cache: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -102,7 +104,7 @@ class ImgCacheCommand(ScrapyCommand):
         """The configured store (a database, or a remote service where the command can use one)."""
         self.require_database(config)
         try:
-            return config.open_store()
+            return config.open_store(create=self.creates_cache)
         except ImportError as exc:
             raise CommandFailed(f"cannot open the store {config.url}: {exc}") from exc
 

@@ -45,6 +45,7 @@ class Tally:
 
 class Command(ImgCacheCommand):
     name = "imgcache-import"
+    creates_cache = True
 
     def syntax(self) -> str:
         return "[options] DIR"

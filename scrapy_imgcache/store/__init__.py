@@ -9,7 +9,7 @@
 :func:`open_store` picks the store class from the URL's scheme in :data:`STORE_SCHEMES`, as
 Scrapy's FilesPipeline picks a files store; ``IMGCACHE_STORE_SCHEMES`` adds or replaces
 entries (``{"redis": "myproject.stores.RedisStore"}``). A store class is built with its
-``from_config(config)`` class method.
+``from_config(config, create=True)`` class method.
 """
 
 from __future__ import annotations
@@ -74,10 +74,10 @@ def store_class(url: str, schemes: Mapping[str, str | type[Any]] | None = None) 
     return found
 
 
-def open_store(config: ImgCacheConfig | str, **settings: Any) -> Store:
+def open_store(config: ImgCacheConfig | str, *, create: bool = True, **settings: Any) -> Store:
     """The store a config names, or a URL with ``IMGCACHE_*`` settings as lower-case keywords:
     ``open_store("sqlite:///cache.sqlite3", files_store="cache-files")`` (blocking: opening a
-    database may create its schema)."""
+    database may create its schema). ``create=False`` opens an existing cache only."""
     if isinstance(config, str):
         from ..config import ImgCacheConfig
 
@@ -85,7 +85,7 @@ def open_store(config: ImgCacheConfig | str, **settings: Any) -> Store:
         config = ImgCacheConfig.from_settings({**values, "IMGCACHE_URL": config})
     elif settings:
         raise TypeError("open_store(config) takes no settings: they are in the config")
-    store: Store = store_class(config.url, config.store_schemes).from_config(config)
+    store: Store = store_class(config.url, config.store_schemes).from_config(config, create=create)
     return store
 
 

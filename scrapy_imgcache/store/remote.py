@@ -75,7 +75,7 @@ class RemoteStore:
         self.blobs = None
 
     @classmethod
-    def from_config(cls, config: ImgCacheConfig) -> RemoteStore:
+    def from_config(cls, config: ImgCacheConfig, create: bool = True) -> RemoteStore:
         """The service ``IMGCACHE_URL`` names, with ``IMGCACHE_API_KEY``, ``_TIMEOUT`` and ``_RETRIES``."""
         return cls(
             config.url,

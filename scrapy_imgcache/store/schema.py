@@ -52,14 +52,20 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 HOT_POOL_CACHE_KIB = 512
 
 
-def make_engine(url: str) -> Engine:
+#: backend -> (the driver an extra installs, the extra)
+EXTRAS = {"postgresql": ("psycopg", "postgres"), "mysql": ("pymysql", "mysql"), "mariadb": ("pymysql", "mysql")}
+
+
+def make_engine(url: str, make_folder: bool = False) -> Engine:
+    """An engine for ``url``. A SQLite file's folder must exist unless ``make_folder`` (the
+    default location): a typo must not create folders anywhere."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
         raise ConfigError(f"not a database URL: {url!r} ({exc})") from exc
     try:
         if parsed.get_backend_name() == "sqlite":
-            return _sqlite_engine(url)
+            return _sqlite_engine(url, make_folder)
         kwargs: dict[str, object] = {"pool_pre_ping": True, "pool_recycle": 3600}
         if parsed.get_backend_name() in ("mysql", "mariadb"):
             kwargs["isolation_level"] = "READ COMMITTED"
@@ -67,9 +73,21 @@ def make_engine(url: str) -> Engine:
     except NoSuchModuleError as exc:
         raise ConfigError(f"no SQLAlchemy dialect for {parsed.drivername!r}: {exc}") from exc
     except ModuleNotFoundError as exc:
-        extra = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}.get(parsed.get_backend_name(), "")
-        hint = f"; install it with pip install 'scrapy-imgcache[{extra}]'" if extra else ""
-        raise ConfigError(f"the database driver for {parsed.drivername!r} is missing ({exc}){hint}") from exc
+        raise ConfigError(f"the database driver for {parsed.drivername}:// is missing ({exc}){_hint(parsed)}") from exc
+
+
+def _hint(url: URL) -> str:
+    """How to get the driver ``url`` names: the extra that installs it, or the URL it serves."""
+    backend, driver = url.get_backend_name(), url.get_driver_name()
+    if backend not in EXTRAS:
+        return ""
+    served, extra = EXTRAS[backend]
+    if driver == served:
+        return f"; install it with pip install 'scrapy-imgcache[{extra}]'"
+    return (
+        f"; pip install 'scrapy-imgcache[{extra}]' installs {served}, which serves "
+        f"{backend}+{served}:// URLs (or install the driver {url.drivername}:// needs yourself)"
+    )
 
 
 def sqlite_file(url: URL) -> str | None:
@@ -79,10 +97,14 @@ def sqlite_file(url: URL) -> str | None:
     return url.database
 
 
-def _sqlite_engine(url: str) -> Engine:
+def _sqlite_engine(url: str, make_folder: bool) -> Engine:
     path = sqlite_file(make_url(url))
     if path:
-        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(path).expanduser().parent
+        if make_folder:
+            folder.mkdir(parents=True, exist_ok=True)
+        elif not folder.is_dir():
+            raise StoreError(f"there is no image cache at {path}: the folder {folder} does not exist (IMGCACHE_URL)")
     engine = _sqlite_pool(url)
 
     @event.listens_for(engine, "begin")
@@ -171,18 +193,24 @@ def current_revision(engine: Engine, attempts: int = 20) -> str | None:
     raise AssertionError("unreachable")
 
 
-def ensure_schema(engine: Engine) -> None:
+def ensure_schema(engine: Engine, create: bool = True) -> None:
     """Create or migrate the tables to the head revision, once, whoever else is trying.
+    ``create=False``: a database without a cache is an error (commands that only read).
 
     Every step looks before it creates (``migrations/steps.py``), so a migration killed
     half-way on MySQL/MariaDB, whose DDL is not transactional, completes on the next start.
     """
+    db = sqlite_file(engine.url)
+    if not create and db is not None and not Path(db).expanduser().is_file():
+        raise StoreError(f"there is no image cache at {db} (IMGCACHE_URL)")
     try:
         revision = current_revision(engine)
     except (OperationalError, InterfaceError) as exc:
         raise StoreError(f"cannot reach the database at {engine.url!r}: {_reason(exc)}") from exc
     if revision == HEAD:
         return
+    if revision is None and not create:
+        raise StoreError(f"the database at {engine.url!r} holds no image cache (IMGCACHE_URL)")
     try:
         with _schema_lock(engine):
             if current_revision(engine) == HEAD:

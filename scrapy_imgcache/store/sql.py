@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,6 +33,7 @@ from ..blobs import (
     hash_of_key,
     is_temporary,
     open_blob_store,
+    storage_options,
 )
 from ..hashing import ImageInfo, Inspector, content_hash
 from .base import (
@@ -88,12 +89,19 @@ class SqlStore:
         url: str,
         files: str | BlobStore,
         inspector: Inspector | None = None,
+        *,
+        create: bool = True,
+        make_folder: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
     ) -> None:
+        """``create=False``: open an existing cache only (its database and its files);
+        ``make_folder``: a SQLite file's folder is made when missing (the default location);
+        ``storage_options``: fsspec's, for ``files`` in object storage."""
         self.url = url
         self.inspector = inspector or Inspector()
-        self.blobs: BlobStore = open_blob_store(files) if isinstance(files, str) else files
-        self.engine = make_engine(url)
-        ensure_schema(self.engine)
+        self.engine = make_engine(url, make_folder and create)
+        ensure_schema(self.engine, create)
+        self.blobs: BlobStore = open_blob_store(files, storage_options, create) if isinstance(files, str) else files
         #: this cache's id: its blob store is claimed with it, so no other cache shares it
         self.cache_id = cache_id(self.engine)
         claim(self.blobs, self.cache_id, self.engine.url.render_as_string(hide_password=True))
@@ -107,9 +115,25 @@ class SqlStore:
         self._index = _SharedIndex(self)
 
     @classmethod
-    def from_config(cls, config: ImgCacheConfig) -> SqlStore:
-        """The database ``IMGCACHE_URL`` names, with its bytes at ``IMGCACHE_FILES_STORE``."""
-        return cls(config.url, config.files_store, inspector=config.inspector())
+    def from_config(cls, config: ImgCacheConfig, create: bool = True) -> SqlStore:
+        """The database ``IMGCACHE_URL`` names, with its bytes at ``IMGCACHE_FILES_STORE`` (in
+        object storage, configured by Scrapy's ``AWS_*``/``GCS_*``/``FTP_*`` settings). The
+        files location is probed (a write, read and delete), so bad credentials stop a crawl
+        at its start."""
+        store = cls(
+            config.url,
+            config.files_store,
+            inspector=config.inspector(),
+            create=create,
+            make_folder=config.url_is_default,
+            storage_options=storage_options(config.files_store, config.storage_settings),
+        )
+        try:
+            store.blobs.probe()
+        except BaseException:
+            store.close()
+            raise
+        return store
 
     def __repr__(self) -> str:
         return f"SqlStore({self.engine.url.render_as_string(hide_password=True)!r})"

@@ -9,7 +9,6 @@ from datetime import timedelta
 from scrapy_imgcache.blobs import OWNER_KEY, blob_key
 from scrapy_imgcache.config import ImgCacheConfig
 from scrapy_imgcache.hashing import content_hash
-from scrapy_imgcache.ingest import make_thumbnails
 from scrapy_imgcache.store.base import utcnow
 from scrapy_imgcache.store.sql import SqlStore
 from tests.helpers import distinct_images, encode, noise_bytes
@@ -91,6 +90,7 @@ def _settings(project: Project, lines: str) -> None:
 def test_two_sqlite_caches_in_one_folder_never_delete_each_others_files(project: Project):
     """Two caches once shared the default imgcache-files folder, and gc on one deleted the other's blobs."""
     folder = project.root / "caches"
+    folder.mkdir()
     a, b = distinct_images(2)
     stores = {}
     for name, img in (("one", a), ("two", b)):
@@ -99,7 +99,8 @@ def test_two_sqlite_caches_in_one_folder_never_delete_each_others_files(project:
             ImgCacheConfig.from_settings({"IMGCACHE_URL": f"sqlite:///{folder / name}.sqlite3"}).files_store,
         )
         stores[name] = store.put(encode(img), url=f"https://x.example/{name}.jpg", client_name="t").entry
-        assert make_thumbnails(store, stores[name].content_hash, encode(img), {"small": (50, 50)})
+        h = stores[name].content_hash
+        store.blobs.put(f"thumbs/small/{h[:2]}/{h}.jpg", encode(img.resize((50, 38))))  # as the pipeline keeps one
         store.close()
     for name in ("one", "two"):  # each cache has a folder of its own
         assert (folder / f"{name}-files" / stores[name].path).exists()
@@ -119,6 +120,7 @@ def test_two_sqlite_caches_in_one_folder_never_delete_each_others_files(project:
 def test_a_second_cache_cannot_use_a_folder_another_cache_owns(project: Project):
     shared = project.root / "shared-files"
     SqlStore(f"sqlite:///{project.root / 'one.sqlite3'}", str(shared)).close()
+    SqlStore(f"sqlite:///{project.root / 'two.sqlite3'}", str(project.root / "two-files")).close()
     _settings(
         project, f"IMGCACHE_URL = {f'sqlite:///{project.root}/two.sqlite3'!r}\nIMGCACHE_FILES_STORE = {str(shared)!r}\n"
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .conftest import Filled, Project, json_lines
+from .conftest import Filled, Project, assert_one_line_error, json_lines
 
 
 def test_figures_match_what_was_stored(filled: Filled):
@@ -60,6 +60,17 @@ def test_figures_match_what_was_stored(filled: Filled):
 
 
 def test_empty_cache(project: Project):
+    project.store().close()
     proc = project.run("imgcache-stats")
     assert proc.returncode == 1
     assert proc.stdout.strip() == "The cache is empty."
+
+
+def test_a_cache_that_is_not_there_is_an_error_and_is_not_created(project: Project, tmp_path):
+    """A typo once created a cache, and folders, wherever it pointed, and said it was empty."""
+    before = sorted(tmp_path.rglob("*"))
+    for command in ("imgcache-stats", "imgcache-dupes", "imgcache-gc"):
+        assert_one_line_error(project.run(command), 3, "there is no image cache", "cache.sqlite3")
+    typo = project.run("imgcache-stats", "-s", f"IMGCACHE_URL=sqlite:///{tmp_path}/nonexistent-dir/x.sqlite3")
+    assert_one_line_error(typo, 3, "nonexistent-dir does not exist")
+    assert sorted(tmp_path.rglob("*")) == before

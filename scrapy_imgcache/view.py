@@ -1,0 +1,118 @@
+"""``IMAGES_STORE`` as a view of the cache, and the thumbnails ImagesPipeline would make.
+
+The cache stays the deduplicated source of truth; the ``IMAGES_STORE`` tree is where a
+project that used ImagesPipeline expects its files: each image at ``file_path()``, its
+thumbnails at ``thumb_path()``. A file is placed the cheapest way the two stores allow: a
+hard link to the cached blob (local folders on one file system), a server-side copy (one
+object store), else the bytes written (atomically for local folders). Everything here
+blocks: the pipeline calls it in a thread.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from .blobs import BlobStore, open_blob_store, storage_options
+from .errors import ConfigError, StoreError
+
+if TYPE_CHECKING:
+    from scrapy import Request
+    from scrapy.http import Response
+
+    from .pipelines import ImgCachePipeline
+    from .store.base import Entry, Store
+
+
+class ImagesStoreView:
+    """The ``IMAGES_STORE`` tree, written through a blob store of its own."""
+
+    def __init__(self, uri: str, target: BlobStore) -> None:
+        self.uri = uri
+        self.target = target
+
+    @classmethod
+    def open(cls, uri: str, settings: Mapping[str, Any], problem: Callable[[str], None]) -> ImagesStoreView | None:
+        """The view of ``IMAGES_STORE=uri`` with Scrapy's ``AWS_*``/``GCS_*``/``FTP_*`` settings;
+        a URI it cannot serve is reported to ``problem`` (one line naming the setting)."""
+        try:
+            options = storage_options(uri, settings, acl_setting="IMAGES_STORE")
+            return cls(uri, open_blob_store(uri, options, create=True))
+        except (ConfigError, StoreError, ImportError, ValueError) as exc:
+            problem(f"IMAGES_STORE={uri!r}: {exc}")
+            return None
+
+    def probe(self) -> None:
+        """Write, read and delete a probe file, so a bad location or bad credentials stop the
+        crawl at start, in one line, instead of failing every image."""
+        self.target.probe()
+
+    def place(self, path: str, body: bytes, entry: Entry | None, store: Store | None, refresh: bool) -> None:
+        """Make ``path`` hold the image. ``refresh``: the bytes may differ from what is there
+        (a download); otherwise an existing file is taken as current (a cache hit)."""
+        if not refresh and self.target.exists(path):
+            return
+        source = store.blobs if store is not None else None
+        if source is not None and entry is not None and entry.path and self.target.copy_from(source, entry.path, path):
+            return
+        self.target.replace(path, body)
+
+    def exists(self, path: str) -> bool:
+        return self.target.exists(path)
+
+    def write(self, path: str, data: bytes) -> None:
+        self.target.replace(path, data)
+
+
+class Thumbnailer:
+    """Thumbnails as ImagesPipeline makes them (the pipeline's own ``convert_image`` and
+    ``thumb_path``): in ``IMAGES_STORE`` when it is set, else beside the cache's blobs, once
+    per content (``thumbs/<name>/<hash[:2]>/<hash>.jpg``)."""
+
+    def __init__(self, pipeline: ImgCachePipeline) -> None:
+        self.pipeline = pipeline
+
+    def make(
+        self,
+        request: Request,
+        response: Response | None,
+        body: bytes,
+        entry: Entry | None,
+        item: Any,
+        info: Any,
+        refresh: bool,
+    ) -> dict[str, str]:
+        pipe = self.pipeline
+        wanted: dict[str, tuple[BlobStore, str]] = {}
+        for thumb_id in pipe.thumbs:
+            if pipe.view is not None:
+                path = pipe.thumb_path(request, thumb_id, response=response, info=info, item=item)
+                wanted[thumb_id] = (pipe.view.target, path)
+            else:
+                blobs = pipe.ctx.store.blobs
+                if blobs is None or entry is None:
+                    continue
+                h = entry.content_hash
+                wanted[thumb_id] = (blobs, f"thumbs/{thumb_id}/{h[:2]}/{h}.jpg")
+        missing = {t: (target, path) for t, (target, path) in wanted.items() if refresh or not target.exists(path)}
+        if missing:
+            self._render(body, missing)
+        return {t: path for t, (_, path) in wanted.items()}
+
+    def _render(self, body: bytes, missing: dict[str, tuple[BlobStore, str]]) -> None:
+        from PIL import Image, ImageOps
+
+        from .imaging import greyscale
+
+        pipe = self.pipeline
+        original = Image.open(io.BytesIO(body))
+        image = ImageOps.exif_transpose(original) or original
+        image.format = original.format  # the copy forgets it, and convert_image puts PNG/WebP on white by it
+        for thumb_id, (target, path) in missing.items():
+            size = pipe.thumbs[thumb_id]
+            try:
+                _thumb, buf = pipe.convert_image(image, size, response_body=io.BytesIO(body))
+            except (OSError, ValueError):  # a mode convert_image cannot take to RGB (LAB…): grey
+                _thumb, buf = pipe.convert_image(greyscale(image).convert("RGB"), size, response_body=io.BytesIO(body))
+            target.replace(path, buf.getvalue())

@@ -1,0 +1,161 @@
+"""ImgCachePipeline as a drop-in for ImagesPipeline: the same project, side by side in one run.
+
+The pipeline is the one Scrapy's documentation teaches ("Downloading and processing files and
+images"): a subclass overriding ``get_media_requests`` (adding a header), ``file_path`` and
+``item_completed`` (collecting ``image_paths``, dropping items without images), with
+``IMAGES_STORE``, ``IMAGES_THUMBS``, ``IMAGES_MIN_WIDTH/HEIGHT`` and ``MEDIA_ALLOW_REDIRECTS``.
+Only its base class differs between the two crawls (tests/crawl_spiders.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from tests.helpers import Crawl, Site, crawl, distinct_images, encode, make_project
+
+pytestmark = pytest.mark.scrapy_api
+
+THUMBS = {"small": (50, 50)}
+IMAGE_PATHS = {
+    "/img/front/a.jpg",
+    "/img/side/b.png",
+    "/img/top/tiny.jpg",
+    "/img/moved/r.jpg",
+    "/img/target/r.jpg",
+    "/img/gone/x.jpg",
+    "/img/front/shared.jpg",
+}
+
+
+def transparent_png() -> bytes:
+    """An RGBA photo whose left half is fully transparent (ImagesPipeline thumbnails it on white)."""
+    img = distinct_images(2)[1].convert("RGBA")
+    img.paste((0, 0, 0, 0), (0, 0, img.width // 2, img.height))
+    return encode(img, "PNG")
+
+
+def build_site(site: Site) -> None:
+    a, _b, c = distinct_images(3)
+    site.image("/img/front/a.jpg", encode(a))
+    site.image("/img/side/b.png", transparent_png(), "image/png")
+    site.image("/img/top/tiny.jpg", encode(c.resize((40, 30))))
+    site.image("/img/target/r.jpg", encode(c))
+    site.redirect("/img/moved/r.jpg", "/img/target/r.jpg")
+    site.image("/img/front/shared.jpg", encode(distinct_images(4)[3]))
+    site.page("/p1", ["/img/front/a.jpg", "/img/side/b.png", "/img/top/tiny.jpg", "/img/moved/r.jpg",
+                      "/img/gone/x.jpg"], ["/p2"])  # fmt: skip
+    site.page("/p2", ["/img/front/shared.jpg", "/img/front/a.jpg"], ["/p3"])
+    site.page("/p3", ["/img/top/tiny.jpg"])  # no usable image: the pipeline drops the item
+
+
+def settings(store: Path, redirects: bool, **extra: Any) -> dict[str, Any]:
+    return {
+        "IMAGES_STORE": str(store),
+        "IMAGES_THUMBS": THUMBS,
+        "IMAGES_MIN_WIDTH": 100,
+        "IMAGES_MIN_HEIGHT": 80,
+        "MEDIA_ALLOW_REDIRECTS": redirects,
+        **extra,
+    }
+
+
+def by_page(result: Crawl) -> dict[str, dict[str, Any]]:
+    return {item["page"].rsplit("/", 1)[-1]: item for item in result.items}
+
+
+def image_requests(site: Site) -> dict[str, list[dict[str, str]]]:
+    return {path: list(reqs) for path, reqs in site.requests.items() if path in IMAGE_PATHS}
+
+
+def file_stats(result: Crawl) -> dict[str, int]:
+    return {k: v for k, v in result.stats.items() if k == "file_count" or k.startswith("file_status_count/")}
+
+
+@pytest.mark.parametrize("redirects", [False, True], ids=["no-redirects", "redirects"])
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_the_documented_pipeline_switched_by_its_base_class(site, tmp_path, request, redirects, backend):
+    build_site(site)
+    db = f"sqlite:///{tmp_path / 'cache.sqlite3'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
+    stock_store, cached_store, fresh_store = tmp_path / "stock", tmp_path / "cached", tmp_path / "fresh"
+    stock = make_project(
+        tmp_path / "stock-proj",
+        settings(stock_store, redirects, ADDONS={}, ITEM_PIPELINES={"tests.crawl_spiders.StockDocsPipeline": 1}),
+    )
+    cached_settings = settings(
+        cached_store,
+        redirects,
+        IMGCACHE_URL=db,
+        IMGCACHE_FILES_STORE=str(tmp_path / "cache-files"),
+        # the add-on stays on, and leaves the project's own pipeline as the only one
+        ITEM_PIPELINES={
+            "scrapy_imgcache.pipelines.ImgCachePipeline": None,
+            "tests.crawl_spiders.CachedDocsPipeline": 1,
+        },
+    )
+    cached = make_project(tmp_path / "cached-proj", cached_settings)
+
+    want = crawl(stock, "pages", start=site.url("/p1"))
+    assert want.returncode == 0, want.log[-3000:]
+    stock_requests = image_requests(site)
+    site.reset_counts()
+    got = crawl(cached, "pages", start=site.url("/p1"))
+    assert got.returncode == 0, got.log[-3000:]
+    assert "CachedDocsPipeline" in got.log and "'scrapy_imgcache.pipelines.ImgCachePipeline'" not in got.log
+
+    # the same items, image paths and result URLs; /p3 dropped by item_completed in both
+    assert set(by_page(got)) == set(by_page(want)) == {"p1", "p2"}
+    for page, item in by_page(want).items():
+        mine = by_page(got)[page]
+        assert mine["image_paths"] == item["image_paths"], page
+        assert mine["image_urls_done"] == item["image_urls_done"], page
+    moved = site.url("/img/moved/r.jpg")
+    assert (moved in by_page(got)["p1"]["image_urls_done"]) is redirects  # keyed by the URL asked for
+    # files at those paths, thumbnails at the same thumb paths
+    for item in got.items:
+        for path in item["image_paths"]:
+            assert (stock_store / path).is_file() and (cached_store / path).is_file(), path
+    stock_thumbs = sorted(p.relative_to(stock_store) for p in (stock_store / "thumbs").rglob("*.jpg"))
+    assert (
+        stock_thumbs
+        and sorted(p.relative_to(cached_store) for p in (cached_store / "thumbs").rglob("*.jpg")) == stock_thumbs
+    )
+    # the header on every image request, and Scrapy's own file stats
+    assert image_requests(site).keys() == stock_requests.keys()
+    for path, reqs in image_requests(site).items():
+        assert all(r.get("X-Docs-Pipeline") == "yes" for r in reqs), path
+    assert file_stats(got) == file_stats(want) and file_stats(got)["file_count"] >= 4
+    # the original bytes are kept: a PNG stays a PNG under its .jpg name
+    png_path = by_page(got)["p1"]["image_paths"][1]
+    assert (cached_store / png_path).read_bytes() == site.routes["/img/side/b.png"].body
+    assert Image.open(stock_store / png_path).format == "JPEG"
+
+    # a second crawl into a fresh IMAGES_STORE: no image bytes fetched, every path filled
+    site.reset_counts()
+    fresh = make_project(tmp_path / "fresh-proj", {**cached_settings, "IMAGES_STORE": str(fresh_store)})
+    again = crawl(fresh, "pages", start=site.url("/p1"))
+    assert again.returncode == 0, again.log[-3000:]
+    assert site.image_bytes == 0
+    for page, item in by_page(got).items():
+        assert by_page(again)[page]["image_paths"] == item["image_paths"]
+        for path in item["image_paths"]:
+            assert (fresh_store / path).read_bytes() == (cached_store / path).read_bytes()
+    assert sorted(p.relative_to(fresh_store) for p in (fresh_store / "thumbs").rglob("*.jpg")) == stock_thumbs
+    assert again.stats.get("file_status_count/uptodate", 0) == (4 if redirects else 3)
+    assert "file_status_count/downloaded" not in again.stats
+
+
+def test_transparent_images_are_thumbnailed_on_white_as_imagespipeline_does(site, tmp_path):
+    build_site(site)
+    project = make_project(
+        tmp_path / "proj",
+        settings(tmp_path / "images", False, IMGCACHE_URL=f"sqlite:///{tmp_path / 'c.sqlite3'}"),
+    )
+    result = crawl(project, "pages", start=site.url("/p1"))
+    assert result.returncode == 0, result.log[-3000:]
+    (png,) = [i for i in result.images if i["url"].endswith("b.png")]
+    thumb = Image.open(tmp_path / "images" / png["thumbs"]["small"])
+    assert thumb.format == "JPEG" and thumb.getpixel((2, thumb.height // 2)) == (255, 255, 255)
