@@ -24,6 +24,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
@@ -289,7 +290,7 @@ class FsspecBlobStore:
         """The backend's failures (any exception type: botocore, aiohttp, ftplib…) as StoreError."""
         try:
             yield
-        except (FileNotFoundError, StoreError, ValueError):
+        except (StoreError, ValueError):  # (a missing key is answered inside get(); here it is a missing bucket)
             raise
         except Exception as exc:
             raise StoreError(f"cannot {action} {self.describe(key)}: {type(exc).__name__}: {exc}") from exc
@@ -349,15 +350,24 @@ class FsspecBlobStore:
                 return
             found = self.fs.find(self.root, detail=True).items()
         for path, info in found:
-            mtime = info.get("mtime") or info.get("LastModified") or info.get("created") or time.time()
-            if hasattr(mtime, "timestamp"):
-                mtime = mtime.timestamp()
             key = path[len(self.root) + 1 :]
             if key != OWNER_KEY:
-                yield key, float(mtime), int(info.get("size") or 0)
+                yield key, _mtime(info), int(info.get("size") or 0)
 
     def probe(self) -> None:
         _probe(self)
+
+
+def _mtime(info: Mapping[str, Any]) -> float:
+    """A file's modification time from what an fsspec backend lists (each names it its own way)."""
+    found = info.get("mtime") or info.get("LastModified") or info.get("created") or info.get("updated")
+    if found is None and info.get("modify"):  # FTP's MLSD fact: YYYYMMDDHHMMSS, UTC
+        found = datetime.strptime(str(info["modify"])[:14], "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+    if isinstance(found, str):
+        found = datetime.fromisoformat(found.replace("Z", "+00:00"))
+    if hasattr(found, "timestamp"):
+        return float(found.timestamp())
+    return float(found) if found is not None else time.time()
 
 
 def _probe(store: BlobStore) -> None:
@@ -377,9 +387,13 @@ def _ftp_filesystem(url: str, options: Mapping[str, Any]) -> tuple[Any, str]:
     from fsspec.implementations.ftp import FTPFileSystem
 
     class _FTP(FTPFileSystem):  # type: ignore[misc]  # fsspec is untyped
+        def __init__(self, *args: Any, active: bool = False, **kwargs: Any) -> None:
+            self._active = active  # before super().__init__, which connects
+            super().__init__(*args, **kwargs)
+
         def _connect(self) -> None:
             super()._connect()
-            if self.storage_options.get("active"):
+            if self._active:
                 self.ftp.set_pasv(False)
 
     parts = urlsplit(url)

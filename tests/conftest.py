@@ -12,7 +12,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers import Site, mysql_database, postgres_database
+from tests.helpers import (
+    FtpServer,
+    S3Bucket,
+    Site,
+    free_port,
+    mysql_database,
+    postgres_database,
+    start_ftp_server,
+    wait_for_port,
+)
 
 
 @pytest.fixture
@@ -62,3 +71,46 @@ def site() -> Iterator[Site]:
     s = Site().start()
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 (no AWS anywhere)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    pytest.importorskip("s3fs")
+    server = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or shutil.which("moto_server")
+    if server is None:
+        pytest.skip("moto_server is not installed (pip install 'moto[server]' s3fs)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for_port(port, "moto_server")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> S3Bucket:
+    """A new bucket on the test S3 server."""
+    import uuid
+
+    bucket = S3Bucket(s3_endpoint, f"imgcache-{uuid.uuid4().hex[:12]}")
+    bucket.client().create_bucket(Bucket=bucket.name)
+    return bucket
+
+
+@pytest.fixture
+def ftp_server(tmp_path) -> Iterator[FtpServer]:
+    root = tmp_path / "ftp-root"
+    root.mkdir()
+    server = start_ftp_server(root)
+    yield server
+    server.stop()

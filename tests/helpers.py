@@ -332,3 +332,96 @@ def run_processes(db_url: str | None, files: str, per_process: list[list[Op]]) -
     codes = [p.exitcode for p in procs]
     assert not found, "\n".join(found)
     assert codes == [0] * len(procs), codes
+
+
+# -- object storage and FTP servers ----------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, what: str, timeout: float = 30) -> None:
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    pytest.fail(f"{what} did not start")
+
+
+@dataclass
+class S3Bucket:
+    """A bucket on the test S3 server, and how Scrapy's settings and fsspec reach it."""
+
+    endpoint: str
+    name: str
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {
+            "key": "testing",
+            "secret": "testing",
+            "client_kwargs": {"endpoint_url": self.endpoint, "region_name": "us-east-1"},
+        }
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_REGION_NAME": "us-east-1",
+        }
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+            region_name="us-east-1",
+        )  # fmt: skip
+
+    def keys(self, prefix: str = "") -> list[str]:
+        listed = self.client().list_objects_v2(Bucket=self.name, Prefix=prefix)
+        return sorted(o["Key"] for o in listed.get("Contents", []))
+
+
+@dataclass
+class FtpServer:
+    """A real FTP server (pyftpdlib) on 127.0.0.1 serving ``root`` to user/secret."""
+
+    root: Path
+    port: int
+    server: Any
+
+    def url(self, path: str = "", credentials: bool = False) -> str:
+        auth = "user:secret@" if credentials else ""
+        return f"ftp://{auth}127.0.0.1:{self.port}/{path}"
+
+    def stop(self) -> None:
+        self.server.close_all()
+
+
+def start_ftp_server(root: Path) -> FtpServer:
+    import threading
+
+    from pyftpdlib.authorizers import DummyAuthorizer
+    from pyftpdlib.handlers import FTPHandler
+    from pyftpdlib.servers import ThreadedFTPServer
+
+    authorizer = DummyAuthorizer()
+    authorizer.add_user("user", "secret", str(root), perm="elradfmwMT")
+    handler = type("Handler", (FTPHandler,), {"authorizer": authorizer, "banner": "imgcache tests"})
+    server = ThreadedFTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2}, daemon=True).start()
+    return FtpServer(root, server.socket.getsockname()[1], server)

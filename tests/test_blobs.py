@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
 import uuid
 
@@ -20,11 +16,12 @@ from scrapy_imgcache.blobs import (
     claim,
     hash_of_key,
     open_blob_store,
+    storage_options,
 )
 from scrapy_imgcache.errors import StoreError
 from scrapy_imgcache.hashing import content_hash
 from scrapy_imgcache.store.sql import SqlStore
-from tests.helpers import distinct_jpegs, noise_bytes, run_processes
+from tests.helpers import FtpServer, distinct_jpegs, noise_bytes, run_processes
 
 DATA = noise_bytes(50_000)
 KEY = blob_key(content_hash(DATA), ".jpg")
@@ -41,14 +38,23 @@ def test_keys_are_content_addressed():
     assert hash_of_key(KEY) == chash
 
 
-@pytest.fixture(params=["local", "memory", "s3"])
+@pytest.fixture(params=["local", "memory", "s3", "ftp"])
 def blobs(request, tmp_path):
     """The same contract from every backend."""
     if request.param == "local":
         return LocalBlobStore(tmp_path / "blobs")
     if request.param == "memory":
         return FsspecBlobStore(f"memory://imgcache-{uuid.uuid4().hex}/blobs")
+    if request.param == "ftp":
+        return ftp_blobs(request.getfixturevalue("ftp_server"))
     return request.getfixturevalue("s3_blobs")
+
+
+def ftp_blobs(server: FtpServer, active: bool = False) -> FsspecBlobStore:
+    """FTP blobs as Scrapy's settings configure them (FTP_USER, FTP_PASSWORD, FEED_STORAGE_FTP_ACTIVE)."""
+    url = server.url("cache/blobs")
+    settings = {"FTP_USER": "user", "FTP_PASSWORD": "secret", "FEED_STORAGE_FTP_ACTIVE": active}
+    return FsspecBlobStore(url, **storage_options(url, settings))
 
 
 def test_put_get_exists_delete(blobs):
@@ -120,56 +126,9 @@ def test_orphan_blobs_never_lists_young_blobs(blobs, sqlite_url):
 # -- a real S3 API: moto's server on the loopback ------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    pytest.importorskip("s3fs")
-    server = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or shutil.which("moto_server")
-    if server is None:
-        pytest.skip("moto_server is not installed (pip install 'moto[server]' s3fs)")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            pytest.fail("moto_server did not start")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 @pytest.fixture
-def s3_blobs(s3_endpoint):
-    options = {
-        "key": "testing",
-        "secret": "testing",
-        "client_kwargs": {"endpoint_url": s3_endpoint, "region_name": "us-east-1"},
-    }
-    bucket = f"imgcache-{uuid.uuid4().hex[:12]}"
-    import boto3
-
-    boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    ).create_bucket(Bucket=bucket)
-    return FsspecBlobStore(f"s3://{bucket}/blobs", **options)
+def s3_blobs(s3_bucket):
+    return FsspecBlobStore(f"s3://{s3_bucket.name}/blobs", **s3_bucket.options)
 
 
 def test_a_blob_store_serves_the_one_cache_that_claimed_it(blobs):
@@ -192,3 +151,38 @@ def test_of_two_caches_claiming_a_new_folder_at_once_exactly_one_wins(tmp_path):
 
     with ThreadPoolExecutor(8) as pool:
         assert sum(pool.map(attempt, range(8))) == 1
+
+
+def test_ftp_folders_are_made_and_active_mode_is_honoured(ftp_server):
+    """ftp:// stores once failed on their first write: no folder was ever made."""
+    for active in (False, True):
+        blobs = ftp_blobs(ftp_server, active)
+        key = f"ab/cd/{active}/x.jpg"
+        blobs.put(key, DATA)
+        assert (ftp_server.root / "cache/blobs" / key).read_bytes() == DATA
+        assert blobs.fs.ftp.passiveserver is not active
+        blobs.probe()
+
+
+def test_credentials_in_an_ftp_url_win_over_the_settings(ftp_server):
+    url = ftp_server.url("cache", credentials=True)
+    blobs = FsspecBlobStore(url, **storage_options(url, {"FTP_USER": "nobody", "FTP_PASSWORD": "wrong"}))
+    blobs.put(KEY, DATA)
+    assert blobs.get(KEY) == DATA
+
+
+@pytest.mark.parametrize("kind", ["s3", "ftp"])
+def test_a_failing_backend_is_a_store_error(kind, request, tmp_path):
+    """IMGCACHE_ON_STORE_ERROR could not see S3 or FTP failures: they were the backend's own types."""
+    if kind == "s3":
+        bucket = request.getfixturevalue("s3_bucket")
+        blobs = FsspecBlobStore(f"s3://{bucket.name}-missing/blobs", **bucket.options)
+    else:
+        server = request.getfixturevalue("ftp_server")
+        blobs = ftp_blobs(server)
+        blobs.put(KEY, DATA)
+        server.stop()
+    with pytest.raises(StoreError, match=r"cannot (write|look for) (s3|ftp)://"):
+        blobs.put(blob_key("f" * 64, ".jpg"), DATA)
+    with pytest.raises(StoreError):
+        blobs.probe()

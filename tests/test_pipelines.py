@@ -13,6 +13,8 @@ from PIL import Image
 from scrapy_imgcache.hashing import Inspector
 from tests.helpers import (
     PLAIN_REACTOR,
+    Crawl,
+    Site,
     blob_files,
     cache_settings,
     crawl,
@@ -239,7 +241,7 @@ def test_custom_fields(site, tmp_path):
     assert "images" not in result.items[0] or result.items[0]["images"] == []
 
 
-def test_disabled(site, tmp_path):
+def test_disabled_is_one_info_line(site, tmp_path):
     site.image("/i/x.jpg", distinct_jpegs(1)[0])
     site.page("/p", ["/i/x.jpg"])
     project = make_project(tmp_path / "proj", cache_settings(tmp_path, IMGCACHE_ENABLED=False))
@@ -248,24 +250,68 @@ def test_disabled(site, tmp_path):
     assert result.items[0].get("images") in (None, [])
     assert not any(k.startswith("imgcache/") for k in result.stats)
     assert not (tmp_path / "cache.sqlite3").exists()
+    mine = [line for line in result.log.splitlines() if "[scrapy_imgcache" in line]
+    assert len(mine) == 1 and " INFO: " in mine[0] and "IMGCACHE_ENABLED is False" in mine[0]
+    assert "WARNING" not in result.log
 
 
-def test_bad_setting_stops_the_crawl_at_start_naming_it(site, tmp_path):
+def start_up_error(result: Crawl, site: Site) -> str:
+    """What a crawl that cannot use its cache must show: one ERROR line (returned), no traceback,
+    no other component's error, not a single request, and the finish reason saying why."""
+    errors = [line for line in result.log.splitlines() if " ERROR: " in line or " CRITICAL: " in line]
+    assert len(errors) == 1, result.log[-4000:]
+    for noise in ("Traceback", "Task exception", "Error caught on signal handler"):
+        assert noise not in result.log, noise
+    assert result.stats["finish_reason"] == "imgcache_unavailable"
+    assert site.hits["/p"] == 0 and result.items == []
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("IMGCACHE_ON_SIMILAR", "ignore", "IMGCACHE_ON_SIMILAR='ignore': one of annotate, skip, drop is expected"),
+        ("IMGCACHE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none", "cannot reach the database at"),
+        (
+            "IMGCACHE_URL",
+            "mysql://root@127.0.0.1:3306/test",
+            "pip install 'scrapy-imgcache[mysql]' installs pymysql, which serves mysql+pymysql:// URLs",
+        ),
+        ("IMGCACHE_URL", "redis://127.0.0.1/0", "no store serves the scheme 'redis'"),
+    ],
+    ids=["bad-setting", "unreachable", "missing-driver", "unknown-scheme"],
+)
+def test_start_up_errors_are_one_clear_line(site, tmp_path, setting, value, message):
     site.page("/p", [])
-    project = make_project(tmp_path / "proj", cache_settings(tmp_path, IMGCACHE_ON_SIMILAR="ignore"))
-    result = crawl(project, "pages", start=site.url("/p"))
-    assert "IMGCACHE_ON_SIMILAR='ignore': one of annotate, skip, drop is expected" in result.log
-    assert site.hits["/p"] == 0
+    project = make_project(tmp_path / "proj", cache_settings(tmp_path, **{setting: value}))
+    assert message in start_up_error(crawl(project, "pages", start=site.url("/p")), site)
 
 
-def test_unreachable_store_is_a_clear_error_at_start(site, tmp_path):
+def test_a_hook_that_cannot_be_honoured_is_refused_at_start(site, tmp_path):
     site.page("/p", [])
-    project = make_project(
-        tmp_path / "proj", cache_settings(tmp_path, IMGCACHE_URL="postgresql+psycopg://nobody@127.0.0.1:1/none")
-    )
-    result = crawl(project, "pages", start=site.url("/p"))
-    assert "cannot reach the database" in result.log or "cannot open the image cache" in result.log
-    assert site.hits["/p"] == 0
+    settings = cache_settings(tmp_path, ITEM_PIPELINES={"tests.crawl_spiders.OverridesGetImages": 1}, ADDONS={})
+    line = start_up_error(crawl(make_project(tmp_path / "proj", settings), "pages", start=site.url("/p")), site)
+    assert "OverridesGetImages overrides get_images()" in line
+
+
+def test_a_normal_run_logs_no_alembic_or_warning_lines(site, tmp_path):
+    site.image("/i/x.jpg", distinct_jpegs(1)[0])
+    site.page("/p", ["/i/x.jpg"])
+    result = crawl(make_project(tmp_path / "proj", cache_settings(tmp_path)), "pages", start=site.url("/p"))
+    assert result.returncode == 0 and len(result.images) == 1
+    assert "alembic" not in result.log and " WARNING: " not in result.log and " ERROR: " not in result.log
+
+
+def test_images_expires_applies_when_imgcache_expires_is_not_set(site, tmp_path):
+    """IMAGES_EXPIRES was ignored: ImagesPipeline users set it, in days."""
+    site.image("/i/x.jpg", distinct_jpegs(1)[0])
+    site.page("/p", ["/i/x.jpg"])
+    project = make_project(tmp_path / "proj", cache_settings(tmp_path, IMAGES_EXPIRES=0))
+    assert crawl(project, "pages", start=site.url("/p")).stat("stored") == 1
+    again = crawl(project, "pages", start=site.url("/p"))
+    assert again.stat("revalidated") == 1 and again.stat("hit") == 0 and site.not_modified["/i/x.jpg"] == 1
+    kept = make_project(tmp_path / "proj2", cache_settings(tmp_path, IMAGES_EXPIRES=0, IMGCACHE_EXPIRES=3600))
+    assert crawl(kept, "pages", start=site.url("/p")).stat("hit") == 1  # IMGCACHE_EXPIRES wins
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

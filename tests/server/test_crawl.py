@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from scrapy_imgcache.hashing import content_hash
@@ -84,3 +85,56 @@ def test_a_crawl_with_the_service_down_goes_on_when_told(site, tmp_path):
     assert result.returncode == 0, result.log[-3000:]
     assert len(result.items) == 1
     assert f"imgcache service at {dead}" in result.log and "cannot connect" in result.log
+
+
+def requests_by_route(url: str) -> dict[tuple[str, str], float]:
+    """The service's own count of the requests it answered, by method and route."""
+    found: dict[tuple[str, str], float] = {}
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("imgcache_http_requests_total{"):
+            labels = dict(part.split("=", 1) for part in line[line.index("{") + 1 : line.index("}")].split(","))
+            key = (labels["method"].strip('"'), labels["route"].strip('"'))
+            found[key] = found.get(key, 0) + float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def test_a_hit_through_a_remote_cache_is_one_request_and_no_download(site, tmp_path):
+    """A second spider's hit once cost two downloads of the image and an upload."""
+    photos = distinct_jpegs(3)
+    for n, photo in enumerate(photos):
+        site.image(f"/i/{n}.jpg", photo)
+    site.page("/p", [f"/i/{n}.jpg" for n in range(3)])
+    with imgcache_server(f"sqlite:///{tmp_path / 'server.sqlite3'}", tmp_path) as server:
+        project = make_project(tmp_path / "proj", {"IMGCACHE_URL": server.url})
+        assert crawl(project, "pages", start=site.url("/p")).stat("stored") == 3
+        site.reset_counts()
+        before = requests_by_route(server.url)
+        other = crawl(project, "otherpages", start=site.url("/p"))
+        assert other.returncode == 0, other.log[-3000:]
+        after = requests_by_route(server.url)
+        made = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+        for start_up in (("GET", "/metrics"), ("GET", "/health")):  # ours, and the crawl's check at open
+            made.pop(start_up, None)
+        assert made == {("GET", "/images/answer"): 3}  # one request an image, nothing else
+        assert site.image_bytes == 0 and {img["status"] for img in other.images} == {"uptodate"}
+        store = RemoteStore(server.url)
+        try:  # the other spider's sightings, recorded by that one request each
+            assert {u.client_name for u in store.urls(content_hash(photos[0]))} == {"pages", "otherpages"}
+        finally:
+            store.close()
+
+
+def test_thumbnails_with_a_remote_cache_are_made_here_into_images_store(site, tmp_path):
+    site.image("/i/a.jpg", distinct_jpegs(1)[0])
+    site.page("/p", ["/i/a.jpg"])
+    with imgcache_server(f"sqlite:///{tmp_path / 'server.sqlite3'}", tmp_path) as server:
+        thumbs = {"IMGCACHE_URL": server.url, "IMAGES_THUMBS": {"small": (40, 40)}}
+        refused = crawl(make_project(tmp_path / "refused", thumbs), "pages", start=site.url("/p"))
+        assert "IMAGES_THUMBS with a remote cache" in refused.log and "needs IMAGES_STORE" in refused.log
+        assert refused.stats["finish_reason"] == "imgcache_unavailable" and site.hits["/p"] == 0
+        project = make_project(tmp_path / "proj", {**thumbs, "IMAGES_STORE": str(tmp_path / "images")})
+        result = crawl(project, "pages", start=site.url("/p"))
+        assert result.returncode == 0, result.log[-3000:]
+        (img,) = result.images
+        assert (tmp_path / "images" / img["thumbs"]["small"]).is_file()
+        assert (tmp_path / "images" / img["path"]).read_bytes() == site.routes["/i/a.jpg"].body

@@ -1,0 +1,97 @@
+"""The docs stay true: their Python examples run, every setting, stat key, Request.meta key and
+result field the code has is in the references, and the README's links lead somewhere."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from scrapy_imgcache import middleware
+from scrapy_imgcache.config import DEFAULTS
+from scrapy_imgcache.pipelines import _cache_fields
+
+REPO = Path(__file__).resolve().parent.parent
+README = (REPO / "README.md").read_text()
+REFERENCE = REPO / "docs" / "reference"
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+
+
+def test_the_store_example_runs(tmp_path):
+    (example,) = [b for b in python_blocks((REPO / "docs" / "store.md").read_text()) if "open_store" in b]
+    done = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    created, content_hash, phash = done.stdout.splitlines()[0].split()
+    assert created == "True" and len(content_hash) == 64 and len(phash) == 16
+    assert "('https://example.com/a.png', 0)" in done.stdout
+
+
+def test_the_readmes_python_snippets_are_valid_python():
+    """Each one compiles (as the body of a function: the item example yields)."""
+    blocks = python_blocks(README)
+    assert len(blocks) >= 5
+    for block in blocks:
+        compile("def snippet():\n" + textwrap.indent(block, "    "), "README.md", "exec")
+
+
+def test_every_setting_is_documented():
+    settings = (REFERENCE / "settings.md").read_text()
+    for name in DEFAULTS:
+        assert f"| `{name}` |" in settings, name
+
+
+def test_every_stat_key_is_documented():
+    stats = (REFERENCE / "stats.md").read_text()
+    sources = "".join(p.read_text() for p in (REPO / "scrapy_imgcache").rglob("*.py"))
+    keys = set(re.findall(r'\binc\(\s*f?"([a-z_/]+)', sources))
+    keys |= set(re.findall(r'inc\("store_error" if reason == "store_error" else f"([a-z_/]+)', sources))
+    assert {"hit", "stored", "invalid/", "store_error", "unavailable"} <= keys, keys
+    for key in keys:
+        documented = f"`imgcache/{key}`" in stats or (key.endswith("/") and f"`imgcache/{key}" in stats)
+        assert documented, key
+    for scrapy_key in (
+        "file_count",
+        "file_status_count/downloaded",
+        "file_status_count/uptodate",
+        "file_status_count/cached",
+    ):
+        assert f"`{scrapy_key}`" in stats
+
+
+def test_every_request_meta_key_is_documented():
+    meta = (REFERENCE / "meta.md").read_text()
+    keys = {value for name, value in vars(middleware).items() if name.startswith("META_")}
+    assert len(keys) >= 6
+    for key in keys:
+        assert f"| `{key}` |" in meta, key
+
+
+def test_every_result_field_is_documented():
+    results = (REFERENCE / "results.md").read_text()
+    fields = {"url", "path", "checksum", "status", "thumbs"} | set(_cache_fields(None, None, "miss", 0))
+    fields |= set(_cache_fields(_entry(), None, "hit", 0))
+    for field in fields:
+        assert f"`{field}`" in results, field
+
+
+def _entry():
+    from datetime import datetime, timezone
+
+    from scrapy_imgcache.store.base import Entry
+
+    now = datetime.now(timezone.utc)
+    return Entry("u", "h" * 64, "image/png", 1, None, 1, 1, "0" * 16, "c", now, now, "")
+
+
+@pytest.mark.parametrize("document", ["README.md", "CONTRIBUTING.md", "docs/reference/settings.md", "docs/store.md"])
+def test_relative_links_lead_to_files(document):
+    path = REPO / document
+    for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", path.read_text()):
+        assert (path.parent / target).exists(), f"{document}: {target}"
