@@ -360,13 +360,13 @@ class FsspecBlobStore:
 
 def _mtime(info: Mapping[str, Any]) -> float:
     """A file's modification time from what an fsspec backend lists (each names it its own way)."""
-    found = info.get("mtime") or info.get("LastModified") or info.get("created") or info.get("updated")
+    found: Any = info.get("mtime") or info.get("LastModified") or info.get("created") or info.get("updated")
     if found is None and info.get("modify"):  # FTP's MLSD fact: YYYYMMDDHHMMSS, UTC
         found = datetime.strptime(str(info["modify"])[:14], "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
     if isinstance(found, str):
         found = datetime.fromisoformat(found.replace("Z", "+00:00"))
-    if hasattr(found, "timestamp"):
-        return float(found.timestamp())
+    if isinstance(found, datetime):
+        return found.timestamp()
     return float(found) if found is not None else time.time()
 
 
