@@ -418,6 +418,8 @@ def _cache_fields(entry: Entry | None, outcome: Outcome | None, cache_status: st
     distance = outcome.hamming_distance if outcome is not None else None
     if outcome is None and entry.similar_to:  # answered from the cache: what it was stored as
         duplicate, duplicate_of, distance = "similar", entry.similar_to, entry.similar_distance
+    elif outcome is None and entry.duplicate == "exact":  # and what this URL's record says it was
+        duplicate, duplicate_of = "exact", entry.content_hash
     return {
         "content_hash": entry.content_hash,
         "perceptual_hash": entry.perceptual_hash,

@@ -82,6 +82,10 @@ def test_first_crawl_dedupes_and_second_crawl_downloads_no_image_bytes(site, tmp
     assert {img["url"]: img["content_hash"] for img in second.images} == {
         img["url"]: img["content_hash"] for img in first.images
     }
+    # what each URL was to the cache survives a hit: "exact" was once lost on the second crawl
+    assert {img["url"]: img["duplicate"] for img in second.images} == {
+        img["url"]: img["duplicate"] for img in first.images
+    }
 
 
 @pytest.mark.parametrize("item_type", ["dict", "item", "dataclass", "attrs"])
@@ -387,3 +391,19 @@ def test_a_slow_failing_download_outliving_the_result_memory_fails_only_its_imag
     assert set(by_page) == {site.url("/p1"), site.url("/p2")}  # both items made it out
     assert len(by_page[site.url("/p1")]["images"]) == 5 and by_page[site.url("/p2")]["images"] == []
     assert site.hits["/i/slow.jpg"] == 1  # the second item waited for the first download
+
+
+def test_drop_keeps_an_item_whose_own_photos_are_near_duplicates_of_each_other(site, tmp_path):
+    """Under IMGCACHE_ON_SIMILAR = "drop", an item was dropped for two near-identical photos of its own."""
+    original = distinct_images(1)[0]
+    site.image("/i/front.jpg", encode(original))
+    site.image("/i/front-small.jpg", near_duplicates(original)["resized"])
+    site.page("/product", ["/i/front.jpg", "/i/front-small.jpg"], ["/copycat"])
+    site.image("/i/stolen.jpg", near_duplicates(original)["brightened"])
+    site.page("/copycat", ["/i/stolen.jpg"])
+    site.routes["/copycat"].delay = 1.5  # the product's photos are cached first
+    project = make_project(tmp_path / "proj", cache_settings(tmp_path, IMGCACHE_ON_SIMILAR="drop"))
+    result = crawl(project, "pages", start=site.url("/product"))
+    assert result.returncode == 0, result.log[-3000:]
+    assert [item["page"] for item in result.items] == [site.url("/product")]  # the copycat's item went
+    assert len(result.items[0]["images"]) == 2 and result.stat("dropped/similar") == 1

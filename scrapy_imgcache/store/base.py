@@ -81,6 +81,9 @@ class Entry:
     path: str | None = None
     similar_to: str | None = None
     similar_distance: int | None = None
+    #: how this URL's record came to be: ``"exact"`` (the bytes were cached already from another
+    #: URL), ``"similar"`` (a near-duplicate not stored again), or None (it brought the bytes)
+    duplicate: str | None = None
     hamming_distance: int | None = None
 
     def to_json(self) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from ..blobs import (
     open_blob_store,
     storage_options,
 )
+from ..errors import StoreError
 from ..hashing import ImageInfo, Inspector, content_hash
 from .base import (
     HASH_RE,
@@ -79,6 +80,8 @@ if TYPE_CHECKING:
     from .models import Base
 
 T = TypeVar("T")
+#: times a write runs again when a concurrent delete of the same image gets in its way
+_RACE_ATTEMPTS = 5
 
 
 class SqlStore:
@@ -189,53 +192,73 @@ class SqlStore:
             "similar_to": similar_to,
             "similar_distance": similar_distance,
         }
-        with self._write() as conn:
+        url_values = {
+            "bucket": bucket, "url": url, "client_name": client_name, "lookup_time": lookup_time, "etag": etag,
+            "last_modified": last_modified,
+        }  # fmt: skip
+        created = self._insert_image_and_url(values, url_values, info)
+        if not self.blobs.exists(key):  # a concurrent delete removed it before our row landed
+            self.blobs.put(key, data)
+        found = None if created else self._entry(bucket, info.content_hash, url=url, client_name=client_name)
+        if found is not None:  # the image row is someone else's: its fields are the stored ones
+            return PutResult(found, created)
+        # the row is what we just wrote (or it was deleted again since: then it was stored, and gone)
+        entry = Entry(
+            url=url,
+            content_hash=info.content_hash,
+            content_type=info.content_type,
+            file_size_bytes=info.size,
+            original_filename=original_filename,
+            width=info.width,
+            height=info.height,
+            perceptual_hash=info.perceptual_hash,
+            client_name=client,
+            lookup_time=lookup_time,
+            created_at=now,
+            bucket=bucket,
+            hash_algorithm=info.algorithm,
+            flat=info.flat,
+            etag=etag,
+            last_modified=last_modified,
+            path=key,
+            similar_to=similar_to,
+            similar_distance=similar_distance,
+            duplicate=None if created else "exact",
+        )
+        return PutResult(entry, created)
+
+    def _insert_image_and_url(self, values: dict[str, Any], url_values: dict[str, Any], info: ImageInfo) -> bool:
+        """The image row (unless these bytes have one) and the URL record, in one transaction;
+        True when the image row is new. A delete of the same image can land between the two
+        (a foreign-key error, or a row found and gone): the transaction runs again, and then
+        stores the image anew."""
+
+        def work(conn: Connection) -> bool | None:
             image_id = self._insert_ignore(conn, ImageRow, values)
             created = image_id is not None
             if image_id is None:  # these bytes were there already
-                image_id = self._image_id(conn, bucket, info.content_hash)
-                assert image_id is not None
+                image_id = self._image_id(conn, values["bucket"], info.content_hash)
+            if image_id is None:  # ...and were deleted since: again
+                return None
             self._upsert_url(
                 conn,
                 image_id=image_id,
-                bucket=bucket,
-                url=url,
-                client_name=client_name,
-                lookup_time=lookup_time,
-                etag=etag,
-                last_modified=last_modified,
                 duplicate=None if created else "exact",
                 saved_bytes=0 if created else info.size,
+                **url_values,
             )
-        if not self.blobs.exists(key):  # a concurrent delete removed it before our row landed
-            self.blobs.put(key, data)
-        if created:  # the row is what we just wrote: no need to read it back
-            entry = Entry(
-                url=url,
-                content_hash=info.content_hash,
-                content_type=info.content_type,
-                file_size_bytes=info.size,
-                original_filename=original_filename,
-                width=info.width,
-                height=info.height,
-                perceptual_hash=info.perceptual_hash,
-                client_name=client,
-                lookup_time=lookup_time,
-                created_at=now,
-                bucket=bucket,
-                hash_algorithm=info.algorithm,
-                flat=info.flat,
-                etag=etag,
-                last_modified=last_modified,
-                path=key,
-                similar_to=similar_to,
-                similar_distance=similar_distance,
-            )
-        else:  # the image row is someone else's: its fields are the stored ones
-            found = self._entry(bucket, info.content_hash, url=url, client_name=client_name)
-            assert found is not None
-            entry = found
-        return PutResult(entry, created)
+            return created
+
+        for attempt in range(_RACE_ATTEMPTS):
+            try:
+                created = self._transaction(work)
+            except IntegrityError:
+                if attempt == _RACE_ATTEMPTS - 1:
+                    raise
+                continue
+            if created is not None:
+                return created
+        raise StoreError(f"image {info.content_hash} kept being deleted while it was stored; try again")
 
     def record_url(
         self,
@@ -250,12 +273,14 @@ class SqlStore:
         duplicate: str | None = None,
         saved_bytes: int = 0,
     ) -> Entry | None:
-        """Note that ``url`` answered with an image already cached (a 304, a skipped near-dup)."""
+        """Note that ``url`` answered with an image already cached (a 304, a skipped near-dup);
+        None when the image is not there (or is deleted meanwhile)."""
         validate_bucket(bucket)
-        with self._write() as conn:
+
+        def work(conn: Connection) -> bool:
             image_id = self._image_id(conn, bucket, content_hash)
             if image_id is None:
-                return None
+                return False
             self._upsert_url(
                 conn,
                 image_id=image_id,
@@ -268,6 +293,13 @@ class SqlStore:
                 duplicate=duplicate,
                 saved_bytes=saved_bytes,
             )
+            return True
+
+        try:
+            if not self._transaction(work):
+                return None
+        except IntegrityError:  # the image row was deleted between the two statements
+            return None
         return self._entry(bucket, content_hash, url=url, client_name=client_name)
 
     def put_bytes(self, data: bytes, info: ImageInfo) -> None:
@@ -277,17 +309,23 @@ class SqlStore:
 
     def delete(self, content_hash: str, bucket: str = "") -> bool:
         validate_bucket(bucket)
-        with self._write() as conn:
+
+        def work(conn: Connection) -> tuple[Any, Any]:
             row = conn.execute(
                 select(ImageRow.id, ImageRow.blob_key).where(
                     ImageRow.bucket == bucket, ImageRow.content_hash == content_hash
                 )
             ).first()
             if row is None:
-                return False
+                return None, None
             conn.execute(delete(UrlRow).where(UrlRow.image_id == row.id))
             conn.execute(delete(ImageRow).where(ImageRow.id == row.id))
-            still_used = conn.execute(select(ImageRow.id).where(ImageRow.content_hash == content_hash).limit(1)).first()
+            used = conn.execute(select(ImageRow.id).where(ImageRow.content_hash == content_hash).limit(1)).first()
+            return row, used
+
+        row, still_used = self._transaction(work)
+        if row is None:
+            return False
         self._index.forget(row.id)
         if still_used is None:  # the same bytes may live on in another bucket
             self.remove_blob(row.blob_key)
@@ -313,6 +351,19 @@ class SqlStore:
 
     def _write(self) -> WriteTransaction:
         return WriteTransaction(self._writer, self._begin_sql)
+
+    def _transaction(self, work: Callable[[Connection], T]) -> T:
+        """``work(connection)`` in one write transaction, run again when the database picked
+        it as a deadlock's victim (MySQL/MariaDB and PostgreSQL do, under concurrent writers)."""
+        for attempt in range(_RACE_ATTEMPTS):
+            try:
+                with self._write() as conn:
+                    return work(conn)
+            except DBAPIError as exc:
+                if not _deadlock(exc) or attempt == _RACE_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.01 * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def _image_id(self, conn: Connection, bucket: str, chash: str) -> int | None:
         image_id: int | None = conn.execute(IMAGE_ID, {"bucket": bucket, "chash": chash}).scalar()
@@ -368,6 +419,7 @@ class SqlStore:
         if client_name and entry.client_name != client_name[:255]:
             self.record_url(
                 entry.content_hash,
+                duplicate=entry.duplicate,
                 url=url,
                 client_name=client_name,
                 bucket=bucket,
@@ -610,6 +662,13 @@ def _inserted_id(result: CursorResult[Any]) -> int:
     assert key is not None  # only an INSERT of no rows has none
     new_id: int = key[0]
     return new_id
+
+
+def _deadlock(exc: DBAPIError) -> bool:
+    """A deadlock or serialisation failure, which the database asks the client to retry."""
+    orig = exc.orig
+    code = orig.args[0] if orig is not None and orig.args else None
+    return code in (1205, 1213) or getattr(orig, "sqlstate", None) in ("40P01", "40001")
 
 
 def _is_blob(key: str) -> bool:

@@ -48,6 +48,7 @@ def entry_columns(urls: Any = UrlRow) -> tuple[Any, ...]:
         ImageRow.blob_key.label("path"),
         ImageRow.similar_to,
         ImageRow.similar_distance,
+        urls.duplicate,
     )
 
 

@@ -6,6 +6,7 @@ import functools
 import io
 import os
 import tempfile
+import threading
 from datetime import datetime, timedelta, timezone
 
 import imagehash
@@ -426,3 +427,45 @@ def test_a_failed_write_keeps_its_own_error_and_leaves_the_store_usable(store):
     with pytest.raises(Boom):
         fail_after_sqlite_rolled_back()
     assert put(store, JPEGS[0], "https://a.example/after.jpg").created
+
+
+def test_storing_and_deleting_one_image_at_once_never_fails(db_url, tmp_path):
+    """Uploads and deletes of the same image raced into AssertionError (SQLite) and foreign-key
+    errors (PostgreSQL). Either outcome is fine, an error is not; rows never lose their bytes."""
+    photo = distinct_jpegs(1)[0]
+    chash = content_hash(photo)
+    store = SqlStore(db_url, str(tmp_path / "files"))
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def putting(n: int) -> None:
+        try:
+            for i in range(60):
+                result = store.put(photo, url=f"https://race.example/{n}/{i}.jpg", client_name=f"c{n}")
+                assert result.entry.content_hash == chash
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def deleting() -> None:
+        try:
+            while not stop.is_set():
+                store.delete(chash)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=putting, args=(n,)) for n in range(3)]
+        killer = threading.Thread(target=deleting)
+        killer.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stop.set()
+        killer.join()
+        assert errors == []
+        store.put(photo, url="https://race.example/last.jpg", client_name="c")
+        assert store.get_bytes(chash) == photo  # the row that stands has its bytes
+        assert store.record_url("0" * 64, url="https://race.example/x.jpg", client_name="c") is None
+    finally:
+        store.close()
