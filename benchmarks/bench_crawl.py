@@ -493,7 +493,7 @@ def machine() -> dict[str, str]:
         from PIL import features
 
         info["libjpeg"] = str(features.version("jpg"))
-    except Exception:
+    except Exception:  # noqa: BLE001 - a version we cannot read is reported as unknown
         pass
     return info
 

@@ -61,7 +61,7 @@ def run_concurrently(
                     start = time.perf_counter()
                     call(http, job)
                     local.append(time.perf_counter() - start)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
             errors.append(exc)
         with lock:
             latencies.extend(local)

@@ -345,7 +345,7 @@ def machine() -> str:
     try:
         with create_engine(POSTGRES_URL).connect() as conn:
             versions["PostgreSQL"] = conn.execute(text("SHOW server_version")).scalar().split()[0]
-    except Exception:
+    except Exception:  # noqa: BLE001 - an unreachable server is reported as such
         versions["PostgreSQL"] = "unreachable"
     cpu = next(
         (

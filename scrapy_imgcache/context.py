@@ -105,7 +105,7 @@ class ImgCacheContext:
                 self.failed = str(exc)
             except ImportError as exc:  # a missing driver or extra (the message names it)
                 self.failed = f"cannot open the image cache at {self.config.url!r}: {exc}"
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - driver errors, unreachable servers
                 self.failed = f"cannot open the image cache at {self.config.url!r}: {type(exc).__name__}: {exc}"
             else:
                 await self._started(store)

@@ -114,7 +114,7 @@ def _not_an_image(data: bytes) -> InvalidImage:
     try:
         with Image.open(io.BytesIO(data)) as other:
             fmt = other.format
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure means "not an image we know"
         fmt = None
     if fmt:
         allowed = ", ".join(ALLOWED_FORMATS)

@@ -100,7 +100,7 @@ def _serve(conn: Connection, inspector: Inspector) -> None:
         chash, data = message[:_HASH_LEN].decode("ascii"), message[_HASH_LEN:]
         try:
             result: ImageInfo | Exception = inspector.inspect(data, known_hash=chash)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - every refusal goes back to the caller
             result = exc
         conn.send(result)
 

@@ -139,7 +139,7 @@ def scratch(admin_url: str, what: str, create: str, drop: list[str], **engine_op
         with admin.connect() as conn:
             conn.execute(text(create))
             conn.commit()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any connection failure
         unreachable(what, exc)
     try:
         yield admin
@@ -312,7 +312,7 @@ def _work(db_url: str | None, files: str, ops: list[Op], barrier: Any, errors: A
                     blobs.put(op[2], op[3])
         if store is not None:
             store.close()
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - every failure goes back to the test
         errors.put(traceback.format_exc())
 
 

@@ -61,7 +61,7 @@ def thumbnail_uri(data: bytes, size: int = THUMBNAIL_SIZE) -> str | None:
     try:
         img = open_image(data, DEFAULT_MAX_PIXELS)
         img.load()
-    except Exception:
+    except Exception:  # noqa: BLE001 - an image that cannot be shown gets a placeholder
         return None
     img.thumbnail((size, size), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
