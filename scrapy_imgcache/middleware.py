@@ -65,8 +65,13 @@ def is_image_request(request: Request) -> bool:
 
 
 def looks_like_image(body: bytes) -> bool:
-    """A cheap signature check on the first bytes; the full check happens when hashing."""
-    return body.startswith(_MAGIC) or (body[:4] == b"RIFF" and body[8:12] == b"WEBP")
+    """A cheap signature check on the first bytes (every format the inspector opens: JPEG,
+    PNG, GIF, BMP, TIFF, WebP, AVIF); the full check happens when hashing."""
+    return (
+        body.startswith(_MAGIC)
+        or (body[:4] == b"RIFF" and body[8:12] == b"WEBP")
+        or (body[4:8] == b"ftyp" and body[8:12] in (b"avif", b"avis"))
+    )
 
 
 class ImgCacheMiddleware:

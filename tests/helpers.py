@@ -425,3 +425,18 @@ def start_ftp_server(root: Path) -> FtpServer:
     server = ThreadedFTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2}, daemon=True).start()
     return FtpServer(root, server.socket.getsockname()[1], server)
+
+
+def damaged_variants(data: bytes, seeds: range) -> list[bytes]:
+    """Reproducible damage: truncated at a random point, or one byte flipped (as a fuzzer would)."""
+    import random
+
+    out = []
+    for seed in seeds:
+        rng = random.Random(seed)
+        if seed % 2:
+            out.append(data[: rng.randrange(len(data))])
+        else:
+            at = rng.randrange(len(data))
+            out.append(data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :])
+    return out

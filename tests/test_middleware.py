@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from scrapy_imgcache.imaging import ALLOWED_FORMATS
+from scrapy_imgcache.middleware import looks_like_image
 from tests.helpers import (
     cache_settings,
     crawl,
+    distinct_images,
     distinct_jpegs,
+    encode,
     make_project,
     open_cache,
 )
@@ -85,3 +89,26 @@ def test_a_changed_image_becomes_a_new_version_of_its_url(site, photos, tmp_path
     current = store.lookup(site.url("/img/0"))
     assert current.file_size_bytes == len(photos[2])
     assert len(list(store.images())) == 2  # the old version is kept
+
+
+@pytest.mark.parametrize("fmt", sorted(ALLOWED_FORMATS))
+def test_every_format_the_cache_accepts_is_recognised_by_its_bytes(fmt):
+    """AVIF was accepted by the inspector but never stored by the middleware: its magic was missing."""
+    assert looks_like_image(encode(distinct_images(1)[0], fmt))
+
+
+def test_a_spider_fetching_images_itself_caches_every_format_and_a_redirects_url(site, tmp_path):
+    """A redirect to another URL was stored under the final URL only: every later crawl paid the redirect."""
+    photo = distinct_images(1)[0]
+    paths = []
+    for fmt in sorted(ALLOWED_FORMATS):
+        paths.append(f"/img/{fmt.lower()}")
+        site.image(paths[-1], encode(photo, fmt), f"image/{fmt.lower()}")
+    site.redirect("/img/moved", "/img/jpeg")
+    project = make_project(tmp_path / "proj", {**cache_settings(tmp_path), **MIDDLEWARE_ONLY})
+    first = crawl(project, "fetch", urls=urls(site, *paths, "/img/moved"))
+    assert first.returncode == 0, first.log[-3000:]
+    assert first.stat("stored") == len(ALLOWED_FORMATS)
+    site.reset_counts()
+    second = crawl(project, "fetch", urls=urls(site, *paths, "/img/moved"))
+    assert second.stat("hit") == len(paths) + 1 and site.hits["/img/moved"] == 0 and site.image_bytes == 0

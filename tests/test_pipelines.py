@@ -18,9 +18,11 @@ from tests.helpers import (
     blob_files,
     cache_settings,
     crawl,
+    damaged_variants,
     distinct_images,
     distinct_jpegs,
     encode,
+    every_mode_and_format,
     finish_crawl,
     make_project,
     near_duplicates,
@@ -407,3 +409,31 @@ def test_drop_keeps_an_item_whose_own_photos_are_near_duplicates_of_each_other(s
     assert result.returncode == 0, result.log[-3000:]
     assert [item["page"] for item in result.items] == [site.url("/product")]  # the copycat's item went
     assert len(result.items[0]["images"]) == 2 and result.stat("dropped/similar") == 1
+
+
+TYPED_REASONS = {
+    "empty", "not_an_image", "unsupported_format", "unsupported_mode", "truncated", "too_many_bytes", "too_many_pixels",
+}  # fmt: skip
+
+
+def test_every_pixel_mode_and_format_whole_or_damaged_fails_no_item(site, tmp_path):
+    """A LAB TIFF once raised out of the hashing and dropped the whole item with its good images."""
+    images = every_mode_and_format(distinct_images(1)[0])
+    bodies = (
+        list(images.values())
+        + damaged_variants(images["LAB", "TIFF"], range(6))
+        + damaged_variants(images["RGB", "PNG"], range(6, 12))
+    )
+    paths = []
+    for n, body in enumerate(bodies):
+        paths.append(f"/i/{n}.img")
+        site.image(paths[-1], body)
+    site.page("/p", paths)
+    result = crawl(make_project(tmp_path / "proj", cache_settings(tmp_path)), "pages", start=site.url("/p"))
+    assert result.returncode == 0, result.log[-3000:]
+    assert "Traceback" not in result.log and " ERROR: " not in result.log
+    (item,) = result.items
+    refused = {k.split("/", 2)[2]: v for k, v in result.stats.items() if k.startswith("imgcache/invalid/")}
+    assert set(refused) <= TYPED_REASONS, refused
+    assert len(item["images"]) + sum(refused.values()) == len(paths)
+    assert len(item["images"]) >= len(images)  # every whole image, LAB included, hashed

@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import random
+import subprocess
+import sys
+import time
 from pathlib import Path
 
-from tests.helpers import distinct_images, encode, near_duplicates, noise_bytes
+from scrapy_imgcache.store.sql import SqlStore
+from tests.helpers import (
+    damaged_variants,
+    distinct_images,
+    encode,
+    every_mode_and_format,
+    near_duplicates,
+    noise_bytes,
+)
 
 from .conftest import Project, assert_one_line_error
 
@@ -129,3 +142,61 @@ def test_progress_bar_on_a_terminal(project: Project, tmp_path):
     assert proc.returncode == 0
     text = seen.decode(errors="replace")
     assert "importing:" in text and "/9 [" in text and "img/s" in text, text
+
+
+def test_every_pixel_mode_and_format_whole_or_damaged_is_imported_or_skipped_typed(project: Project, tmp_path):
+    """A LAB TIFF once aborted the import with a traceback and skipped every later file."""
+    folder = tmp_path / "modes"
+    folder.mkdir()
+    images = every_mode_and_format(distinct_images(1)[0])
+    bodies = list(images.values()) + damaged_variants(images["LAB", "TIFF"], range(6))
+    for n, body in enumerate(bodies):
+        (folder / f"{n:03d}.img").write_bytes(body)
+    done = project.run("imgcache-import", str(folder))
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert f"{len(bodies)} file(s);" in done.stdout
+    reasons = {line.split(": ")[1] for line in done.stderr.splitlines() if line.startswith("  ")}
+    assert reasons <= {"not_an_image", "unsupported_format", "unsupported_mode", "truncated"}, reasons
+    with project.opened() as store:
+        for n in range(len(images)):  # every whole image is in the cache, under its file's URL
+            assert store.lookup((folder / f"{n:03d}.img").resolve().as_uri()) is not None
+
+
+def test_an_import_killed_at_any_moment_completes_when_run_again(db_url, tmp_path):
+    """kill -9 at random moments, on every database: the next run completes, nothing half-stored."""
+    root = tmp_path / "proj"
+    (root / "imgproj").mkdir(parents=True)
+    (root / "scrapy.cfg").write_text("[settings]\ndefault = imgproj.settings\n")
+    (root / "imgproj" / "__init__.py").write_text("")
+    files = root / "files"
+    (root / "imgproj" / "settings.py").write_text(f"IMGCACHE_URL = {db_url!r}\nIMGCACHE_FILES_STORE = {str(files)!r}\n")
+    folder = tmp_path / "old"
+    folder.mkdir()
+    photos = {f"{n:03d}.jpg": encode(img) for n, img in enumerate(distinct_images(30, size=(480, 360)))}
+    for name, data in photos.items():
+        (folder / name).write_bytes(data)
+    project = Project(root)
+    rng = random.Random(7)
+    for _ in range(3):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "scrapy", "imgcache-import", str(folder)],
+            cwd=root,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={k: v for k, v in os.environ.items() if k != "SCRAPY_SETTINGS_MODULE"},
+        )
+        time.sleep(rng.uniform(0.8, 2.5))
+        proc.kill()
+        proc.wait()
+    final = project.run("imgcache-import", str(folder))
+    assert final.returncode == 0, final.stderr
+    store = SqlStore(db_url, str(files))
+    try:
+        assert store.missing_blobs() == []  # no row without its bytes
+        for name, data in photos.items():
+            entry = store.lookup((folder / name).resolve().as_uri())
+            assert entry is not None and store.get_bytes(entry.content_hash) == data
+        assert len(list(store.images())) == len(photos)
+    finally:
+        store.close()
