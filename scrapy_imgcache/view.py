@@ -38,7 +38,7 @@ class ImagesStoreView:
         a URI it cannot serve is reported to ``problem`` (one line naming the setting)."""
         try:
             options = storage_options(uri, settings, acl_setting="IMAGES_STORE")
-            return cls(uri, open_blob_store(uri, options, create=True))
+            return cls(uri, open_blob_store(uri, options, create=True, durable=False))
         except (ConfigError, StoreError, ImportError, ValueError) as exc:
             problem(f"IMAGES_STORE={uri!r}: {exc}")
             return None

@@ -186,3 +186,45 @@ def test_a_failing_backend_is_a_store_error(kind, request, tmp_path):
         blobs.put(blob_key("f" * 64, ".jpg"), DATA)
     with pytest.raises(StoreError):
         blobs.probe()
+
+
+def test_group_sync_waits_for_a_flush_begun_after_each_write_and_shares_flushes(tmp_path, monkeypatch):
+    """Durable writes return only once a flush that started after them has finished; writers
+    waiting together share one flush instead of an fsync each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scrapy_imgcache import blobs as blobs_module
+
+    flushes: list[tuple[float, float]] = []
+    real = blobs_module._syncfs
+
+    def timed(folder: str) -> None:
+        start = time.perf_counter()
+        real(folder)
+        time.sleep(0.002)  # a slow disk, so writers pile up behind a flush
+        flushes.append((start, time.perf_counter()))
+
+    monkeypatch.setattr(blobs_module, "_syncfs", timed)
+    sync = blobs_module.GroupSync(str(tmp_path))
+
+    def writer(n: int) -> tuple[float, float]:
+        wrote = time.perf_counter()
+        sync.wait()
+        return wrote, time.perf_counter()
+
+    with ThreadPoolExecutor(8) as pool:
+        waits = list(pool.map(writer, range(64)))
+    for wrote, returned in waits:
+        assert any(wrote <= start and end <= returned for start, end in flushes)
+    assert len(flushes) < 40  # shared: far fewer flushes than writes
+
+
+def test_durable_local_writes_are_whole_and_leave_no_temporary_files(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    payloads = {blob_key(content_hash(d), ".bin"): d for d in (os.urandom(5000 + n) for n in range(40))}
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda kv: blobs.put(*kv), payloads.items()))
+    assert {k: blobs.get(k) for k in payloads} == payloads
+    assert not [p for p in (tmp_path / "blobs").rglob(".tmp-*")]
