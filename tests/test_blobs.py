@@ -227,4 +227,4 @@ def test_durable_local_writes_are_whole_and_leave_no_temporary_files(tmp_path):
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda kv: blobs.put(*kv), payloads.items()))
     assert {k: blobs.get(k) for k in payloads} == payloads
-    assert not [p for p in (tmp_path / "blobs").rglob(".tmp-*")]
+    assert not list((tmp_path / "blobs").rglob(".tmp-*"))
