@@ -254,10 +254,11 @@ class ImgCachePipeline(ImagesPipeline):
     def _check_size(self, entry: Entry, request: Request, referer: str | None) -> None:
         """IMAGES_MIN_WIDTH/HEIGHT, as ImagesPipeline applies them (to cache hits too)."""
         if not self._large_enough(entry):
-            too_small = ImageTooSmall(
-                f"Image too small ({entry.width}x{entry.height} < {self.min_width}x{self.min_height})"
-            )
+            too_small = self._too_small(entry)
             self._failed(too_small.reason, request, too_small.message, referer)
+
+    def _too_small(self, entry: Entry) -> ImageTooSmall:
+        return ImageTooSmall(f"Image too small ({entry.width}x{entry.height} < {self.min_width}x{self.min_height})")
 
     def media_downloaded(  # type: ignore[override]  # a Deferred: Scrapy 2.13 awaits nothing else
         self, response: Response, request: Request, info: SpiderInfo, *, item: Any = None
@@ -280,37 +281,37 @@ class ImgCachePipeline(ImagesPipeline):
             return await self._in_thread_or_fail(
                 request, referer, self._result, request, response, entry, response.body, None, status, item, info
             )
+        # one thread hop for all the blocking work of a download: store it, then place it
+        return await self._in_thread_or_fail(request, referer, self._store_and_place, response, request, item, info)
+
+    def _store_and_place(self, response: Response, request: Request, item: Any, info: SpiderInfo) -> dict[str, Any]:
         try:
-            outcome = await in_thread(self._ingest, response, request)
-        except InvalidImage as exc:
-            self._failed(exc.reason, request, exc.message, referer)
+            outcome: Outcome | None = ingest_response(
+                self.ctx.ingestor,
+                response,
+                self.ctx.client_name(),
+                also=[*request.meta.get("redirect_urls", ()), request.url],
+            )
         except StoreError as exc:
             if self.config.on_store_error == "fail":
-                self._failed("store_error", request, str(exc), referer, error=True)
+                raise
             self.ctx.inc("store_error")
             logger.warning("imgcache: store unavailable, %s kept uncached: %s", request.url, exc)
             outcome = None
         if outcome is not None:  # cached whatever its size; this pipeline may still refuse it
-            self._check_size(outcome.entry, request, referer)
-        return await self._in_thread_or_fail(
-            request, referer, self._result, request, response, outcome and outcome.entry, response.body, outcome,
-            "miss", item, info,
-        )  # fmt: skip
-
-    def _ingest(self, response: Response, request: Request) -> Outcome:
-        outcome = ingest_response(
-            self.ctx.ingestor,
-            response,
-            self.ctx.client_name(),
-            also=[*request.meta.get("redirect_urls", ()), request.url],
-        )
-        self.ctx.count(outcome)
-        return outcome
+            self.ctx.count(outcome)
+            if not self._large_enough(outcome.entry):
+                raise self._too_small(outcome.entry)
+        entry = outcome.entry if outcome is not None else None
+        return self._result(request, response, entry, response.body, outcome, "miss", item, info)
 
     async def _in_thread_or_fail(self, request: Request, referer: str | None, func: Callable[..., T], *args: Any) -> T:
+        """``func(*args)`` in a thread; what it refuses fails this image, logged once."""
         try:
             return await in_thread(func, *args)
-        except (StoreError, OSError) as exc:  # IMAGES_STORE or the cache's files failed
+        except InvalidImage as exc:
+            self._failed(exc.reason, request, exc.message, referer)
+        except (StoreError, OSError) as exc:  # the store, the cache's files or IMAGES_STORE failed
             self._failed("store_error", request, f"{type(exc).__name__}: {exc}", referer, error=True)
 
     def media_failed(self, failure: Failure, request: Request, info: SpiderInfo) -> Any:
