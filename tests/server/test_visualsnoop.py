@@ -8,125 +8,45 @@ on the same database and files, as a spider would.
 
 from __future__ import annotations
 
-import base64
 import io
-import json
-import os
-import subprocess
+import re
 import time
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from email.utils import formatdate
-from typing import Any
 
 import httpx
 import pytest
 import requests
 from PIL import Image
+from visualsnoop.auth import VisualSnoopHMACAuth
+from visualsnoop.models import Collection
 
 from scrapy_imgcache.hashing import Inspector, content_hash, hamming
-from scrapy_imgcache.server.visualsnoop import signature
-from scrapy_imgcache.store.sql import SqlStore
 from tests.helpers import (
+    DATABASES,
     distinct_images,
     distinct_jpegs,
     encode,
-    mysql_database,
     near_duplicates,
     noise_bytes,
-    postgres_database,
 )
 
-from .live import SERVER_BIN, LiveServer, imgcache_server
-
-base64.encodestring = base64.encodebytes  # type: ignore[attr-defined]  # the client's one wart (see the spec)
-from visualsnoop.auth import VisualSnoopHMACAuth  # noqa: E402
-from visualsnoop.models import Collection  # noqa: E402
-
-SECRETS_KEY = "test-secrets-key-" + "k" * 24
-SKEW = 60
-MAX_UPLOAD = 1_000_000
-PREFIX = "/api/v1"
-
-
-@dataclass
-class Keys:
-    collection_id: str
-    name: str
-    bucket: str
-    user: str
-    public_key: str
-    secret_key: str
-
-
-@dataclass
-class Deployment:
-    server: LiveServer
-    db: str
-    store: SqlStore
-
-    @property
-    def endpoint(self) -> str:
-        return self.server.url + PREFIX
-
-    def create(self, user: str = "") -> Keys:
-        """A fresh collection over a fresh bucket, made with the real command."""
-        name = f"c{uuid.uuid4().hex[:12]}"
-        out = subprocess.run(
-            [SERVER_BIN, "collections", "create", name, "--user", user, "--json", "--db", self.db],
-            capture_output=True,
-            text=True,
-            env=_env(),
-            check=True,
-        )
-        data = json.loads(out.stdout)
-        return Keys(
-            data["collection_id"], data["name"], data["bucket"], data["user"], data["public_key"], data["secret_key"]
-        )
-
-    def client(self, keys: Keys) -> Collection:
-        return Collection(keys.public_key, keys.secret_key, endpoint=self.endpoint)
-
-    def cached(self, keys: Keys) -> list[str]:
-        """Content hashes cached in the collection's bucket."""
-        return sorted(e.content_hash for e in self.store.images(bucket=keys.bucket))
-
-    def blobs(self) -> set[str]:
-        return {k for k, _mtime, _size in self.store.blobs.iter_keys()}
-
-
-def _env() -> dict[str, str]:
-    return {
-        **os.environ,
-        "IMGCACHE_SECRETS_KEY": SECRETS_KEY,
-        "IMGCACHE_VISUALSNOOP_SKEW": str(SKEW),
-        "IMGCACHE_VISUALSNOOP_DISTANCE": "10",
-    }
-
-
-@pytest.fixture(
-    scope="module",
-    params=[
-        "sqlite",
-        pytest.param("postgresql", marks=pytest.mark.postgres),
-        pytest.param("mysql", marks=pytest.mark.mysql),
-    ],
+from .vsnoop import (
+    MAX_UPLOAD,
+    PREFIX,
+    SKEW,
+    Deployment,
+    Keys,
+    assert_refused,
+    deployed,
+    signed_headers,
 )
+
+
+@pytest.fixture(scope="module", params=DATABASES)
 def deployment(request, tmp_path_factory) -> Iterator[Deployment]:
-    workdir = tmp_path_factory.mktemp(f"visualsnoop-{request.param}")
-    urls = {"postgresql": postgres_database, "mysql": mysql_database}.get(request.param, lambda: None)()
-    db = next(urls) if urls else f"sqlite:///{workdir / 'cache.sqlite3'}"
-    try:
-        with imgcache_server(db, workdir, "--max-upload-bytes", str(MAX_UPLOAD), env=_env()) as server:
-            store = SqlStore(db, str(server.files))
-            try:
-                yield Deployment(server, db, store)
-            finally:
-                store.close()
-    finally:
-        if urls:
-            urls.close()
+    with deployed(request.param, tmp_path_factory.mktemp(f"visualsnoop-{request.param}")) as found:
+        yield found
 
 
 @pytest.fixture
@@ -154,7 +74,7 @@ def test_add_with_generated_id_is_cached_in_the_bucket(deployment, coll, keys):
     data = distinct_jpegs(1)[0]
     answer = coll.add_image(jpeg(data))
     assert answer["status"] == 201 and answer["message"] == "Added"
-    assert len(answer["image_id"]) == 32 and int(answer["image_id"], 16) >= 0
+    assert re.fullmatch(r"[0-9a-f]{32}", answer["image_id"]), answer["image_id"]
     assert answer["collection_id"] == keys.collection_id
     assert deployment.cached(keys) == [content_hash(data)]
     entry = deployment.store.get_meta(content_hash(data), keys.bucket)
@@ -305,21 +225,6 @@ def test_a_key_pair_reaches_only_its_own_collection(deployment, coll, keys):
 
 
 # -- authentication, raw ------------------------------------------------------------------
-
-
-def signed_headers(keys: Keys, method: str, path: str, date: str | None = None) -> dict[str, str]:
-    date = date or formatdate(usegmt=True)
-    sig = signature(keys.secret_key, method, path.encode(), date).decode()
-    return {"Date": date, "Authorization": f"VSHMAC {keys.public_key}:{sig}"}
-
-
-def assert_refused(response: httpx.Response | requests.Response, status: int = 401) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert body["status"] == status and body["message"]
-    if status == 401:
-        assert response.headers["WWW-Authenticate"] == "VSHMAC"
-    return body
 
 
 def test_the_signature_helper_matches_the_client(deployment, keys):
