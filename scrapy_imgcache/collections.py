@@ -12,6 +12,11 @@ API, and its images are the images cached in that bucket:
 Deleting an image through the API removes it from the bucket once no id of the collection
 names its bytes any more (otherwise it would come back under its content hash).
 
+A collection's changes are serialised by :func:`collection_lock` (a lock per collection in
+the process, and one in the database that every server process and worker sees), held from
+reading what an id names to deciding whether the bytes it named leave the bucket; without
+it, concurrent clients lost images and left others behind under their content hash.
+
 HMAC needs the secret itself, so it cannot be hashed one-way. :class:`SecretBox` stores it
 encrypted (Fernet) when a server key is configured, and as given otherwise.
 """
@@ -19,33 +24,40 @@ encrypted (Fernet) when a server key is configured, and as given otherwise.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import re
 import secrets
+import threading
+import time
 import uuid
-from collections.abc import Mapping
+import weakref
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Engine,
     Integer,
     and_,
+    create_engine,
     delete,
     exists,
     insert,
     literal,
     or_,
     select,
+    text,
     union_all,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from .errors import ConfigError, ImgCacheError
+from .errors import ConfigError, ImgCacheError, StoreError
 from .hashing import ImageInfo
 from .store.base import utcnow, validate_bucket
 from .store.models import (
@@ -54,6 +66,7 @@ from .store.models import (
     ImageRow,
     RequestRow,
 )
+from .store.schema import sqlite_file
 from .store.sql import SqlStore
 
 if TYPE_CHECKING:
@@ -65,6 +78,10 @@ CLIENT_NAME = "visualsnoop"
 SECRETS_KEY_ENV = "IMGCACHE_SECRETS_KEY"
 SECRETS_KEY_FILE_ENV = "IMGCACHE_SECRETS_KEY_FILE"
 PUBLIC_KEY_RE = re.compile(r"^[0-9a-f]{20}$")
+#: seconds a change waits for another change of the same collection before giving up
+LOCK_TIMEOUT = 60.0
+#: times an overwrite names its id again when a concurrent insert of the same id won
+_NAME_ATTEMPTS = 3
 
 
 class CollectionError(ImgCacheError):
@@ -107,10 +124,6 @@ class SecretBox:
             except OSError as exc:
                 raise ConfigError(f"{SECRETS_KEY_FILE_ENV}={path!r}: {exc.strerror}") from exc
         return cls(key or None)
-
-    @property
-    def encrypts(self) -> bool:
-        return self._fernet is not None
 
     def seal(self, secret: str) -> str:
         if self._fernet is None:
@@ -286,6 +299,112 @@ def _check_name(name: str) -> str:
     return name
 
 
+# -- serialising a collection's changes --------------------------------------------------
+
+_local_guard = threading.Lock()
+_local_locks: dict[tuple[str, int], threading.Lock] = {}
+#: per store, a pool of its own for the connections that hold database locks (a lock held on
+#: a connection of the store's pools, while the work under it takes more from them, could
+#: exhaust them with waiters; a connection per lock costs ~50 ms on MariaDB)
+_lock_engines: weakref.WeakKeyDictionary[SqlStore, Engine] = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def collection_lock(store: SqlStore, row_id: int, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold the lock on one collection's changes, for every thread and process using ``store``'s database.
+
+    First a lock of this process, so that its threads wait without holding a connection (and
+    at most one connection a collection holds a database lock), then one that other
+    processes see: an advisory lock on PostgreSQL, ``GET_LOCK`` on MySQL/MariaDB, a lock file
+    beside a SQLite database. Each is held by a connection (or an open file), so a process
+    that dies releases it. :class:`StoreError` after ``timeout`` seconds of waiting.
+    """
+    local_key = (store.cache_id, row_id)
+    with _local_guard:
+        local = _local_locks.setdefault(local_key, threading.Lock())
+    if not local.acquire(timeout=timeout):
+        raise StoreError(f"collection {row_id} has been busy for {timeout:.0f} s; try again")
+    try:
+        with _database_lock(store, row_id, timeout):
+            yield
+    finally:
+        local.release()
+
+
+def _lock_engine(store: SqlStore) -> Engine:
+    with _local_guard:
+        engine = _lock_engines.get(store)
+        if engine is None:
+            engine = create_engine(
+                store.engine.url, pool_size=2, max_overflow=30, pool_pre_ping=True, pool_recycle=3600
+            )
+            _lock_engines[store] = engine
+        return engine
+
+
+@contextlib.contextmanager
+def _database_lock(store: SqlStore, row_id: int, timeout: float) -> Iterator[None]:
+    dialect = store.engine.dialect.name
+    if dialect == "sqlite":
+        with _file_lock(sqlite_file(store.engine.url), timeout):
+            yield
+        return
+    if dialect not in ("postgresql", "mysql", "mariadb"):  # pragma: no cover - the process lock only
+        yield
+        return
+    name = f"imgcache:{store.cache_id}:collection:{row_id}"
+    busy = f"collection {row_id} has been busy for {timeout:.0f} s; try again"
+    params: dict[str, Any]
+    with _lock_engine(store).connect() as conn:
+        if dialect == "postgresql":
+            params = {"key": int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)}
+            conn.execute(text(f"SET LOCAL lock_timeout = {int(timeout * 1000)}"))
+            try:
+                conn.execute(text("SELECT pg_advisory_lock(:key)"), params)
+            except OperationalError as exc:  # lock_timeout
+                raise StoreError(busy) from exc
+            release = text("SELECT pg_advisory_unlock(:key)")
+        else:
+            params = {"name": hashlib.sha256(name.encode()).hexdigest(), "timeout": timeout}  # 64: MySQL's limit
+            if conn.execute(text("SELECT GET_LOCK(:name, :timeout)"), params).scalar() != 1:
+                raise StoreError(busy)
+            release = text("SELECT RELEASE_LOCK(:name)")
+        conn.commit()
+        try:
+            yield
+        finally:
+            try:
+                conn.execute(release, params)
+                conn.commit()
+            except BaseException:
+                conn.invalidate()  # a pooled connection must not keep the lock: close it
+                raise
+
+
+@contextlib.contextmanager
+def _file_lock(db: str | None, timeout: float) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<db>.collections-lock`` (SQLite writes one at a time anyway)."""
+    if db is None:  # an in-memory database lives in one process: its lock is enough
+        yield
+        return
+    import fcntl
+
+    deadline = time.monotonic() + timeout
+    with open(os.fspath(Path(db).expanduser()) + ".collections-lock", "a") as fh:
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StoreError(f"the collections of {db} have been busy for {timeout:.0f} s; try again") from None
+                time.sleep(0.005)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 # -- a collection's images ---------------------------------------------------------------
 
 
@@ -395,57 +514,74 @@ class CollectionImages:
         """
         if image_id is None:
             image_id = uuid.uuid4().hex
-        current = self.get(image_id)
-        if current is not None and not overwrite:
-            raise IdTaken(image_id)
-        put = self.store.put(
-            data,
-            url=f"visualsnoop://{self.collection.collection_id}/image/{image_id}",
-            client_name=CLIENT_NAME,
-            bucket=self.bucket,
-            info=info,
-        )
-        chash = put.entry.content_hash
-        try:
-            self._name(image_id, chash, replace=overwrite)
-        except IntegrityError:
-            if put.created:
-                self._drop_if_unnamed(chash)
-            raise IdTaken(image_id) from None
-        if current is not None and current.content_hash != chash:
-            self._drop_if_unnamed(current.content_hash)
-        added = self.get(image_id)
-        assert added is not None
+        self.store.put_bytes(data, info)  # the slow, durable write of the bytes: outside the lock
+        with collection_lock(self.store, self._cid):
+            current = self.get(image_id)
+            if current is not None and not overwrite:
+                raise IdTaken(image_id)
+            put = self.store.put(
+                data,
+                url=f"visualsnoop://{self.collection.collection_id}/image/{image_id}",
+                client_name=CLIENT_NAME,
+                bucket=self.bucket,
+                info=info,
+            )
+            chash = put.entry.content_hash
+            try:
+                named_at = self._name(image_id, chash, replace=overwrite)
+            except IntegrityError:  # (a process without the lock named it first)
+                if put.created:
+                    self._drop_if_unnamed(chash)
+                raise IdTaken(image_id) from None
+            if current is not None and current.content_hash != chash:
+                self._drop_if_unnamed(current.content_hash)
+            added = self.get(image_id)
+        if added is None:  # its bytes left the bucket at once (a spider's delete, gc): still named
+            added = CollectionImage(image_id, chash, named_at, 1, 0)
         return added, current is None
 
     def delete(self, image_id: str) -> CollectionImage | None:
-        current = self.get(image_id)
-        if current is None:
-            return None
-        if current.kind:
-            with self._writer.begin() as conn:
-                conn.execute(
-                    delete(CollectionImageRow).where(
-                        CollectionImageRow.collection_id == self._cid, CollectionImageRow.image_id == image_id
+        with collection_lock(self.store, self._cid):
+            current = self.get(image_id)
+            if current is None:
+                return None
+            if current.kind:
+                with self._writer.begin() as conn:
+                    conn.execute(
+                        delete(CollectionImageRow).where(
+                            CollectionImageRow.collection_id == self._cid, CollectionImageRow.image_id == image_id
+                        )
                     )
-                )
-        self._drop_if_unnamed(current.content_hash)
+            self._drop_if_unnamed(current.content_hash)
         return current
 
-    def _name(self, image_id: str, chash: str, replace: bool) -> None:
-        """Point ``image_id`` at ``chash``; without ``replace`` only a free (or dangling) id."""
+    def _name(self, image_id: str, chash: str, replace: bool) -> datetime:
+        """Point ``image_id`` at ``chash``; without ``replace`` only a free (or dangling) id.
+
+        An overwrite whose insert loses to a concurrent insert of the same id updates that one
+        instead; a plain add raises :class:`IntegrityError`. Returns the new ``image_time``.
+        """
         M = CollectionImageRow
         mine = and_(M.collection_id == self._cid, M.image_id == image_id)
-        values = {"content_hash": chash, "image_time": utcnow()}
-        with self._writer.begin() as conn:
-            if replace:
-                if conn.execute(update(M).where(mine).values(**values)).rowcount:
-                    return
-            else:  # an id whose bytes left the bucket (gc, a spider's delete) is free again
-                conn.execute(delete(M).where(mine, ~self._cached(M.content_hash)))
-            conn.execute(insert(M).values(collection_id=self._cid, image_id=image_id, **values))
+        for attempt in range(_NAME_ATTEMPTS):
+            now = utcnow()
+            values = {"content_hash": chash, "image_time": now}
+            try:
+                with self._writer.begin() as conn:
+                    if replace:
+                        if conn.execute(update(M).where(mine).values(**values)).rowcount:
+                            return now
+                    else:  # an id whose bytes left the bucket (gc, a spider's delete) is free again
+                        conn.execute(delete(M).where(mine, ~self._cached(M.content_hash)))
+                    conn.execute(insert(M).values(collection_id=self._cid, image_id=image_id, **values))
+                    return now
+            except IntegrityError:
+                if not replace or attempt == _NAME_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def _drop_if_unnamed(self, chash: str) -> None:
+        """Remove ``chash`` from the bucket unless an id of the collection names it (under the lock)."""
         M = CollectionImageRow
         with self.store.engine.connect() as conn:
             named = conn.execute(
