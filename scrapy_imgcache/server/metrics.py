@@ -1,8 +1,10 @@
 """Prometheus metrics, one registry per app (never the process-global one).
 
 A registry of its own lets several apps live in one process (tests, embedding) without
-"duplicated timeseries" errors. Routes are labelled by their template (``/images/{content_hash}``),
-never by the raw path, so label cardinality stays bounded whatever clients send.
+"duplicated timeseries" errors. Every label takes values from a fixed set, so the number of
+series stays bounded whatever clients send: routes by their template (``/images/{content_hash}``,
+``unmatched`` for a path no route matches), never the raw path; methods as sent when they are
+one of HTTP's own (:data:`METHODS`), ``other`` otherwise; statuses as answered.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+#: the methods labelled as themselves; any other is counted as ``other``
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
 
 
 class Metrics:
@@ -67,5 +72,6 @@ class MetricsMiddleware:
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             method = scope.get("method", "")
+            method = method if method in METHODS else "other"
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(time.perf_counter() - start)

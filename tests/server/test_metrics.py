@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import random
+import string
+from typing import Any
+
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -53,3 +57,49 @@ def test_each_app_has_its_own_registry(tmp_path):
         assert second.state.metrics.registry.get_sample_value("imgcache_uploads_total", {"outcome": "created"}) is None
     finally:
         store.close()
+
+
+def test_random_methods_and_paths_leave_the_metrics_small(tmp_path):
+    """Unauthenticated junk (unknown methods, unknown paths) must not grow /metrics: every
+    method outside a fixed set is ``other``, every path that matches no route ``unmatched``."""
+    rng = random.Random(13)
+
+    def junk_method() -> str:
+        return "X" + "".join(rng.choices(string.ascii_uppercase, k=rng.randint(3, 20)))
+
+    def junk_path(i: int) -> str:
+        return rng.choice(
+            [
+                "/health",
+                "/metrics",
+                f"/images/{rng.getrandbits(256):064x}",
+                f"/images/meta/{i}",
+                f"/no/such/{i}/{rng.random()}",
+                f"/api/v1/x{i}",
+                f"/api/v1/image/id{i}",
+            ]
+        )
+
+    with (
+        imgcache_server(f"sqlite:///{tmp_path / 'c.sqlite3'}", tmp_path) as server,
+        httpx.Client(base_url=server.url) as http,
+    ):
+        sizes = []
+        for batch in range(2):  # the second batch of junk must add no series
+            for i in range(batch * 600, batch * 600 + 600):
+                method = junk_method() if i % 3 else rng.choice(["GET", "OPTIONS", "TRACE", "PATCH", "delete"])
+                http.request(method, junk_path(i))
+            text = http.get("/metrics").text
+            sizes.append(len(text))
+    labels = [s.labels for key, s in _samples(text) if key == "imgcache_http_requests_total"]
+    methods = {label["method"] for label in labels}
+    routes = {label["route"] for label in labels}
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "other"}
+    assert "other" in methods
+    assert "unmatched" in routes and not [r for r in routes if "/no/" in r or "id1" in r]
+    assert len(labels) < 60, sorted(labels, key=str)
+    assert sizes[1] - sizes[0] < 5_000 and sizes[1] < 200_000, sizes  # (3,000 requests made 8.6 MB)
+
+
+def _samples(text: str) -> list[tuple[str, Any]]:
+    return [(s.name, s) for family in text_string_to_metric_families(text) for s in family.samples]
