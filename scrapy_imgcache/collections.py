@@ -277,15 +277,25 @@ class Registry:
                 return None
             return _collection(row), self.box.open(row.secret)
 
-    def remember_request(self, digest: str, expires_at: datetime) -> bool:
-        """Record an accepted state-changing request; False when it was recorded already."""
+    def remember_request(self, digest: str, expires_at: datetime, *more: str) -> bool:
+        """Record an accepted state-changing request by ``digest`` (and the ``more`` digests it
+        is also known by, in the same transaction); False when ``digest`` was recorded already."""
         try:
             with self._writer.begin() as conn:
                 conn.execute(delete(RequestRow).where(RequestRow.expires_at < utcnow()))
-                conn.execute(insert(RequestRow).values(digest=digest, expires_at=expires_at))
+                for each in (digest, *more):
+                    conn.execute(insert(RequestRow).values(digest=each, expires_at=expires_at))
         except IntegrityError:
             return False
         return True
+
+    def remembers(self, digest: str) -> bool:
+        """Whether an accepted request was recorded by ``digest`` (and has not expired)."""
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                select(RequestRow.digest).where(RequestRow.digest == digest, RequestRow.expires_at >= utcnow())
+            ).first()
+        return found is not None
 
     def _one(self, cond: Any) -> Collection | None:
         with Session(self.engine) as session:

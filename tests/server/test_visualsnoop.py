@@ -310,6 +310,63 @@ def test_replayed_post_is_refused_but_repeated_reads_are_not(deployment, coll, k
     assert answers[0]["results"][0]["id"] == "read-me"
 
 
+def _signed(keys: Keys, method: str, url: str, body: bytes | None = None, age: float = 0) -> requests.PreparedRequest:
+    """A request signed by the published client's auth, with its ``Date`` ``age`` seconds ago."""
+    auth = VisualSnoopHMACAuth(keys.public_key, keys.secret_key)
+    headers = {"Date": formatdate(time.time() - age, usegmt=True)}
+    return requests.Request(method, url, data=body, headers=headers, auth=auth).prepare()
+
+
+def _replayed(request: requests.PreparedRequest, url: str, body: bytes | None = None) -> requests.PreparedRequest:
+    """What an eavesdropper sends: the captured signed headers, another URL or body."""
+    auth_headers = {k: request.headers[k] for k in ("Date", "Authorization")}
+    return requests.Request(request.method, url, data=body, headers=auth_headers).prepare()
+
+
+def test_a_replay_with_a_query_string_or_another_body_is_refused(deployment, coll, keys):
+    """A signature covers the method, the path and the Date: it opens one state-changing request."""
+    session = requests.Session()
+    url = deployment.endpoint + "/image/victim"
+    first, second, evil = distinct_jpegs(3)
+    assert session.send(_signed(keys, "POST", url, first, age=20)).status_code == 201
+    delete = _signed(keys, "DELETE", url, age=15)
+    assert session.send(delete).status_code == 200
+    assert session.send(_signed(keys, "POST", url, second, age=10)).status_code == 201  # added again
+
+    for tail in ("?x=1", "?", "?image_id=victim&x=2"):
+        body = assert_refused(session.send(_replayed(delete, url + tail)))
+        assert "replay" in body["message"]
+    assert coll.get_image("victim")["status"] == 200
+
+    put = _signed(keys, "PUT", url, first, age=5)
+    assert session.send(put).status_code == 200
+    for tail, body_bytes in (("", evil), ("?x=1", evil), ("?x=1", first)):
+        refused = assert_refused(session.send(_replayed(put, url + tail, body_bytes)))
+        assert "replay" in refused["message"]
+    assert deployment.cached(keys) == [content_hash(first)]  # the attacker's image was not stored
+
+
+def test_adding_several_images_in_one_second_keeps_working(deployment, coll, keys):
+    """The client signs every ``add_image(image)`` alike within a second (same method, path and
+    Date): each adds an image under a new id, so they are told apart by their bodies, and only a
+    byte-identical copy of one is a replay."""
+    session = requests.Session()
+    url = deployment.endpoint + "/image"
+    photos = distinct_jpegs(3)
+    date = formatdate(usegmt=True)
+    sent = [_signed(keys, "POST", url, photo) for photo in photos]
+    for request in sent:
+        request.headers["Date"] = date
+        VisualSnoopHMACAuth(keys.public_key, keys.secret_key)(request)  # signed again with that Date
+    assert len({r.headers["Authorization"] for r in sent}) == 1
+    answers = [session.send(r) for r in sent]
+    assert [a.status_code for a in answers] == [201, 201, 201]
+    assert len({a.json()["image_id"] for a in answers}) == 3
+    assert "replay" in assert_refused(session.send(sent[0]))["message"]
+    assert "replay" in assert_refused(session.send(_replayed(sent[0], url + "?x=1", photos[0])))["message"]
+    assert sorted(deployment.cached(keys)) == sorted(content_hash(p) for p in photos)
+
+
 def test_unknown_calls_answer_json(deployment, keys):
     response = httpx.patch(deployment.endpoint + "/image/x", headers=signed_headers(keys, "PATCH", PREFIX + "/image/x"))
     assert_refused(response, 404)
@@ -381,3 +438,40 @@ def test_id_of_100_characters_is_fine_and_bad_listing_parameters_are_refused(dep
         ({"start": "nope"}, 404),
     ):
         assert_refused(requests.get(deployment.endpoint + "/images", params=params, auth=auth), status)
+
+
+# -- image ids: the same rules on every database ---------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["a\x00b", "\x00", "line\nbreak", "tab\there", "esc\x1b[0m", "del\x7f", "c1\x85"])
+def test_control_characters_in_an_id_are_refused_with_422(deployment, coll, keys, bad):
+    """Sent by the published client as it sends them (percent-encoded in the path)."""
+    photo = distinct_jpegs(1)[0]
+    answers = [
+        coll.add_image(jpeg(photo), image_id=bad),
+        coll.add_image(jpeg(photo), image_id=bad, update_existing=True),
+        coll.get_image(bad),
+        coll.search_images_by_id(bad),
+        coll.delete_image(bad),
+        coll.get_images(start=bad),
+    ]
+    for answer in answers:
+        assert answer["status"] == 422, answer
+        assert isinstance(answer["message"], str) and "control character" in answer["message"]
+    assert deployment.cached(keys) == []
+    assert coll.get_images()["images"] == []
+
+
+def test_unicode_spaces_and_slashes_in_ids_work(deployment, coll, keys):
+    ids = ["naïve café", "a/b/c", "日本語の写真", "📷 camera", "  padded", "x" * 99 + "é"]
+    photos = distinct_jpegs(len(ids))
+    for image_id, photo in zip(ids, photos, strict=True):
+        added = coll.add_image(jpeg(photo), image_id=image_id)
+        assert (added["status"], added["image_id"]) == (201, image_id), added
+        assert coll.get_image(image_id)["image_id"] == image_id
+        updated = coll.add_image(jpeg(photo), image_id=image_id, update_existing=True)
+        assert updated["status"] == 200, updated
+    assert sorted(i["id"] for i in coll.get_images()["images"]) == sorted(ids)
+    for image_id in ids:
+        assert coll.delete_image(image_id)["status"] == 200
+    assert deployment.cached(keys) == []
