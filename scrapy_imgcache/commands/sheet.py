@@ -3,7 +3,8 @@
 A page is one file a person opens in a browser, mailed or archived as is: thumbnails are
 embedded as ``data:`` URIs (made with Pillow), there is no script and nothing is fetched.
 Every URL and text taken from the cache goes through :func:`html.escape`, because image
-URLs come from crawled pages.
+URLs come from crawled pages, and only ``http``, ``https`` and ``file`` URLs become links:
+any other (``data:``, ``javascript:`` recorded by an older version...) is shown as text.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,8 @@ from ..imaging import open_image
 
 THUMBNAIL_SIZE = 240
 MAX_URLS_SHOWN = 10
+#: the URLs a sheet links to: the scheme is read from the first character on, as browsers do
+LINKABLE = re.compile(r"(?:https?|file):", re.IGNORECASE)
 
 _STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; background: #fafafa; }
@@ -82,7 +86,7 @@ def render_card(card: Card) -> str:
     else:
         picture = f'<div class="noimg">{e(card.missing)}</div>'
     lines = "".join(f"<br>{e(line)}" for line in card.lines)
-    links = "".join(f'<li><a href="{e(url)}">{e(url)}</a></li>' for url in card.urls[:MAX_URLS_SHOWN])
+    links = "".join(f"<li>{url_html(url)}</li>" for url in card.urls[:MAX_URLS_SHOWN])
     if len(card.urls) > MAX_URLS_SHOWN:
         links += f"<li>and {len(card.urls) - MAX_URLS_SHOWN} more</li>"
     cls = ' class="query"' if card.query else ""
@@ -90,6 +94,13 @@ def render_card(card: Card) -> str:
         f"<figure{cls}>{picture}<figcaption><b>{e(card.title)}</b>{lines}"
         f"{f'<ul>{links}</ul>' if links else ''}</figcaption></figure>"
     )
+
+
+def url_html(url: str) -> str:
+    """A link to ``url`` when it is a web or file URL; otherwise its text."""
+    if LINKABLE.match(url):
+        return f'<a href="{html.escape(url)}">{html.escape(url)}</a>'
+    return f'<span class="url">{html.escape(url)}</span>'
 
 
 def render_page(title: str, intro: Sequence[str], sections: Sequence[Section]) -> str:

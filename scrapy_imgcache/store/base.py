@@ -29,6 +29,12 @@ PHASH_RE = re.compile(r"^[0-9a-f]{16}$")
 BUCKET_LENGTH = 64
 BUCKET_RE = re.compile(rf"^[A-Za-z0-9._-]{{0,{BUCKET_LENGTH}}}$")
 MAX_DISTANCE = 32
+#: the schemes of the URLs an image may be recorded at: the web, files, ``data:`` URIs, the
+#: other schemes Scrapy downloads from (``ftp``, ``s3``), and ``visualsnoop``, the collections
+#: API's own records. Nothing else is stored, so no page made from the cache can link to a
+#: ``javascript:`` URL.
+URL_SCHEMES = frozenset({"http", "https", "file", "data", "ftp", "s3", "visualsnoop"})
+_URL_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):[^\x00-\x1f\x7f]*")
 
 
 def utcnow() -> datetime:
@@ -44,6 +50,18 @@ def validate_bucket(bucket: str) -> str:
     if not isinstance(bucket, str) or not BUCKET_RE.match(bucket):
         raise ValueError(f"bad bucket name {bucket!r}: up to {BUCKET_LENGTH} of A-Z a-z 0-9 . _ -")
     return bucket
+
+
+def validate_url(url: str) -> str:
+    """A URL of one of :data:`URL_SCHEMES`, with no control character in it."""
+    match = _URL_RE.fullmatch(url) if isinstance(url, str) else None
+    if match is None or match.group(1).lower() not in URL_SCHEMES:
+        shown = url[:100] if isinstance(url, str) else url
+        raise ValueError(
+            f"bad URL {shown!r}: a URL of one of the schemes {', '.join(sorted(URL_SCHEMES))}, "
+            "without control characters, expected"
+        )
+    return url
 
 
 def validate_phash(value: str) -> str:

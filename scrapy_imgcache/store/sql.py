@@ -49,6 +49,7 @@ from .base import (
     validate_bucket,
     validate_distance,
     validate_phash,
+    validate_url,
 )
 from .index import HammingIndex, to_signed
 from .models import ImageRow, UrlRow
@@ -163,6 +164,7 @@ class SqlStore:
         similar_distance: int | None = None,
     ) -> PutResult:
         validate_bucket(bucket)
+        validate_url(url)
         if info is None:
             info = self.inspector.inspect(data)
         elif info.size != len(data):  # (hashing them again to be sure cost ~0.3 ms an image)
@@ -276,6 +278,7 @@ class SqlStore:
         """Note that ``url`` answered with an image already cached (a 304, a skipped near-dup);
         None when the image is not there (or is deleted meanwhile)."""
         validate_bucket(bucket)
+        validate_url(url)
 
         def work(conn: Connection) -> bool:
             image_id = self._image_id(conn, bucket, content_hash)

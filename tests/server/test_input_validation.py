@@ -113,6 +113,10 @@ def test_image_over_the_cap_inside_the_form_slack(http, guarded):
     "fields",
     [
         {"url": "no-scheme/a.jpg"},
+        {"url": "javascript:alert(document.domain)"},
+        {"url": "JaVaScRiPt:alert(1)"},
+        {"url": " javascript:alert(1)"},
+        {"url": "vbscript:msgbox(1)"},
         {"url": "https://e.example/a\x00.jpg"},
         {"url": "https://e.example/a b.jpg"},
         {"url": "https://e.example/" + "a" * 9000},
@@ -134,6 +138,19 @@ def test_image_over_the_cap_inside_the_form_slack(http, guarded):
 def test_bad_form_fields(http, guarded, fields):
     body = assert_error(upload(http, fresh_jpegs(1)[0], **fields), 422, "invalid_request")
     assert body["detail"]
+    nothing_stored(http, guarded)
+
+
+@pytest.mark.parametrize("url", ["javascript:alert(1)", "vbscript:msgbox(1)", "https://e.example/a.jpg\n"])
+def test_a_url_record_of_another_scheme_is_refused(http, guarded, url):
+    """POST /images/urls/{hash} (RemoteStore's record_url) takes the same URLs as an upload."""
+    stored = upload(http, fresh_jpegs(1)[0])
+    assert stored.status_code == 201, stored.text
+    chash = stored.json()["content_hash"]
+    refused = http.post(f"/images/urls/{chash}", data={"url": url, "client_name": "spider"})
+    assert_error(refused, 422, "invalid_request")
+    assert [e["url"] for e in http.get(f"/images/urls/{chash}").json()] == [stored.json()["url"]]
+    assert http.delete(f"/images/{chash}").status_code == 204
     nothing_stored(http, guarded)
 
 

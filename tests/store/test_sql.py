@@ -255,6 +255,48 @@ def test_bad_arguments_are_refused(store):
     assert counts(store) == (0, 0, 0)
 
 
+#: schemes an image may not be recorded at: a page that links to its URLs would run them
+NOT_IMAGE_URLS = [
+    "javascript:alert(1)",
+    "JaVaScRiPt:alert(1)",
+    " javascript:alert(1)",
+    "\tjavascript:alert(1)",
+    "vbscript:msgbox(1)",
+    "about:blank",
+    "no-scheme/a.jpg",
+    "",
+    "https://a.example/a\x00.jpg",
+    "https://a.example/line\nbreak.jpg",
+    "https://a.example/trailing-newline.jpg\n",
+]
+IMAGE_URLS = [
+    "https://a.example/1.jpg",
+    "HTTP://A.EXAMPLE/2.JPG",
+    "file:///srv/photos/3.jpg",
+    "data:image/png;base64,iVBORw0KGgo=",
+    "ftp://ftp.example/4.jpg",
+    "s3://bucket/5.jpg",
+    "visualsnoop://0123456789abcdef/image/a b/ü",
+]
+
+
+def test_urls_of_other_schemes_are_refused(store):
+    """Only the schemes images come from are recorded (and so ever shown or linked to)."""
+    for url in NOT_IMAGE_URLS:
+        with pytest.raises(ValueError, match="URL"):
+            put(store, JPEGS[0], url)
+    assert counts(store) == (0, 0, 0)
+    stored = put(store, JPEGS[0], IMAGE_URLS[0]).entry
+    for url in NOT_IMAGE_URLS:
+        with pytest.raises(ValueError, match="URL"):
+            store.record_url(stored.content_hash, url=url, client_name="spider")
+    assert [e.url for e in store.urls(stored.content_hash)] == [IMAGE_URLS[0]]
+    for url in IMAGE_URLS[1:]:
+        put(store, JPEGS[1], url)
+        assert store.record_url(stored.content_hash, url=url, client_name="spider") is not None
+    assert {e.url for e in store.urls(stored.content_hash)} == set(IMAGE_URLS)
+
+
 def test_orphan_blobs_respect_the_grace_period(store):
     kept = put(store, JPEGS[0], "https://a.example/1.jpg").entry
     old_orphan = blob_key(content_hash(b"old"), ".jpg")
