@@ -4,8 +4,9 @@ Run as its own process (``python -m benchmarks.crawl_server DATA_DIR PORT_FILE``
 its CPU is not the crawler's; it writes its port to PORT_FILE once listening. Every body is
 read into memory at start, so serving is a dict lookup and a socket write.
 
-Images carry an ETag (BLAKE2b of the bytes) and a fixed Last-Modified, and a matching
-``If-None-Match`` (or, without one, a late enough ``If-Modified-Since``) is answered 304.
+Images are served with the Content-Type of their format (by the file's extension) and carry
+an ETag (BLAKE2b of the bytes) and a fixed Last-Modified; a matching ``If-None-Match`` (or,
+without one, a late enough ``If-Modified-Since``) is answered 304.
 The server counts what it serves; ``GET /_stats`` returns the counters and the server's
 own CPU seconds, ``GET /_reset`` zeroes the counters.
 """
@@ -23,6 +24,8 @@ from pathlib import Path
 from aiohttp import web
 
 MTIME = 1_700_000_000
+#: what an image is served as, by its file's extension
+CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 LAST_MODIFIED = formatdate(MTIME, usegmt=True)
 COUNTERS = ("image_requests", "image_200", "image_304", "image_bytes", "page_requests", "not_found")
 
@@ -38,7 +41,7 @@ def load(data_dir: Path) -> dict[str, tuple[bytes, str, str | None]]:
             body = (data_dir / name).read_bytes()
             files[name] = (body, '"' + hashlib.blake2b(body, digest_size=8).hexdigest() + '"')
         body, etag = files[name]
-        routes[route["path"]] = (body, "image/jpeg", etag)
+        routes[route["path"]] = (body, CONTENT_TYPES[name.rsplit(".", 1)[-1]], etag)
     pages = manifest["pages"]
     for k, paths in enumerate(pages):
         html = "".join(f'<img src="{p}">' for p in paths)
