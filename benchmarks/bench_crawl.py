@@ -1,22 +1,29 @@
-"""Crawl benchmark: ImgCachePipeline against Scrapy's ImagesPipeline and the physical limit.
+"""Crawl benchmark: ImgCachePipeline against Scrapy's ImagesPipeline and a download-only crawl, by size class.
 
 Not a test: it prints figures for docs/crawl-benchmark.md. Run from the repository root:
 
-    python -m benchmarks.bench_crawl            # 1,000 distinct 1600x1200 photos (~15 minutes)
-    python -m benchmarks.bench_crawl --quick    # 200 photos, a smoke run
+    ./dev bench crawl                              # thumb, everyday, large; 2 rounds (~10-15 minutes)
+    ./dev bench crawl --quick                      # a few hundred images a class, one round: a smoke run
+    ./dev bench crawl --sizes everyday --rounds 3  # one class
 
-Every figure is a ratio of two measurements taken in the same run, on the same site served
-by the same server process, so a noisy machine moves both sides together. The site: N
-distinct JPEG photos (pairwise at least --min-distance pHash bits apart), 20% more URLs
-serving exact copies of some of them, 10% more serving near-duplicates (resized,
-recompressed, 1%-cropped, brightened), 10 images a page, served from memory by
-benchmarks/crawl_server.py in its own process. Each crawl is a real ``scrapy crawl``
-process in a generated project; benchmarks/crawl_spider.py times it from spider_opened to
-spider_closed and counts the image results the items come back with.
+Each size class is its own site (benchmarks/crawl_dataset.py: thumbnails, everyday
+640-1024 px JPEG/WebP/PNG photos, large 1600x1200 JPEGs; each with 20 % exact copies under
+second URLs and 10 % near-duplicates), served from memory by benchmarks/crawl_server.py in
+its own process. On each site, in every round, interleaved, each a real ``scrapy crawl``
+process in a fresh generated project:
 
-The photos are built reproducibly from scikit-image's bundled photographs (random 4:3 crops,
-flips, quarter turns, per-channel colour shifts, a little sensor grain) and cached under
-benchmarks/out/, so a rerun starts at once.
+- ``download_only``: the spider requests every image itself, no pipeline: Scrapy's own pace;
+- ``images``: Scrapy's ImagesPipeline, IMAGES_STORE a fresh folder;
+- ``imgcache``: ImgCachePipeline (the add-on) with its defaults: a fresh SQLite cache in the
+  project, IMAGES_STORE a fresh folder;
+- ``second``: right after it, the same project again, IMAGES_STORE another fresh folder:
+  every image must come from the cache (0 image bytes downloaded, counted at the server);
+- ``imgcache_fast``: as ``imgcache`` with ``IMGCACHE_FAST_HASH = True``, its own fresh cache.
+
+A crawl is timed by benchmarks/crawl_spider.py from spider_opened to spider_closed, which
+also counts the image results, the CPU of the crawl process, of each of its threads and of
+its child processes (the plugin's hashing workers). Each side's best round counts. Every
+ratio compares two crawls of the same run against the same server process.
 """
 
 from __future__ import annotations
@@ -24,13 +31,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
-import io
 import json
 import multiprocessing
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import threading
@@ -41,25 +46,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
-from PIL import Image, ImageEnhance
-
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from example_project.photos import PHOTO_NAMES, encode, photo  # noqa: E402
-from scrapy_imgcache.hashing import Inspector, content_hash  # noqa: E402
+from benchmarks.crawl_dataset import CLASSES, MEMORY, OUT, SizeClass, build, log, summary  # noqa: E402
 
-OUT = REPO / "benchmarks" / "out"
 POSTGRES_URL = os.environ.get("IMGCACHE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
-DATASET_VERSION = 1
-PER_PAGE = 10
-EXACT_SHARE = 0.20
-NEAR_SHARE = 0.10
-NEAR_KINDS = ("resized", "recompressed", "cropped", "brightened")
 
-#: the settings both pipelines crawl with (documented in docs/crawl-benchmark.md)
+#: the settings every crawl runs with (documented in docs/crawl-benchmark.md)
 COMMON_SETTINGS: dict[str, Any] = {
     "SPIDER_MODULES": ["benchmarks.crawl_spider"],
     "BOT_NAME": "crawlbench",
@@ -78,143 +73,27 @@ COMMON_SETTINGS: dict[str, Any] = {
 IMAGES_PIPELINE = {"ITEM_PIPELINES": {"scrapy.pipelines.images.ImagesPipeline": 1}}
 IMGCACHE = {"ADDONS": {"scrapy_imgcache.Addon": 0}}
 
+#: the crawls of a class, in the order of the report
+SIDES = ("download_only", "images", "imgcache", "imgcache_fast", "second")
+LABELS = {
+    "download_only": "download only (spider fetches, no pipeline)",
+    "images": "ImagesPipeline",
+    "imgcache": "ImgCache, defaults",
+    "imgcache_fast": "ImgCache, `IMGCACHE_FAST_HASH`",
+    "second": "ImgCache, second crawl",
+    "imgcache_threads": "ImgCache, `IMGCACHE_HASH_PROCESSES = 0`",
+}
+#: what --extras may add; the default run has revalidation only
+EXTRAS = ("revalidation", "threads", "limit", "sharing", "memory")
+DEFAULT_EXTRAS = "revalidation"
 
-def log(*args: Any) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}]", *args, flush=True)
-
-
-# -- the photos --------------------------------------------------------------------------------
-
-
-def _candidate(job: tuple[int, tuple[int, int], int]) -> tuple[int, int, bytes]:
-    """One photo from a seed: (seed, pHash as an int, JPEG bytes)."""
-    seed, size, quality = job
-    rng = np.random.default_rng(seed)
-    src = photo(PHOTO_NAMES[int(rng.integers(len(PHOTO_NAMES)))])
-    width, height = size
-    turn = rng.random() < 0.25  # crop a portrait region and turn it a quarter
-    aspect = height / width if turn else width / height
-    sw, sh = src.size
-    cw = min(sw, sh * aspect) * rng.uniform(0.3, 0.95)
-    ch = cw / aspect
-    x, y = rng.uniform(0, sw - cw), rng.uniform(0, sh - ch)
-    img = src.crop((round(x), round(y), round(x + cw), round(y + ch)))
-    if turn:
-        img = img.transpose(Image.Transpose.ROTATE_90)
-    if rng.random() < 0.5:
-        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    if rng.random() < 0.25:
-        img = img.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
-    img = img.resize(size, Image.Resampling.BICUBIC)
-    pixels = np.asarray(img, dtype=np.float32)
-    gain = rng.uniform(0.88, 1.12, 3).astype(np.float32)
-    offset = rng.uniform(-12, 12, 3).astype(np.float32)
-    grain = rng.standard_normal(pixels.shape, dtype=np.float32) * 2.0
-    pixels = pixels * gain + offset + grain
-    data = encode(Image.fromarray(pixels.clip(0, 255).astype(np.uint8)), quality=quality)
-    return seed, int(Inspector().inspect(data).perceptual_hash, 16), data
-
-
-def _near(job: tuple[bytes, str]) -> bytes:
-    """The ways a photo reappears elsewhere (as tests/photos.near_duplicates, without PNG)."""
-    data, kind = job
-    img = Image.open(io.BytesIO(data)).convert("RGB")
-    w, h = img.size
-    if kind == "resized":
-        return encode(img.resize((w * 3 // 4, h * 3 // 4), Image.Resampling.LANCZOS))
-    if kind == "recompressed":
-        return encode(img, quality=55)
-    if kind == "cropped":
-        return encode(img.crop((w // 100, h // 100, w - w // 100, h - h // 100)))
-    return encode(ImageEnhance.Brightness(img).enhance(1.15))
-
-
-def _popcount(values: np.ndarray) -> np.ndarray:
-    return (
-        np.bitwise_count(values)
-        if hasattr(np, "bitwise_count")
-        else np.unpackbits(values.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
-    )
-
-
-def build_dataset(n: int, size: tuple[int, int], min_distance: int, quality: int = 88) -> Path:
-    """N distinct photos + 20% exact copies + 10% near-duplicates under their own URLs (cached)."""
-    name = f"crawl-v{DATASET_VERSION}-{n}-{size[0]}x{size[1]}-q{quality}-d{min_distance}"
-    folder = OUT / name
-    if (folder / "manifest.json").exists():
-        return folder
-    log(f"building {name} (once; cached under benchmarks/out/)")
-    tmp = OUT / f".{name}-{uuid.uuid4().hex[:6]}"
-    tmp.mkdir(parents=True)
-    accepted: list[int] = []
-    hashes = np.zeros(0, dtype=np.uint64)
-    seed, tried = 0, 0
-    with multiprocessing.Pool(os.cpu_count() or 2) as pool:
-        while len(accepted) < n:
-            batch = [(s, size, quality) for s in range(seed, seed + 64)]
-            seed += 64
-            for s, phash, data in pool.map(_candidate, batch, chunksize=4):
-                tried += 1
-                if len(accepted) == n:
-                    break
-                value = np.uint64(phash)
-                if min_distance and len(hashes) and int(_popcount(hashes ^ value).min()) < min_distance:
-                    continue
-                (tmp / f"d{len(accepted):05d}.jpg").write_bytes(data)
-                accepted.append(s)
-                hashes = np.append(hashes, value)
-        rng = np.random.default_rng(12345)
-        n_exact, n_near = round(n * EXACT_SHARE), round(n * NEAR_SHARE)
-        exact_of = rng.choice(n, n_exact, replace=False)
-        near_of = rng.choice(n, n_near, replace=False)
-        jobs = [((tmp / f"d{i:05d}.jpg").read_bytes(), NEAR_KINDS[k % len(NEAR_KINDS)]) for k, i in enumerate(near_of)]
-        for k, data in enumerate(pool.map(_near, jobs, chunksize=4)):
-            (tmp / f"n{k:05d}.jpg").write_bytes(data)
-    routes = []
-
-    def path(kind: str, k: int) -> str:
-        return f"/img/{hashlib.blake2b(f'{kind}{k}'.encode(), digest_size=6).hexdigest()}.jpg"
-
-    for i in range(n):
-        routes.append({"path": path("d", i), "file": f"d{i:05d}.jpg", "kind": "distinct", "of": i})
-    for k, i in enumerate(exact_of):
-        routes.append({"path": path("e", k), "file": f"d{int(i):05d}.jpg", "kind": "exact", "of": int(i)})
-    for k, i in enumerate(near_of):
-        routes.append(
-            {
-                "path": path("n", k),
-                "file": f"n{k:05d}.jpg",
-                "kind": "near",
-                "of": int(i),
-                "variant": NEAR_KINDS[k % len(NEAR_KINDS)],
-            }
-        )
-    order = rng.permutation(len(routes))
-    pages = [[routes[j]["path"] for j in order[s : s + PER_PAGE]] for s in range(0, len(order), PER_PAGE)]
-    sizes = [(tmp / f"d{i:05d}.jpg").stat().st_size for i in range(n)]
-    pairwise = _pairwise_min(hashes)
-    manifest = {
-        "n": n,
-        "size": size,
-        "quality": quality,
-        "min_distance": min_distance,
-        "seeds": accepted,
-        "candidates_tried": tried,
-        "routes": routes,
-        "pages": pages,
-        "mean_bytes": statistics.mean(sizes),
-        "pairwise_min_distance": pairwise,
-    }
-    (tmp / "manifest.json").write_text(json.dumps(manifest))
-    tmp.rename(folder)
-    return folder
-
-
-def _pairwise_min(hashes: np.ndarray) -> int:
-    best = 64
-    for i in range(len(hashes) - 1):
-        best = min(best, int(_popcount(hashes[i + 1 :] ^ hashes[i]).min()))
-    return best
+#: the issue's targets: (key, label, target, classes it applies to)
+TARGET_FIRST = 1.3
+TARGET_FAST = 1.6
+TARGET_DOWNLOAD = 0.65
+TARGET_SECOND = 0.15
+FAST_CLASSES = ("everyday", "large")
+DOWNLOAD_CLASSES = ("everyday",)
 
 
 # -- the server ---------------------------------------------------------------------------------
@@ -327,33 +206,75 @@ def finish_crawl(proc: subprocess.Popen, out: Path, timeout: float = 3600) -> di
 
 
 def crawl(project: Path, server: Server, label: str, *extra: str) -> dict[str, Any]:
+    os.sync()  # what the previous crawl (or its clean-up) left dirty is not this crawl's fsyncs' to flush
     server.reset()
     cpu0 = server.stats()["cpu_seconds"]
     result = finish_crawl(*start_crawl(project, server, label, "0/1", *extra))
     served = server.stats()
     result["server"] = {**served, "cpu_seconds": served["cpu_seconds"] - cpu0}
+    result["project"] = str(project)
+    n = max(result["images"], 1)
     log(
-        f"  {label}: {result['images']} images in {result['elapsed']:.2f}s = {result['rate']:.1f}/s "
-        f"(crawler CPU {result['cpu_seconds']:.1f}s, server CPU {result['server']['cpu_seconds']:.1f}s, "
-        f"{served['image_200']} image 200s, {served['image_304']} 304s)"
+        f"  {label}: {result['images']} images in {result['elapsed']:.2f}s = {result['rate']:.1f}/s; CPU an image "
+        f"{1000 * result['crawl_cpu_seconds'] / n:.2f} ms crawl process + "
+        f"{1000 * result['workers_cpu_seconds'] / n:.2f} ms workers; {served['image_200']} image 200s "
+        f"({served['image_bytes'] / 1e6:.1f} MB), {served['image_304']} 304s"
     )
     return result
 
 
-def check_imgcache(result: dict[str, Any], manifest: dict[str, Any]) -> None:
-    """The plugin's stats must show the dataset: every distinct content stored once."""
+def files_under(folder: Path) -> int:
+    """Files in an IMAGES_STORE (hidden markers aside)."""
+    return sum(1 for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")) if folder.exists() else 0
+
+
+def check(result: dict[str, Any], manifest: dict[str, Any], side: str, store: Path | None) -> list[str]:
+    """What is wrong with a crawl's outcome (an empty list: nothing)."""
+    problems = []
     n_routes = len(manifest["routes"])
-    n_exact = sum(r["kind"] == "exact" for r in manifest["routes"])
-    n_near = sum(r["kind"] == "near" for r in manifest["routes"])
+    if result["images"] != n_routes:
+        problems.append(f"{result['images']} image results for {n_routes} URLs")
+    if result.get("finish_reason") != "finished":
+        problems.append(f"finish reason {result.get('finish_reason')!r}")
+    if store is not None:
+        result["store_files"] = files_under(store)
+        if result["store_files"] != n_routes:
+            problems.append(f"{result['store_files']} files in IMAGES_STORE for {n_routes} URLs")
     stats = result["stats"]
-    assert result["images"] == n_routes, (result["images"], n_routes)
-    assert stats.get("imgcache/stored", 0) == n_routes - n_exact, stats
-    assert stats.get("imgcache/duplicate/exact", 0) == n_exact, stats
-    result["similar_found"] = stats.get("imgcache/duplicate/similar", 0)
-    result["similar_expected"] = n_near
+    n_exact = sum(r["kind"] == "exact" for r in manifest["routes"])
+    if side in ("imgcache", "imgcache_fast", "imgcache_threads"):
+        if stats.get("imgcache/stored", 0) != n_routes - n_exact:
+            problems.append(f"imgcache/stored {stats.get('imgcache/stored', 0)}, expected {n_routes - n_exact}")
+        if stats.get("imgcache/duplicate/exact", 0) != n_exact:
+            problems.append(f"imgcache/duplicate/exact {stats.get('imgcache/duplicate/exact', 0)}, expected {n_exact}")
+        result["similar_found"] = stats.get("imgcache/duplicate/similar", 0)
+        result["similar_expected"] = sum(r["kind"] == "near" for r in manifest["routes"])
+    if side == "second":
+        hits = stats.get("imgcache/hit", 0)
+        if hits != n_routes:
+            problems.append(f"imgcache/hit {hits} for {n_routes} URLs")
+    return problems
 
 
-# -- the physical limit -------------------------------------------------------------------------
+def remove(*folders: Path) -> None:
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def cpu_per_image(result: dict[str, Any]) -> dict[str, Any]:
+    """Milliseconds of CPU an image: the crawl process, its threads by group, its children."""
+    n = max(result["images"], 1)
+    return {
+        "crawl_ms": 1000 * result["crawl_cpu_seconds"] / n,
+        "workers_ms": 1000 * result["workers_cpu_seconds"] / n,
+        "threads_ms": {
+            k: 1000 * v / n for k, v in sorted(result["threads_cpu_seconds"].items(), key=lambda kv: -kv[1])
+        },
+        "server_ms": 1000 * result["server"]["cpu_seconds"] / n,
+    }
+
+
+# -- the physical limit (--extras limit) --------------------------------------------------------
 
 _BODIES: list[bytes] = []
 
@@ -363,6 +284,8 @@ def _load_bodies(files: list[str]) -> None:
 
 
 def _hash_one(job: tuple[bool, int, bool]) -> int:
+    from scrapy_imgcache.hashing import Inspector, content_hash
+
     fast, i, copy = job
     if copy:  # an exact copy is known by its BLAKE2b alone
         content_hash(_BODIES[i])
@@ -377,11 +300,7 @@ def _noop(_: int) -> int:
 
 def bare_loop(files: list[str], copies: list[bool], fast: bool, workers: int = 2) -> dict[str, float]:
     """Hashing alone, in 2 processes: ``Inspector.inspect`` (decode, BLAKE2b, pHash) of every
-    body, except those marked in ``copies``, which get only their BLAKE2b.
-
-    With no body marked this is the issue's bare loop (BLAKE2b + pHash of the same bytes);
-    with the exact copies marked it is the least hashing the crawl's job takes, since the
-    plugin itself recognises an exact copy by its BLAKE2b without decoding it."""
+    body except the exact copies, which get only their BLAKE2b (as the plugin does)."""
     with multiprocessing.Pool(workers, initializer=_load_bodies, initargs=(files,)) as pool:
         assert all(pool.map(_noop, range(workers * 4), chunksize=1))  # bodies loaded before timing
         cpu0 = os.times()
@@ -390,16 +309,17 @@ def bare_loop(files: list[str], copies: list[bool], fast: bool, workers: int = 2
         elapsed = time.perf_counter() - t0
     cpu1 = os.times()  # the workers are reaped now: their CPU is counted
     cpu = (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
-    kind = ("fast" if fast else "default") + (", copies not decoded" if any(copies) else ", every body")
-    log(f"  bare loop ({kind}): {done} images in {elapsed:.2f}s = {done / elapsed:.1f}/s")
+    log(f"  bare loop ({'fast' if fast else 'default'}): {done} images in {elapsed:.2f}s = {done / elapsed:.1f}/s")
     return {"images": done, "elapsed": elapsed, "rate": done / elapsed, "cpu_seconds": cpu}
 
 
-# -- sharing one PostgreSQL store ---------------------------------------------------------------
+# -- sharing one PostgreSQL store (--extras sharing) --------------------------------------------
 
 
 def sharing(processes: int, server: Server, run: Path, manifest: dict[str, Any], data: Path) -> dict[str, Any]:
     from sqlalchemy import create_engine, text
+
+    from scrapy_imgcache.store.sql import SqlStore
 
     schema = f"imgcache_bench_{uuid.uuid4().hex[:10]}"
     admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
@@ -407,15 +327,14 @@ def sharing(processes: int, server: Server, run: Path, manifest: dict[str, Any],
         conn.execute(text(f"CREATE SCHEMA {schema}"))
     sep = "&" if "?" in POSTGRES_URL else "?"
     url = f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
+    files = run / f"share-{processes}-files"
     try:
         project = make_project(
             run / f"share-{processes}",
-            {**IMGCACHE, "IMGCACHE_URL": url, "IMGCACHE_FILES_STORE": str(run / f"share-{processes}-files")},
+            {**IMGCACHE, "IMGCACHE_URL": url, "IMGCACHE_FILES_STORE": str(files)},
         )
         # the schema is created once, before the clock: N processes racing to migrate is not the point
-        from scrapy_imgcache.store.sql import SqlStore
-
-        SqlStore(url, str(run / f"share-{processes}-files")).close()
+        SqlStore(url, str(files)).close()
         server.reset()
         cpu0 = server.stats()["cpu_seconds"]
         procs = [start_crawl(project, server, f"p{i}", f"{i}/{processes}") for i in range(processes)]
@@ -439,7 +358,7 @@ def sharing(processes: int, server: Server, run: Path, manifest: dict[str, Any],
         by_path: dict[str, list[str]] = {}
         for u, h in rows:
             by_path.setdefault(urlsplit(u).path, []).append(h)
-        check = {
+        checks = {
             "image_rows": n_images,
             "distinct_contents_expected": len(set(expected.values())),
             "duplicate_image_rows": n_images - n_hashes,
@@ -456,18 +375,230 @@ def sharing(processes: int, server: Server, run: Path, manifest: dict[str, Any],
             "elapsed": elapsed,
             "rate": images / elapsed,
             "server_cpu_seconds": served["cpu_seconds"] - cpu0,
-            "check": check,
+            "check": checks,
             "per_process": [{"images": r["images"], "elapsed": r["elapsed"]} for r in results],
         }
-        log(f"  {processes} process(es): {images} images in {elapsed:.2f}s = {out['rate']:.1f}/s; {check}")
+        log(f"  {processes} process(es): {images} images in {elapsed:.2f}s = {out['rate']:.1f}/s; {checks}")
         return out
     finally:
         with admin.connect() as conn:
             conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+        remove(files)
 
 
-# -- the machine --------------------------------------------------------------------------------
+def sharing_ok(rows: list[dict[str, Any]]) -> bool:
+    return all(
+        x["check"]["duplicate_image_rows"] == 0
+        and x["check"]["urls_missing"] == 0
+        and x["check"]["urls_wrong_content"] == 0
+        and x["check"]["urls_with_several_records"] == 0
+        and x["check"]["image_rows"] == x["check"]["distinct_contents_expected"]
+        for x in rows
+    )
+
+
+# -- memory (--extras memory) -------------------------------------------------------------------
+
+
+def memory(n: int, run: Path, keep: bool) -> dict[str, Any]:
+    log(f"memory: {n} distinct small photos")
+    data = build(MEMORY, n, min_distance=0)
+    manifest = json.loads((data / "manifest.json").read_text())
+    server = Server(data, run)
+    project = make_project(run / "memory", {**IMGCACHE, "IMAGES_STORE": str(run / "memory" / "store")})
+    try:
+        result = crawl(project, server, "memory")
+    finally:
+        server.stop()
+        if not keep:
+            remove(project / ".scrapy", project / "store")
+    mark = max(n // 5, 1)
+    samples = result["samples"]
+    at_mark = next((s for s in samples if s[0] >= mark), samples[-1])
+    out = {
+        "photos": n,
+        "urls": len(manifest["routes"]),
+        "mean_bytes": manifest["mean_bytes"],
+        "mark": mark,
+        "rss_at_mark": at_mark[1],
+        "rss_at_end": samples[-1][1],
+        "peak_rss": result["maxrss"],
+        "workers_rss_at_mark": at_mark[2],
+        "workers_rss_at_end": samples[-1][2],
+        "workers": result["workers"],
+        "images": result["images"],
+        "rate": result["rate"],
+        "curve": [samples[min(len(samples) - 1, round(k * (len(samples) - 1) / 10))] for k in range(11)],
+    }
+    log("memory:", {k: v for k, v in out.items() if k != "curve"})
+    return out
+
+
+# -- one size class -----------------------------------------------------------------------------
+
+
+def run_class(cls: SizeClass, n: int, rounds: int, run: Path, args: argparse.Namespace) -> dict[str, Any]:
+    data = build(cls, n, args.min_distance)
+    manifest = json.loads((data / "manifest.json").read_text())
+    log(f"{cls.name}: {summary(manifest)}")
+    report: dict[str, Any] = {
+        "class": cls.name,
+        "title": cls.title,
+        "dataset": {k: v for k, v in manifest.items() if k not in ("routes", "pages")},
+        "problems": [],
+    }
+    here = run / cls.name
+    here.mkdir()
+    server = Server(data, here)
+    keep = args.keep_stores
+    try:
+        paths = [r["path"] for r in manifest["routes"]]
+        raw_throughput(server, paths)  # warm-up
+        report["server_raw"] = raw_throughput(server, paths)
+        log(f"{cls.name}: server, plain client: {report['server_raw']['images_per_s']:.0f} images/s")
+        sides: dict[str, list[dict[str, Any]]] = {k: [] for k in SIDES}
+
+        def side(name: str, r: int, project: Path, label: str, store: Path | None, *extra: str) -> None:
+            result = crawl(project, server, f"{label}", *extra)
+            result["round"] = r
+            for problem in check(result, manifest, name, store):
+                report["problems"].append(f"{name}, round {r + 1}: {problem}")
+                log(f"  PROBLEM: {report['problems'][-1]}")
+            sides.setdefault(name, []).append(result)
+
+        last_default: Path | None = None
+        for r in range(rounds):
+            log(f"{cls.name}: round {r + 1}/{rounds}")
+            order = ["download_only", "images", "imgcache", "imgcache_fast"]
+            if r % 2:
+                order.reverse()
+            for name in order:
+                if name == "download_only":
+                    project = make_project(here / f"fetch-{r}", {})
+                    side(name, r, project, "first", None, "-a", "fetch=1")
+                elif name == "images":
+                    project = here / f"images-{r}"
+                    make_project(project, {**IMAGES_PIPELINE, "IMAGES_STORE": str(project / "store")})
+                    side(name, r, project, "first", project / "store")
+                    if not keep:
+                        remove(project / "store")
+                elif name == "imgcache":
+                    project = here / f"imgcache-{r}"
+                    make_project(project, {**IMGCACHE, "IMAGES_STORE": str(project / "store")})
+                    side(name, r, project, "first", project / "store")
+                    second = project / "store-second"
+                    side("second", r, project, "second", second, "-s", f"IMAGES_STORE={second}")
+                    if last_default is not None and not keep:
+                        remove(last_default / ".scrapy", last_default / "store", last_default / "store-second")
+                    last_default = project
+                else:
+                    project = here / f"imgcache-fast-{r}"
+                    make_project(
+                        project, {**IMGCACHE, "IMGCACHE_FAST_HASH": True, "IMAGES_STORE": str(project / "store")}
+                    )
+                    side(name, r, project, "first", project / "store")
+                    if not keep:
+                        remove(project / ".scrapy", project / "store")
+        assert last_default is not None
+        if "revalidation" in args.extras:
+            log(f"{cls.name}: revalidation (IMGCACHE_EXPIRES=1 on the last defaults' cache)")
+            time.sleep(1.5)
+            reval = crawl(last_default, server, "revalidate", "-s", "IMGCACHE_EXPIRES=1")
+            served = reval["server"]
+            report["revalidation"] = {
+                "image_requests": served["image_requests"],
+                "answered_304": served["image_304"],
+                "share_304": served["image_304"] / max(served["image_requests"], 1),
+                "image_bytes_downloaded": served["image_bytes"],
+                "images": reval["images"],
+                "revalidated": reval["stats"].get("imgcache/revalidated", 0),
+                "elapsed": reval["elapsed"],
+            }
+        if not keep:
+            remove(last_default / ".scrapy", last_default / "store", last_default / "store-second")
+        if "threads" in args.extras:
+            log(f"{cls.name}: hashing in Scrapy's threads (IMGCACHE_HASH_PROCESSES=0)")
+            for r in range(rounds):
+                project = here / f"imgcache-threads-{r}"
+                make_project(
+                    project, {**IMGCACHE, "IMGCACHE_HASH_PROCESSES": 0, "IMAGES_STORE": str(project / "store")}
+                )
+                side("imgcache_threads", r, project, "first", project / "store")
+                if not keep:
+                    remove(project / ".scrapy", project / "store")
+        if "limit" in args.extras:
+            log(f"{cls.name}: the hashing alone (bare loops, 2 processes)")
+            files = [str(data / r["file"]) for r in manifest["routes"]]
+            copies = [r["kind"] == "exact" for r in manifest["routes"]]
+            report["limit"] = [bare_loop(files, copies, fast=False) for _ in range(rounds)]
+            report["limit_fast"] = [bare_loop(files, copies, fast=True) for _ in range(rounds)]
+        if "sharing" in args.extras and cls.name == args.sharing_class:
+            log(f"{cls.name}: sharing one PostgreSQL store")
+            report["sharing"] = [sharing(p, server, here, manifest, data) for p in (1, 2, 4)]
+    finally:
+        server.stop()
+    report["crawls"] = sides
+    report["figures"] = figures(report)
+    return report
+
+
+def best(results: list[dict[str, Any]]) -> dict[str, Any]:
+    return max(results, key=lambda r: r["rate"])
+
+
+def figures(rep: dict[str, Any]) -> dict[str, Any]:
+    """The best round of each side, its CPU an image, the ratios and the targets of one class."""
+    b = {k: best(v) for k, v in rep["crawls"].items() if v}
+    first, second = b["imgcache"], min(rep["crawls"]["second"], key=lambda r: r["elapsed"])
+    bytes_second = max(r["server"]["image_bytes"] for r in rep["crawls"]["second"])
+    ratios = {
+        "imgcache_vs_images": first["rate"] / b["images"]["rate"],
+        "fast_vs_images": b["imgcache_fast"]["rate"] / b["images"]["rate"],
+        "imgcache_vs_download_only": first["rate"] / b["download_only"]["rate"],
+        "fast_vs_download_only": b["imgcache_fast"]["rate"] / b["download_only"]["rate"],
+        "second_vs_first": second["elapsed"] / first["elapsed"],
+        "second_vs_first_process_wall": second["wall"] / first["wall"],
+    }
+    name = rep["class"]
+    targets = {
+        "imgcache_vs_images": {"target": f">= {TARGET_FIRST}", "met": ratios["imgcache_vs_images"] >= TARGET_FIRST},
+        "second_vs_first": {
+            "target": f"<= {TARGET_SECOND} and 0 image bytes",
+            "met": ratios["second_vs_first"] <= TARGET_SECOND and bytes_second == 0,
+        },
+    }
+    if name in FAST_CLASSES:
+        targets["fast_vs_images"] = {"target": f">= {TARGET_FAST}", "met": ratios["fast_vs_images"] >= TARGET_FAST}
+    if name in DOWNLOAD_CLASSES:
+        targets["imgcache_vs_download_only"] = {
+            "target": f">= {TARGET_DOWNLOAD}",
+            "met": ratios["imgcache_vs_download_only"] >= TARGET_DOWNLOAD,
+        }
+    return {
+        "best": {
+            k: {"rate": v["rate"], "elapsed": v["elapsed"], "wall": v["wall"], "round": v["round"], **cpu_per_image(v)}
+            for k, v in b.items()
+        },
+        "second": {
+            "elapsed": second["elapsed"],
+            "wall": second["wall"],
+            "first_elapsed": first["elapsed"],
+            "first_wall": first["wall"],
+            "image_bytes_downloaded": bytes_second,
+            "image_requests": max(r["server"]["image_requests"] for r in rep["crawls"]["second"]),
+            "pairs": [
+                {"first": f["elapsed"], "second": s["elapsed"], "ratio": s["elapsed"] / f["elapsed"]}
+                for f, s in zip(rep["crawls"]["imgcache"], rep["crawls"]["second"], strict=True)
+            ],
+        },
+        "rates": {k: [r["rate"] for r in v] for k, v in rep["crawls"].items() if v},
+        "ratios": ratios,
+        "targets": targets,
+    }
+
+
+# -- the machine and the code -------------------------------------------------------------------
 
 
 def machine() -> dict[str, str]:
@@ -492,277 +623,230 @@ def machine() -> dict[str, str]:
     try:
         from PIL import features
 
-        info["libjpeg"] = str(features.version("jpg"))
+        info["codecs"] = f"libjpeg {features.version('jpg')}, libwebp {features.version('webp')}, zlib " + str(
+            features.version("zlib")
+        )
     except Exception:  # noqa: BLE001 - a version we cannot read is reported as unknown
         pass
     return info
 
 
+def machine_line(m: dict[str, str]) -> str:
+    return (
+        f"{m['cpu']}; Python {m['python']}; {m['platform']}; {m['libraries']}; {m.get('codecs', '')}; "
+        f"load average at start {m['load_average_at_start']}"
+    )
+
+
+def code_version() -> str:
+    """The commit measured, and whether the package had uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "scrapy_imgcache"], cwd=REPO, capture_output=True, text=True
+        )
+    except OSError:
+        return "unknown"
+    changed = [line[3:] for line in dirty.stdout.splitlines()]
+    return head.stdout.strip() + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
+
+
 # -- the run ------------------------------------------------------------------------------------
-
-
-def best(results: list[dict[str, Any]]) -> dict[str, Any]:
-    return max(results, key=lambda r: r["rate"])
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="200 photos, 1,000 for memory, one round: a smoke run")
-    ap.add_argument("--photos", type=int, help="distinct photos (default 1000; --quick 200)")
-    ap.add_argument("--memory-photos", type=int, help="distinct small photos of the memory crawl (default 10000)")
-    ap.add_argument("--rounds", type=int, help="first-crawl rounds; the best of each side counts (default 2)")
-    ap.add_argument("--min-distance", type=int, default=12, help="pHash bits between any two distinct photos")
-    ap.add_argument("--skip", default="", help="comma list of: sharing, memory")
-    ap.add_argument("--json", type=Path, help="write every measurement here as well")
+    ap.add_argument("--quick", action="store_true", help="a few hundred images a class, one round: a smoke run")
     ap.add_argument(
-        "--keep-stores", action="store_true", help="keep the crawls' image stores under benchmarks/out/run-*"
+        "--sizes", default=",".join(CLASSES), help=f"comma list of size classes (default {','.join(CLASSES)})"
     )
+    ap.add_argument("--photos", type=int, help="distinct photos of every class (default: the class's own)")
+    ap.add_argument("--rounds", type=int, help="rounds, interleaved; the best of each crawl counts (default 2)")
+    ap.add_argument("--min-distance", type=int, default=12, help="pHash bits between any two distinct photos")
+    ap.add_argument(
+        "--extras",
+        default=DEFAULT_EXTRAS,
+        help=f"comma list of {', '.join(EXTRAS)}, 'all' or 'none' (default {DEFAULT_EXTRAS})",
+    )
+    ap.add_argument("--sharing-class", default="everyday", help="the class the sharing crawls use (default everyday)")
+    ap.add_argument("--memory-photos", type=int, help="distinct small photos of the memory crawl (default 10000)")
+    ap.add_argument("--json", type=Path, help="write the report here as well")
+    ap.add_argument("--keep-stores", action="store_true", help="keep the crawls' caches and IMAGES_STOREs")
     args = ap.parse_args(argv)
-    n = args.photos or (200 if args.quick else 1000)
-    n_mem = args.memory_photos or (1000 if args.quick else 10000)
+    sizes = [s for s in args.sizes.split(",") if s]
+    unknown = [s for s in sizes if s not in CLASSES]
+    if unknown or not sizes:
+        ap.error(f"--sizes: choose among {', '.join(CLASSES)}")
+    extras = {"all": set(EXTRAS), "none": set()}.get(args.extras, set(filter(None, args.extras.split(","))))
+    if extras - set(EXTRAS):
+        ap.error(f"--extras: choose among {', '.join(EXTRAS)}")
+    args.extras = extras
     rounds = args.rounds or (1 if args.quick else 2)
-    skip = set(filter(None, args.skip.split(",")))
 
+    t0 = time.perf_counter()
     report: dict[str, Any] = {
         "machine": machine(),
-        "command": " ".join(["python -m benchmarks.bench_crawl", *(argv or sys.argv[1:])]),
+        "code": code_version(),
+        "command": " ".join(["./dev bench crawl", *(argv if argv is not None else sys.argv[1:])]),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "rounds": rounds,
         "settings": COMMON_SETTINGS,
+        "extras": sorted(extras),
+        "classes": {},
     }
-    log("machine:", report["machine"])
-    data = build_dataset(n, (1600, 1200), args.min_distance)
-    manifest = json.loads((data / "manifest.json").read_text())
-    report["dataset"] = {
-        k: manifest[k]
-        for k in ("n", "size", "quality", "min_distance", "mean_bytes", "pairwise_min_distance", "candidates_tried")
-    }
-    report["dataset"]["urls"] = len(manifest["routes"])
-    log("dataset:", report["dataset"])
-    files = [str(data / r["file"]) for r in manifest["routes"]]
-    copies = [r["kind"] == "exact" for r in manifest["routes"]]
-
+    log("machine:", machine_line(report["machine"]))
+    log("code:", report["code"])
+    # every site first, so that building one does not share the CPU with a crawl
+    counts = {s: args.photos or (CLASSES[s].quick_n if args.quick else CLASSES[s].n) for s in sizes}
+    for s in sizes:
+        build(CLASSES[s], counts[s], args.min_distance)
     run = OUT / f"run-{time.strftime('%Y%m%d-%H%M%S')}"
     run.mkdir(parents=True)
-    server = Server(data, run)
-    try:
-        paths = [r["path"] for r in manifest["routes"]]
-        raw_throughput(server, paths)  # warm-up
-        report["server_raw"] = raw_throughput(server, paths)
-        log("server, plain client:", report["server_raw"])
+    t_crawls = time.perf_counter()
+    for s in sizes:
+        report["classes"][s] = run_class(CLASSES[s], counts[s], rounds, run, args)
+    if "memory" in extras:
+        report["memory"] = memory(args.memory_photos or (1000 if args.quick else 10000), run, args.keep_stores)
+    report["machine"]["load_average_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    report["seconds"] = {"total": time.perf_counter() - t0, "crawls": time.perf_counter() - t_crawls}
 
-        sides: dict[str, list[dict[str, Any]]] = {
-            "images": [],
-            "imgcache": [],
-            "imgcache_fast": [],
-            "limit": [],
-            "limit_every_body": [],
-            "limit_fast": [],
-            "download_only": [],
-            "imgcache_threads": [],
-        }
-        projects: list[Path] = []
-        for r in range(rounds):
-            log(f"round {r + 1}/{rounds}")
-            sides["images"].append(
-                crawl(
-                    make_project(
-                        run / f"images-{r}", {**IMAGES_PIPELINE, "IMAGES_STORE": str(run / f"images-{r}" / "store")}
-                    ),
-                    server,
-                    "first",
-                )
-            )
-            project = make_project(run / f"imgcache-{r}", IMGCACHE)
-            projects.append(project)
-            sides["imgcache"].append(crawl(project, server, "first"))
-            check_imgcache(sides["imgcache"][-1], manifest)
-            threads = make_project(run / f"imgcache-threads-{r}", {**IMGCACHE, "IMGCACHE_HASH_PROCESSES": 0})
-            sides["imgcache_threads"].append(crawl(threads, server, "first"))
-            check_imgcache(sides["imgcache_threads"][-1], manifest)
-            fast = make_project(run / f"imgcache-fast-{r}", {**IMGCACHE, "IMGCACHE_FAST_HASH": True})
-            sides["imgcache_fast"].append(crawl(fast, server, "first"))
-            check_imgcache(sides["imgcache_fast"][-1], manifest)
-            sides["download_only"].append(crawl(make_project(run / f"fetch-{r}", {}), server, "first", "-a", "fetch=1"))
-            sides["limit"].append(bare_loop(files, copies, fast=False))
-            sides["limit_every_body"].append(bare_loop(files, [False] * len(files), fast=False))
-            sides["limit_fast"].append(bare_loop(files, copies, fast=True))
-        report["first_crawl"] = sides
-        b = {k: best(v) for k, v in sides.items()}
-        report["ratios"] = {
-            "first_crawl": b["imgcache"]["rate"] / b["images"]["rate"],
-            "fast_hash": b["imgcache_fast"]["rate"] / b["images"]["rate"],
-            "overhead": b["limit"]["rate"] / b["imgcache"]["rate"],
-            "overhead_every_body": b["limit_every_body"]["rate"] / b["imgcache"]["rate"],
-            "overhead_fast": b["limit_fast"]["rate"] / b["imgcache_fast"]["rate"],
-        }
-
-        log("second crawl (the last round's default project, same store)")
-        project = projects[-1]
-        first = sides["imgcache"][-1]
-        second = crawl(project, server, "second")
-        report["second_crawl"] = {
-            "first_elapsed": first["elapsed"],
-            "second_elapsed": second["elapsed"],
-            "first_wall": first["wall"],
-            "second_wall": second["wall"],
-            "ratio": second["elapsed"] / first["elapsed"],
-            "wall_ratio": second["wall"] / first["wall"],
-            "image_bytes_downloaded": second["server"]["image_bytes"],
-            "image_requests": second["server"]["image_requests"],
-            "images": second["images"],
-            "hits": second["stats"].get("imgcache/hit", 0),
-        }
-        log("revalidation (IMGCACHE_EXPIRES=1 on the same store)")
-        time.sleep(1.5)
-        reval = crawl(project, server, "revalidate", "-s", "IMGCACHE_EXPIRES=1")
-        served = reval["server"]
-        report["revalidation"] = {
-            "image_requests": served["image_requests"],
-            "answered_304": served["image_304"],
-            "share_304": served["image_304"] / max(served["image_requests"], 1),
-            "image_bytes_downloaded": served["image_bytes"],
-            "images": reval["images"],
-            "revalidated": reval["stats"].get("imgcache/revalidated", 0),
-            "elapsed": reval["elapsed"],
-        }
-        if "sharing" not in skip:
-            log("sharing one PostgreSQL store")
-            report["sharing"] = [sharing(p, server, run, manifest, data) for p in (1, 2, 4)]
-    finally:
-        server.stop()
-
-    if "memory" not in skip:
-        log(f"memory: {n_mem} small photos")
-        mdata = build_dataset(n_mem, (400, 300), 0, quality=85)
-        mmanifest = json.loads((mdata / "manifest.json").read_text())
-        mserver = Server(mdata, run)
-        try:
-            result = crawl(make_project(run / "memory", IMGCACHE), mserver, "memory")
-        finally:
-            mserver.stop()
-        total = len(mmanifest["routes"])
-        mark = max(n_mem // 5, 1)
-        samples = result["samples"]
-        at_mark = next((s for s in samples if s[0] >= mark), samples[-1])
-        report["memory"] = {
-            "photos": n_mem,
-            "urls": total,
-            "mean_bytes": mmanifest["mean_bytes"],
-            "mark": mark,
-            "rss_at_mark": at_mark[1],
-            "rss_at_end": samples[-1][1],
-            "peak_rss": result["maxrss"],
-            "workers_rss_at_mark": at_mark[2],
-            "workers_rss_at_end": samples[-1][2],
-            "workers": result["workers"],
-            "images": result["images"],
-            "rate": result["rate"],
-            "curve": [samples[min(len(samples) - 1, round(k * (len(samples) - 1) / 10))] for k in range(11)],
-        }
-        log("memory:", {k: v for k, v in report["memory"].items() if k != "curve"})
-
-    if not args.keep_stores:  # each crawl's blobs are a copy of the site: ~4 GB a full run
-        for folder in [*run.glob("*/.scrapy/imgcache-files"), *run.glob("*/store"), *run.glob("share-*-files")]:
-            shutil.rmtree(folder, ignore_errors=True)
     text = render(report)
     (run / "report.md").write_text(text)
-    (run / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    blob = json.dumps(report, indent=1, default=str)
+    (run / "report.json").write_text(blob)
+    (OUT / "crawl-report.json").write_text(blob)
     if args.json:
-        args.json.write_text(json.dumps(report, indent=1, default=str))
+        args.json.write_text(blob)
     print(text)
-    log(f"kept under {run}")
+    log(f"kept under {run} (report.md, report.json; also benchmarks/out/crawl-report.json)")
     return 0
+
+
+# -- the report ---------------------------------------------------------------------------------
 
 
 def render(rep: dict[str, Any]) -> str:
     def mark(ok: bool) -> str:
         return "met" if ok else "**missed**"
 
-    r = rep["ratios"]
-    b = {k: best(v) for k, v in rep["first_crawl"].items()}
     lines = [
-        f"Run {rep['started']}: `{rep['command']}`",
+        (
+            f"Run {rep['started']}: `{rep['command']}` ({rep['rounds']} round(s), best of each; "
+            f"{rep['seconds']['total'] / 60:.1f} min in all, {rep['seconds']['crawls'] / 60:.1f} min of it crawling)"
+        ),
         "",
-        "| figure | measured | target | |",
-        "|---|---|---|---|",
+        f"Machine: {machine_line(rep['machine'])}, at end {rep['machine']['load_average_at_end']}",
+        "",
+        f"Code: {rep['code']}",
+        "",
         (
-            "| first-crawl throughput, ImgCache / ImagesPipeline | "
-            f"{b['imgcache']['rate']:.1f} / {b['images']['rate']:.1f} "
-            f"images/s = **{r['first_crawl']:.2f}** | >= 1.0 | {mark(r['first_crawl'] >= 1.0)} |"
+            "| class | download only | ImagesPipeline | ImgCache | fast hash | second crawl "
+            "| ImgCache / IP | fast / IP | ImgCache / download | second / first | bytes, 2nd |"
         ),
-        (
-            f"| fast-hash mode / ImagesPipeline | {b['imgcache_fast']['rate']:.1f} / {b['images']['rate']:.1f} "
-            f"= **{r['fast_hash']:.2f}** | >= 2.0 | {mark(r['fast_hash'] >= 2.0)} |"
-        ),
-        (
-            f"| overhead over the limit, the issue's bare loop (BLAKE2b + pHash of every body) / crawl | "
-            f"{b['limit_every_body']['rate']:.1f} / {b['imgcache']['rate']:.1f} "
-            f"= **{r['overhead_every_body']:.2f}** | <= 1.5 | {mark(r['overhead_every_body'] <= 1.5)} |"
-        ),
-        (
-            "| overhead over the limit, stricter bare loop"
-            " (exact copies only BLAKE2b'd, as the plugin does) / crawl | "
-            f"{b['limit']['rate']:.1f} / {b['imgcache']['rate']:.1f} "
-            f"= **{r['overhead']:.2f}** | (<= 1.5) | {mark(r['overhead'] <= 1.5)} |"
-        ),
-        (
-            f"| (context) overhead over the limit in fast-hash mode (copies not decoded) | "
-            f"{b['limit_fast']['rate']:.1f} / {b['imgcache_fast']['rate']:.1f} = {r['overhead_fast']:.2f} | | |"
-        ),
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    lines.append(
-        f"| (context) ImgCache hashing in Scrapy's threads (IMGCACHE_HASH_PROCESSES=0) / ImagesPipeline | "
-        f"{b['imgcache_threads']['rate']:.1f} / {b['images']['rate']:.1f} = "
-        f"{b['imgcache_threads']['rate'] / b['images']['rate']:.2f} | | |"
-    )
-    lines.append(
-        f"| (context) Scrapy downloading the same images in the spider, no pipeline | "
-        f"{b['download_only']['rate']:.1f} images/s | | |"
-    )
-    s = rep["second_crawl"]
-    lines.append(
-        f"| second crawl / first crawl | {s['second_elapsed']:.2f}s / {s['first_elapsed']:.2f}s = "
-        f"**{s['ratio']:.3f}** (process wall {s['wall_ratio']:.3f}); image bytes downloaded: "
-        f"**{s['image_bytes_downloaded']}** | <= 0.2 and 0 bytes | "
-        f"{mark(s['ratio'] <= 0.2 and s['image_bytes_downloaded'] == 0)} |"
-    )
-    v = rep["revalidation"]
-    lines.append(
-        f"| revalidation: 304s / image requests | {v['answered_304']} / {v['image_requests']} = "
-        f"**{100 * v['share_304']:.1f}%** | 100% | {mark(v['share_304'] == 1.0)} |"
-    )
-    if "sharing" in rep:
-        base = rep["sharing"][0]["rate"]
-        ok = all(
-            x["check"]["duplicate_image_rows"] == 0
-            and x["check"]["urls_missing"] == 0
-            and x["check"]["urls_wrong_content"] == 0
-            and x["check"]["urls_with_several_records"] == 0
-            and x["check"]["image_rows"] == x["check"]["distinct_contents_expected"]
-            for x in rep["sharing"]
+    for name, c in rep["classes"].items():
+        f, b, r = c["figures"], c["figures"]["best"], c["figures"]["ratios"]
+        lines.append(
+            f"| {name} | {b['download_only']['rate']:.0f} | {b['images']['rate']:.0f} | {b['imgcache']['rate']:.0f} "
+            f"| {b['imgcache_fast']['rate']:.0f} | {b['second']['rate']:.0f} | {r['imgcache_vs_images']:.2f} "
+            f"| {r['fast_vs_images']:.2f} | {r['imgcache_vs_download_only']:.2f} | {r['second_vs_first']:.3f} "
+            f"| {f['second']['image_bytes_downloaded']} |"
         )
-        scaling = ", ".join(f"{x['processes']}: {x['rate']:.1f}/s ({x['rate'] / base:.2f}x)" for x in rep["sharing"])
-        lines.append(f"| sharing one PostgreSQL store | {scaling} | no duplicates, no lost URL records | {mark(ok)} |")
+    lines += ["", "(images/s, best round of each; ratios of those)", ""]
+    lines += ["| target | class | measured | |", "|---|---|---|---|"]
+    names = {
+        "imgcache_vs_images": "first crawl with defaults / ImagesPipeline",
+        "fast_vs_images": "fast hash / ImagesPipeline",
+        "imgcache_vs_download_only": "ImgCache / download-only",
+        "second_vs_first": "second crawl / first crawl, time (0 image bytes)",
+    }
+    for key, label in names.items():
+        for name, c in rep["classes"].items():
+            t = c["figures"]["targets"].get(key)
+            if t:
+                value = c["figures"]["ratios"][key]
+                extra = (
+                    f", {c['figures']['second']['image_bytes_downloaded']} bytes" if key == "second_vs_first" else ""
+                )
+                lines.append(f"| {label} {t['target']} | {name} | {value:.3f}{extra} | {mark(t['met'])} |")
+    for name, c in rep["classes"].items():
+        lines += ["", *render_class(name, c)]
     if "memory" in rep:
         m = rep["memory"]
         grow = m["rss_at_end"] / m["rss_at_mark"]
+        lines += [
+            "",
+            (
+                f"Memory, {m['urls']} image URLs ({m['photos']} distinct 400x300, mean "
+                f"{m['mean_bytes'] / 1024:.0f} KB): RSS {m['rss_at_mark'] / 2**20:.0f} MiB at {m['mark']} images, "
+                f"{m['rss_at_end'] / 2**20:.0f} MiB at {m['images']} (x{grow:.2f}); peak {m['peak_rss'] / 2**20:.0f} "
+                f"MiB; its {m['workers']} hashing workers {m['workers_rss_at_mark'] / 2**20:.0f} and "
+                f"{m['workers_rss_at_end'] / 2**20:.0f} MiB ({m['rate']:.0f} images/s); flat: {mark(grow < 1.15)}"
+            ),
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def render_class(name: str, c: dict[str, Any]) -> list[str]:
+    f = c["figures"]
+    d = c["dataset"]
+    b = f["best"]
+    groups: list[str] = []
+    for side in b.values():
+        for g, ms in side["threads_ms"].items():
+            if g not in groups and ms >= 0.05:
+                groups.append(g)
+    lines = [
+        f"### {name}: {summary(d)}",
+        "",
+        f"Server with a plain client: {c['server_raw']['images_per_s']:.0f} images/s.",
+        "",
+        "| crawl | images/s (rounds) | s | crawl process CPU ms/image | hashing workers ms/image | "
+        + " | ".join(f"`{g}` ms" for g in groups)
+        + " |",
+        "|---|--:|--:|--:|--:|" + "--:|" * len(groups),
+    ]
+    for side, v in b.items():
+        rates = ", ".join(f"{x:.0f}" for x in f["rates"][side])
         lines.append(
-            f"| peak memory, {m['urls']} image URLs ({m['photos']} distinct 400x300, mean "
-            f"{m['mean_bytes'] / 1024:.0f} KB) | RSS {m['rss_at_mark'] / 2**20:.0f} MiB at {m['mark']} images, "
-            f"{m['rss_at_end'] / 2**20:.0f} MiB at {m['images']} (x{grow:.2f}); peak {m['peak_rss'] / 2**20:.0f} MiB; "
-            f"its {m['workers']} hashing workers {m['workers_rss_at_mark'] / 2**20:.0f} and "
-            f"{m['workers_rss_at_end'] / 2**20:.0f} MiB "
-            f"| flat | {mark(grow < 1.15)} |"
+            f"| {LABELS[side]} | **{v['rate']:.1f}** ({rates}) | {v['elapsed']:.2f} | {v['crawl_ms']:.2f} "
+            f"| {v['workers_ms']:.2f} | " + " | ".join(f"{v['threads_ms'].get(g, 0.0):.2f}" for g in groups) + " |"
         )
+    s = f["second"]
+    r = f["ratios"]
     lines += [
         "",
-        "Details:",
-        "",
-        "```",
-        json.dumps({k: rep[k] for k in ("machine", "dataset", "server_raw")}, indent=1, default=str),
-        "```",
+        (
+            f"Ratios: ImgCache / ImagesPipeline **{r['imgcache_vs_images']:.2f}**, fast / ImagesPipeline "
+            f"**{r['fast_vs_images']:.2f}**, ImgCache / download-only **{r['imgcache_vs_download_only']:.2f}** "
+            f"(fast {r['fast_vs_download_only']:.2f}), second / first crawl {s['elapsed']:.2f} s / "
+            f"{s['first_elapsed']:.2f} s = **{r['second_vs_first']:.3f}** (whole processes {s['wall']:.2f} / "
+            f"{s['first_wall']:.2f} s = {r['second_vs_first_process_wall']:.3f}); image bytes downloaded by the "
+            f"second crawl: **{s['image_bytes_downloaded']}** ({s['image_requests']} image requests)."
+        ),
     ]
-    return "\n".join(lines) + "\n"
+    if "revalidation" in c:
+        v = c["revalidation"]
+        lines.append(
+            f"Revalidation after expiry: {v['answered_304']} 304s / {v['image_requests']} image requests "
+            f"({100 * v['share_304']:.1f} %), {v['image_bytes_downloaded']} image bytes."
+        )
+    if "limit" in c:
+        lim, limf = best(c["limit"]), best(c["limit_fast"])
+        lines.append(
+            f"Hashing alone (bare loop, 2 processes, copies only BLAKE2b'd): {lim['rate']:.0f} images/s "
+            f"({lim['rate'] / b['imgcache']['rate']:.2f}x the crawl), fast {limf['rate']:.0f} "
+            f"({limf['rate'] / b['imgcache_fast']['rate']:.2f}x)."
+        )
+    if "sharing" in c:
+        base = c["sharing"][0]["rate"]
+        scaling = ", ".join(f"{x['processes']}: {x['rate']:.1f}/s ({x['rate'] / base:.2f}x)" for x in c["sharing"])
+        ok = "no duplicate rows, no lost or doubled URL records" if sharing_ok(c["sharing"]) else "**CHECK FAILED**"
+        lines.append(f"Sharing one PostgreSQL store, processes: {scaling}; {ok}.")
+    if c["problems"]:
+        lines += ["", "**Problems:**", *(f"- {p}" for p in c["problems"])]
+    return lines
 
 
 if __name__ == "__main__":
