@@ -36,6 +36,7 @@ import multiprocessing
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -194,7 +195,12 @@ def start_crawl(
 
 
 def finish_crawl(proc: subprocess.Popen, out: Path, timeout: float = 3600) -> dict[str, Any]:
-    proc.wait(timeout)
+    try:
+        proc.wait(timeout)
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM) or too slow: the crawl does not outlive the run
+        proc.terminate()
+        proc.wait(60)
+        raise
     wall = time.perf_counter() - proc._bench_t0  # type: ignore[attr-defined]
     proc._bench_log.close()  # type: ignore[attr-defined]
     if proc.returncode != 0 or not out.exists():
@@ -462,7 +468,8 @@ def run_class(cls: SizeClass, n: int, rounds: int, run: Path, args: argparse.Nam
         def side(name: str, r: int, project: Path, label: str, store: Path | None, *extra: str) -> None:
             result = crawl(project, server, f"{label}", *extra)
             result["round"] = r
-            for problem in check(result, manifest, name, store):
+            result["problems"] = check(result, manifest, name, store)
+            for problem in result["problems"]:
                 report["problems"].append(f"{name}, round {r + 1}: {problem}")
                 log(f"  PROBLEM: {report['problems'][-1]}")
             sides.setdefault(name, []).append(result)
@@ -543,14 +550,19 @@ def run_class(cls: SizeClass, n: int, rounds: int, run: Path, args: argparse.Nam
     return report
 
 
+def valid(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The crawls whose checks passed (all of them when none did, so that the report still says something)."""
+    return [r for r in results if not r.get("problems")] or results
+
+
 def best(results: list[dict[str, Any]]) -> dict[str, Any]:
-    return max(results, key=lambda r: r["rate"])
+    return max(valid(results), key=lambda r: r["rate"])
 
 
 def figures(rep: dict[str, Any]) -> dict[str, Any]:
     """The best round of each side, its CPU an image, the ratios and the targets of one class."""
     b = {k: best(v) for k, v in rep["crawls"].items() if v}
-    first, second = b["imgcache"], min(rep["crawls"]["second"], key=lambda r: r["elapsed"])
+    first, second = b["imgcache"], min(valid(rep["crawls"]["second"]), key=lambda r: r["elapsed"])
     bytes_second = max(r["server"]["image_bytes"] for r in rep["crawls"]["second"])
     ratios = {
         "imgcache_vs_images": first["rate"] / b["images"]["rate"],
@@ -639,7 +651,11 @@ def machine_line(m: dict[str, str]) -> str:
 
 
 def code_version() -> str:
-    """The commit measured, and whether the package had uncommitted changes."""
+    """The commit measured, whether the package had uncommitted changes, and a digest of its sources
+    (compared at the end of the run: the package may be edited while a run goes on)."""
+    digest = hashlib.blake2b(digest_size=6)
+    for path in sorted((REPO / "scrapy_imgcache").rglob("*.py")):
+        digest.update(path.read_bytes())
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
         dirty = subprocess.run(
@@ -648,10 +664,19 @@ def code_version() -> str:
     except OSError:
         return "unknown"
     changed = [line[3:] for line in dirty.stdout.splitlines()]
-    return head.stdout.strip() + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
+    return (
+        head.stdout.strip()
+        + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
+        + f" (package sources {digest.hexdigest()})"
+    )
 
 
 # -- the run ------------------------------------------------------------------------------------
+
+
+def _stop(signum: int, frame: Any) -> None:
+    """SIGTERM ends the run as Ctrl-C does: the server and the crawl in progress are stopped."""
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -673,6 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="write the report here as well")
     ap.add_argument("--keep-stores", action="store_true", help="keep the crawls' caches and IMAGES_STOREs")
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop)
     sizes = [s for s in args.sizes.split(",") if s]
     unknown = [s for s in sizes if s not in CLASSES]
     if unknown or not sizes:
@@ -708,6 +734,9 @@ def main(argv: list[str] | None = None) -> int:
     if "memory" in extras:
         report["memory"] = memory(args.memory_photos or (1000 if args.quick else 10000), run, args.keep_stores)
     report["machine"]["load_average_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    report["code_at_end"] = code_version()
+    if report["code_at_end"] != report["code"]:
+        log("WARNING: the package changed during the run:", report["code_at_end"])
     report["seconds"] = {"total": time.perf_counter() - t0, "crawls": time.perf_counter() - t_crawls}
 
     text = render(report)
@@ -737,7 +766,12 @@ def render(rep: dict[str, Any]) -> str:
         "",
         f"Machine: {machine_line(rep['machine'])}, at end {rep['machine']['load_average_at_end']}",
         "",
-        f"Code: {rep['code']}",
+        f"Code: {rep['code']}"
+        + (
+            ""
+            if rep["code_at_end"] == rep["code"]
+            else f"; **changed during the run**, at the end: {rep['code_at_end']}"
+        ),
         "",
         (
             "| class | download only | ImagesPipeline | ImgCache | fast hash | second crawl "
