@@ -468,7 +468,9 @@ def _padded(code: Array) -> Array:
     return padded.ravel()
 
 
-@functools.lru_cache(maxsize=4096)
+# An unpacked signature takes ~8 KB. What recurs is the query's signature, verified against each of its
+# candidates (a stored signature rarely recurs soon), so small caches keep the reuse for ~6 MB.
+@functools.lru_cache(maxsize=256)
 def _unpack(sig: bytes) -> _Signature:
     if len(sig) != SIG_SIZE or sig[0] != SIG_VERSION:
         raise ValueError(f"not a version-{SIG_VERSION} near-duplicate signature")
@@ -495,7 +497,7 @@ def _unpack(sig: bytes) -> _Signature:
     )
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=512)
 def _oriented(sig: bytes, o: str) -> _Signature:
     """The signature of the mirrored ("m") / rotated ("r90", "r180", "r270") picture."""
     unpacked = _unpack(sig)
