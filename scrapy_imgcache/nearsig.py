@@ -166,15 +166,18 @@ def _orientation(img: Image.Image) -> int:
 
 def working_image(img: Image.Image | Array, orientation: int | None = None) -> tuple[Array, bool]:
     """-> (upright uint8 greyscale, long side <= WORK; whether EXIF changed the orientation).
-    Transparent pixels count as white."""
+    Transparent pixels count as white; a LAB image gives its lightness channel (Pillow cannot convert
+    LAB to L), as the stored pHash does."""
     if isinstance(img, np.ndarray):
         grey_array = img
         if max(grey_array.shape) > WORK:
             grey_array = working_image(Image.fromarray(grey_array), 1)[0]
         return np.ascontiguousarray(grey_array, dtype=np.uint8), bool(orientation not in (None, 1))
     o = _orientation(img) if orientation is None else orientation
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
+    if img.mode == "LAB":
+        grey = img.getchannel(0)
+    elif img.mode in ("RGBA", "LA", "PA", "La") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("LA").convert("RGBA") if img.mode == "La" else img.convert("RGBA")
         grey = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("L")
     elif img.mode != "L":
         grey = img.convert("L")
