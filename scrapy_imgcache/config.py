@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .store.base import Store
 
 ON_SIMILAR = ("annotate", "skip", "drop")
+SIMILARITY = ("robust", "phash")
 ON_STORE_ERROR = ("fail", "continue")
 DEFAULT_DB_NAME = "imgcache.sqlite3"
 DEFAULT_FILES_NAME = "imgcache-files"
@@ -39,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "IMGCACHE_HASH": "phash",
     "IMGCACHE_FAST_HASH": False,
     "IMGCACHE_HASH_PROCESSES": None,  # None: one worker process a core; 0: hash in threads
+    "IMGCACHE_SIMILARITY": "robust",
     "IMGCACHE_SIMILARITY_THRESHOLD": 8,
     "IMGCACHE_ON_SIMILAR": "annotate",
     "IMGCACHE_EXPIRES": None,  # None: IMAGES_EXPIRES days (90 unless set)
@@ -63,6 +65,7 @@ class ImgCacheConfig:
     hash: str = "phash"
     fast_hash: bool = False
     hash_processes: int = 0
+    similarity: str = "robust"
     similarity_threshold: int = 8
     on_similar: str = "annotate"
     expires: float = 90 * 86400
@@ -106,6 +109,7 @@ class ImgCacheConfig:
             hash=algorithm,
             fast_hash=_bool("IMGCACHE_FAST_HASH", get("IMGCACHE_FAST_HASH")),
             hash_processes=_hash_processes(settings.get("IMGCACHE_HASH_PROCESSES")),
+            similarity=_choice("IMGCACHE_SIMILARITY", get("IMGCACHE_SIMILARITY"), SIMILARITY),
             similarity_threshold=threshold,
             on_similar=_choice("IMGCACHE_ON_SIMILAR", get("IMGCACHE_ON_SIMILAR"), ON_SIMILAR),
             expires=_expires(settings),
@@ -127,7 +131,9 @@ class ImgCacheConfig:
         return self.url.startswith(("http://", "https://"))
 
     def inspector(self) -> Inspector:
-        return Inspector(ImageLimits(self.max_bytes, self.max_pixels), self.hash, self.fast_hash)
+        return Inspector(
+            ImageLimits(self.max_bytes, self.max_pixels), self.hash, self.fast_hash, self.similarity == "robust"
+        )
 
     def open_store(self, create: bool = True) -> Store:
         """The store these settings name (blocking: opening a database may create its schema;

@@ -49,6 +49,11 @@ class ImageInfo:
     perceptual_hash: str
     algorithm: str
     flat: bool
+    #: robust near-duplicate data (``IMGCACHE_SIMILARITY = "robust"``, see :mod:`.nearsig`): the
+    #: verification signature, the extra hashes the index keeps, the extra hashes a search probes
+    signature: bytes | None = None
+    index_hashes: tuple[tuple[str, int], ...] = ()
+    query_hashes: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,8 @@ class Inspector:
     limits: ImageLimits = ImageLimits()
     algorithm: str = "phash"
     fast: bool = False
+    #: also compute the robust near-duplicate data (pHash only; see :mod:`.nearsig`)
+    robust: bool = True
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:

@@ -67,11 +67,13 @@ def inspect(inspector: Inspector, data: bytes, known_hash: str | None = None) ->
     except Exception as exc:
         raise TruncatedImage(f"{fmt} image cannot be decoded: {exc}") from exc
     try:
-        phash, flat = perceptual_hash(img, inspector.algorithm)
+        grey = greyscale(img)
+        phash, flat = perceptual_hash(img, inspector.algorithm, grey)
     except InvalidImage:
         raise
     except Exception as exc:
         raise UnsupportedMode(f"{fmt} image in mode {img.mode} cannot be hashed: {exc}") from exc
+    signature, index_hashes, query_hashes = _robust(img, grey, inspector) if not flat else (None, (), ())
     return ImageInfo(
         content_hash=known_hash or content_hash(data),
         format=fmt,
@@ -83,7 +85,32 @@ def inspect(inspector: Inspector, data: bytes, known_hash: str | None = None) ->
         perceptual_hash=phash,
         algorithm=inspector.algorithm,
         flat=flat,
+        signature=signature,
+        index_hashes=index_hashes,
+        query_hashes=query_hashes,
     )
+
+
+Hashes = tuple[tuple[str, int], ...]
+
+
+def _robust(img: Image.Image, grey: Image.Image, inspector: Inspector) -> tuple[bytes | None, Hashes, Hashes]:
+    """The robust near-duplicate data of a decoded image (nothing when it is not asked for, or
+    when the image defeats it: the plain pHash still works for such an image). It starts from
+    the greyscale image the pHash used (converting a large photo again cost ~2 ms), except
+    where transparency is composited on white first."""
+    if not inspector.robust or inspector.algorithm != "phash":
+        return None, (), ()
+    from . import nearsig
+
+    try:
+        if nearsig.has_transparency(img):
+            index, query, signature = nearsig.compute(img)
+        else:
+            index, query, signature = nearsig.compute(grey, orientation=nearsig.exif_orientation(img))
+    except Exception:  # noqa: BLE001 - an odd image loses only its robust search, never its place
+        return None, (), ()
+    return signature, tuple((k, int(v)) for k, v in index), tuple((k, int(v)) for k, v in query)
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -122,13 +149,14 @@ def _not_an_image(data: bytes) -> InvalidImage:
     return NotAnImage("not an image: no accepted image format recognises these bytes")
 
 
-def perceptual_hash(img: Image.Image, algorithm: str = "phash") -> tuple[str, bool]:
-    """The 16-hex-digit hash ``str(imagehash.<algorithm>(img))`` and whether ``img`` is flat.
+def perceptual_hash(img: Image.Image, algorithm: str = "phash", grey: Image.Image | None = None) -> tuple[str, bool]:
+    """The 16-hex-digit hash ``str(imagehash.<algorithm>(img))`` and whether ``img`` is flat
+    (``grey``: ``greyscale(img)`` when the caller has it already).
 
     For pHash the 32x32 reduction is shared between the hash and the flatness test; the
     DCT steps are imagehash's own, so the string is identical to ``str(imagehash.phash(img))``.
     """
-    grey = greyscale(img)
+    grey = greyscale(img) if grey is None else grey
     small = grey.resize((_PHASH_SIZE, _PHASH_SIZE), imagehash.ANTIALIAS)
     pixels = np.asarray(small)
     value = _phash_bits(pixels) if algorithm == "phash" else str(getattr(imagehash, algorithm)(grey))

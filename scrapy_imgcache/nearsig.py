@@ -155,13 +155,19 @@ _EXIF_OPS = {
 }
 
 
-def _orientation(img: Image.Image) -> int:
+def exif_orientation(img: Image.Image) -> int:
+    """The image's EXIF orientation (1-8; 1 when it has none)."""
     if "exif" not in img.info and not hasattr(img, "tag_v2"):
         return 1
     try:
         return int(img.getexif().get(0x0112, 1) or 1)
     except Exception:  # noqa: BLE001 - a broken EXIF block means "no orientation"
         return 1
+
+
+def has_transparency(img: Image.Image) -> bool:
+    """Whether the image may have transparent pixels (composited on white before hashing)."""
+    return img.mode in ("RGBA", "LA", "PA", "La") or (img.mode == "P" and "transparency" in img.info)
 
 
 def working_image(img: Image.Image | Array, orientation: int | None = None) -> tuple[Array, bool]:
@@ -173,10 +179,10 @@ def working_image(img: Image.Image | Array, orientation: int | None = None) -> t
         if max(grey_array.shape) > WORK:
             grey_array = working_image(Image.fromarray(grey_array), 1)[0]
         return np.ascontiguousarray(grey_array, dtype=np.uint8), bool(orientation not in (None, 1))
-    o = _orientation(img) if orientation is None else orientation
+    o = exif_orientation(img) if orientation is None else orientation
     if img.mode == "LAB":
         grey = img.getchannel(0)
-    elif img.mode in ("RGBA", "LA", "PA", "La") or (img.mode == "P" and "transparency" in img.info):
+    elif has_transparency(img):
         rgba = img.convert("LA").convert("RGBA") if img.mode == "La" else img.convert("RGBA")
         grey = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("L")
     elif img.mode != "L":

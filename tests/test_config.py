@@ -20,6 +20,7 @@ BAD = {
     "IMGCACHE_HASH": ["md5", "PHASH"],
     "IMGCACHE_FAST_HASH": ["fast"],
     "IMGCACHE_HASH_PROCESSES": [-1, 257, "many"],
+    "IMGCACHE_SIMILARITY": ["fuzzy", "", 1],
     "IMGCACHE_SIMILARITY_THRESHOLD": [-1, 33, "abc", "8.5", True],
     "IMGCACHE_ON_SIMILAR": ["ignore", ""],
     "IMGCACHE_EXPIRES": [-1, "soon", float("nan"), True],

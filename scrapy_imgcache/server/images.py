@@ -13,13 +13,15 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 
 from ..errors import InvalidImage, TooManyBytes
 from ..hashing import ALGORITHMS
 from ..imaging import ALLOWED_FORMATS
-from ..store.base import BUCKET_RE, HASH_RE, MAX_DISTANCE, PHASH_RE, Store
+from ..store.base import BUCKET_RE, HASH_RE, MATCHES, MAX_DISTANCE, PHASH_RE, NearQuery, Store
 from .auth import READ, WRITE, ApiKeys, require
 from .common import (
+    MAX_RESULTS,
     MAX_URL,
     TEXT,
     URL,
@@ -41,6 +43,21 @@ IMAGE_CSP = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; sand
 ENTRY_HEADER = "X-Imgcache-Entry"
 FRESH_HEADER = "X-Imgcache-Fresh"
 PAGE = 500
+
+MATCH_PATTERN = "^(" + "|".join(MATCHES) + ")$"
+
+
+class NearQueryIn(BaseModel):
+    """The body of ``POST /images/near`` (see ``scrapy_imgcache.store.base.NearQuery``)."""
+
+    perceptual_hash: str = Field(pattern=PHASH_RE.pattern)
+    algorithm: str = Field("phash", pattern="^(" + "|".join(ALGORITHMS) + ")$")
+    signature: str | None = Field(None, max_length=1024, pattern=r"^[A-Za-z0-9+/=]*$", description="base64")
+    query_hashes: list[tuple[str, str]] = Field(default_factory=list, max_length=16)
+    max_hamming_distance: int = Field(8, ge=0, le=MAX_DISTANCE)
+    bucket: str = Field("", pattern=BUCKET_RE.pattern, max_length=64)
+    limit: int = Field(100, ge=1, le=MAX_RESULTS)
+
 
 UrlField = Annotated[str, Form(min_length=1, max_length=MAX_URL, pattern=URL)]
 ClientField = Annotated[str, Form(min_length=1, max_length=255, pattern=TEXT)]
@@ -102,6 +119,7 @@ def _storing(router: APIRouter, svc: Service) -> None:
         last_modified: ModifiedField = None,
         similar_to: Annotated[str | None, Form(pattern=HASH_RE.pattern)] = None,
         similar_distance: Annotated[int | None, Form(ge=0, le=64)] = None,
+        similar_match: Annotated[str | None, Form(pattern=MATCH_PATTERN)] = None,
     ) -> Response:
         """Store an image: 201 when new in the bucket, 200 when identical bytes were there."""
         when = parse_time(lookup_time)
@@ -113,7 +131,7 @@ def _storing(router: APIRouter, svc: Service) -> None:
             result = store.put(
                 data, url=url, client_name=client_name, bucket=bucket, lookup_time=when,
                 filename=_filename(file.filename), etag=etag or None, last_modified=last_modified or None,
-                similar_to=similar_to or None, similar_distance=similar_distance,
+                similar_to=similar_to or None, similar_distance=similar_distance, similar_match=similar_match or None,
             )  # fmt: skip
         except InvalidImage as exc:
             metrics.uploads.labels(exc.reason).inc()
@@ -190,7 +208,7 @@ def _reading(router: APIRouter, svc: Service) -> None:
     def listing(
         bucket: Bucket = "",
         all_buckets: bool = False,
-        after: Annotated[int, Query(ge=0, description="the `next` of the previous page")] = 0,
+        after: Annotated[int, Query(ge=0, le=2**63 - 1, description="the `next` of the previous page")] = 0,
     ) -> dict[str, Any]:
         """Every image (with its most recent URL), oldest first, a page at a time (an extension)."""
         page, following = store.image_page(None if all_buckets else bucket, after, PAGE)
@@ -200,6 +218,36 @@ def _reading(router: APIRouter, svc: Service) -> None:
 def _crawling(router: APIRouter, svc: Service) -> None:
     """The calls a crawler's ``RemoteStore`` makes beyond the published client's."""
     store, keys = svc.store, svc.keys
+
+    @router.post(
+        "/images/near", dependencies=svc.readers, response_model=list[EntryOut], responses=errors(400, 401, 422)
+    )
+    def near(query: NearQueryIn) -> Response:
+        """Near-duplicates of an image by its robust hashes and signature (an extension, what
+        RemoteStore asks with): verified matches, best first, each with ``match`` and
+        ``hamming_distance``; the image itself never travels."""
+        try:
+            near_query = NearQuery.from_json(query.model_dump())
+        except (ValueError, TypeError) as exc:
+            raise ApiError(422, "invalid_request", f"bad query: {exc}") from exc
+        hits = store.near(near_query, query.max_hamming_distance, query.bucket, query.limit)
+        return JSONResponse([e.to_json() for e in hits])
+
+    @router.get(
+        "/images/near/{content_hash}", dependencies=svc.readers, response_model=list[EntryOut],
+        responses=errors(401, 404, 422),
+    )  # fmt: skip
+    def near_cached(
+        content_hash: ContentHash,
+        max_hamming_distance: Annotated[int, Query(ge=0, le=MAX_DISTANCE)] = 8,
+        bucket: Bucket = "",
+        limit: Limit = 100,
+    ) -> Response:
+        """Near-duplicates of a cached image, verified as ``POST /images/near``'s (an extension)."""
+        hits = store.near_cached(content_hash, max_hamming_distance, bucket, limit)
+        if hits is None:
+            raise not_found(content_hash, bucket)
+        return JSONResponse([e.to_json() for e in hits])
 
     @router.get("/images/answer", dependencies=svc.readers, response_class=Response, responses=errors(401, 404, 422))
     def answer(

@@ -12,6 +12,7 @@ commands' help read it at start-up.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -99,17 +100,22 @@ class Entry:
     path: str | None = None
     similar_to: str | None = None
     similar_distance: int | None = None
+    similar_match: str | None = None
     #: how this URL's record came to be: ``"exact"`` (the bytes were cached already from another
     #: URL), ``"similar"`` (a near-duplicate not stored again), or None (it brought the bytes)
     duplicate: str | None = None
+    #: in near-duplicate results: how it matched the query (``resized``, ``cropped``,
+    #: ``mirrored``, ``rotated``, ``bordered``, ``edited``; None when only the pHash said so)
+    match: str | None = None
     hamming_distance: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["lookup_time"] = self.lookup_time.isoformat()
         data["created_at"] = self.created_at.isoformat()
-        if self.hamming_distance is None:
-            del data["hamming_distance"]
+        for name in ("match", "hamming_distance"):  # fields of search results only
+            if data[name] is None:
+                del data[name]
         return data
 
     @classmethod
@@ -122,6 +128,43 @@ class Entry:
 
 
 _ENTRY_FIELDS = frozenset(f.name for f in fields(Entry))
+
+
+#: how a near-duplicate matched (``Entry.match``, ``similar_match``): the words robust search uses
+MATCHES = ("resized", "cropped", "mirrored", "rotated", "bordered", "edited")
+
+
+@dataclass(frozen=True)
+class NearQuery:
+    """What a near-duplicate search asks with: the query image's perceptual hash and, for robust
+    search, its extra query hashes and verification signature (:mod:`scrapy_imgcache.nearsig`)."""
+
+    perceptual_hash: str
+    algorithm: str = "phash"
+    signature: bytes | None = None
+    query_hashes: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def of(cls, info: ImageInfo) -> NearQuery:
+        return cls(info.perceptual_hash, info.algorithm, info.signature, info.query_hashes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "perceptual_hash": self.perceptual_hash,
+            "algorithm": self.algorithm,
+            "signature": None if self.signature is None else base64.b64encode(self.signature).decode("ascii"),
+            "query_hashes": [[kind, f"{value:016x}"] for kind, value in self.query_hashes],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> NearQuery:
+        signature = data.get("signature")
+        return cls(
+            perceptual_hash=validate_phash(data["perceptual_hash"]),
+            algorithm=str(data.get("algorithm", "phash")),
+            signature=None if signature is None else base64.b64decode(signature, validate=True),
+            query_hashes=tuple((str(kind), int(value, 16)) for kind, value in data.get("query_hashes", ())),
+        )
 
 
 @dataclass(frozen=True)
@@ -230,6 +273,7 @@ class Store(Protocol):
         info: ImageInfo | None = None,
         similar_to: str | None = None,
         similar_distance: int | None = None,
+        similar_match: str | None = None,
     ) -> PutResult:
         """Store ``data`` (once per bucket) and record ``url`` for it.
 
@@ -291,6 +335,21 @@ class Store(Protocol):
         algorithm: str = "phash",
     ) -> list[Entry]:
         """Images whose hash is within ``max_distance`` bits, nearest first (flat ones never)."""
+        ...
+
+    def near(self, query: NearQuery, max_distance: int = 8, bucket: str = "", limit: int = 100) -> list[Entry]:
+        """Near-duplicates of the query image, best first, each with ``match`` (how it matched)
+        and ``hamming_distance``: with a signature, the candidates the query's hashes find
+        (``max_distance`` bits for the perceptual hash) and that verification accepts; without
+        one, as :meth:`similar`."""
+        ...
+
+    def near_cached(
+        self, content_hash: str, max_distance: int = 8, bucket: str = "", limit: int = 100
+    ) -> list[Entry] | None:
+        """:meth:`near` for a cached image (None when there is no such image), itself left out:
+        searched with the hashes and signature its record keeps, and its recorded near-duplicate
+        links checked too, so nothing is decoded again."""
         ...
 
     def urls(self, content_hash: str, bucket: str = "") -> list[Entry]:

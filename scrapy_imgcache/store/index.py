@@ -16,6 +16,7 @@ tail that is scanned linearly and folded into the sorted tables when it grows.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -194,3 +195,40 @@ def linear_scan(ids: np.ndarray, hashes: np.ndarray, value: int, max_distance: i
     sel_ids, sel_d = ids[hit], dist[hit]
     order = np.lexsort((sel_ids, sel_d))
     return [(int(i), int(d)) for i, d in zip(sel_ids[order], sel_d[order], strict=True)]
+
+
+# -- several hashes an image: robust near-duplicate search ---------------------------------------
+
+#: an index entry's id is the image's row id shifted by SLOT_BITS, plus its slot: 0 for the
+#: stored perceptual hash, the kind's slot for the extra hashes of robust search (nearsig).
+#: QUERY_SLOTS hold hashes stored but not indexed: an image's transformed query hashes, so a
+#: cached image can be searched with (``imgcache-dupes``) without decoding it again
+SLOT_BITS = 3
+KIND_SLOTS = {"full": 1, "c80": 2, "t70": 3, "kp": 4}
+QUERY_SLOTS = {"m": 5, "r90": 6, "r270": 7}
+SLOT_KINDS = {slot: kind for kind, slot in (KIND_SLOTS | QUERY_SLOTS).items()}
+
+
+def entry_id(image_id: int, slot: int = 0) -> int:
+    return (image_id << SLOT_BITS) | slot
+
+
+def split_entry_id(entry: int) -> tuple[int, int]:
+    """(image id, slot) of an index entry's id."""
+    return entry >> SLOT_BITS, entry & ((1 << SLOT_BITS) - 1)
+
+
+def pack_hashes(index_hashes: Iterable[tuple[str, int]], query_hashes: Iterable[tuple[str, int]] = ()) -> bytes | None:
+    """An image's extra hashes as stored in the database, a slot byte and 8 big-endian bytes
+    each: the indexed ones, then the query hashes of QUERY_SLOTS' kinds (None: none at all)."""
+    kept = [(KIND_SLOTS[kind], value) for kind, value in index_hashes]
+    kept += [(QUERY_SLOTS[kind], value) for kind, value in query_hashes if kind in QUERY_SLOTS]
+    packed = b"".join(bytes([slot]) + (value & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "big") for slot, value in kept)
+    return packed or None
+
+
+def unpack_hashes(packed: bytes | None) -> list[tuple[int, int]]:
+    """(slot, value) of each extra hash :func:`pack_hashes` packed."""
+    if not packed:
+        return []
+    return [(packed[i], int.from_bytes(packed[i + 1 : i + 9], "big")) for i in range(0, len(packed) - 8, 9)]

@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -93,6 +94,12 @@ class ImageRow(Base):
     #: near-duplicate found when it was stored (annotate mode): the nearest image's hash
     similar_to: Mapped[str | None] = mapped_column(String(64))
     similar_distance: Mapped[int | None] = mapped_column(Integer)
+    #: ... and how it matched (``cropped``, ``mirrored``…; migration 0004)
+    similar_match: Mapped[str | None] = mapped_column(String(16))
+    #: robust near-duplicate search (migration 0004): the verification signature, and the extra
+    #: hashes the similarity index holds, packed (see ``index.pack_hashes``)
+    signature: Mapped[bytes | None] = mapped_column(LargeBinary)
+    extra_hashes: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class UrlRow(Base):
@@ -184,3 +191,5 @@ class RequestRow(Base):
 
 #: the bucket's images newest first, for the collection listing (created by migration 0002)
 Index("ix_imgcache_images_bucket_created", ImageRow.bucket, ImageRow.created_at, ImageRow.id)
+#: the images recorded as near-duplicates of one, for ``near_cached`` (migration 0004)
+Index("ix_imgcache_images_similar_to", ImageRow.bucket, ImageRow.similar_to)

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from .. import errors
+from ..errors import InvalidImage, StoreError
 from ..hashing import ImageInfo, Inspector
-from .base import HASH_RE, Answer, Entry, GcReport, PutResult, Usage, validate_bucket
+from .base import HASH_RE, Answer, Entry, GcReport, NearQuery, PutResult, Usage, validate_bucket
 
 if TYPE_CHECKING:
     from ..config import ImgCacheConfig
-from ..errors import InvalidImage, StoreError
 
 RETRY_STATUSES = frozenset({500, 502, 503, 504})
 #: the headers of ``GET /images/answer`` (see ``scrapy_imgcache.server.images``)
@@ -157,6 +157,7 @@ class RemoteStore:
         info: ImageInfo | None = None,
         similar_to: str | None = None,
         similar_distance: int | None = None,
+        similar_match: str | None = None,
     ) -> PutResult:
         """POST /images. The service inspects the bytes itself; ``info`` is not sent.
 
@@ -172,6 +173,7 @@ class RemoteStore:
             "last_modified": last_modified,
             "similar_to": similar_to,
             "similar_distance": similar_distance,
+            "similar_match": similar_match,
         }
         form.update({k: str(v) for k, v in optional.items() if v is not None})
         resp = self._request("POST", "/images", data=form, files={"file": (filename or "image", data)})
@@ -272,6 +274,21 @@ class RemoteStore:
             "algorithm": algorithm,
         }
         return self._entries("/images/similar", params)
+
+    def near(self, query: NearQuery, max_distance: int = 8, bucket: str = "", limit: int = 100) -> list[Entry]:
+        """POST /images/near: the query's hashes and signature travel, never the image."""
+        body = {**query.to_json(), "max_hamming_distance": max_distance, "bucket": bucket, "limit": limit}
+        return [Entry.from_json(e) for e in self._json("POST", "/images/near", json=body) or []]
+
+    def near_cached(
+        self, content_hash: str, max_distance: int = 8, bucket: str = "", limit: int = 100
+    ) -> list[Entry] | None:
+        """GET /images/near/{content_hash}."""
+        if not HASH_RE.match(content_hash):
+            return None
+        params = {"max_hamming_distance": max_distance, "bucket": bucket, "limit": limit}
+        found = self._json("GET", f"/images/near/{content_hash}", params=params)
+        return None if found is None else [Entry.from_json(e) for e in found]
 
     def urls(self, content_hash: str, bucket: str = "") -> list[Entry]:
         if not HASH_RE.match(content_hash):

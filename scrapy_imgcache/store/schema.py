@@ -39,11 +39,12 @@ from ..errors import ConfigError, StoreError
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from alembic.config import Config
     from sqlalchemy import Connection
 
 logger = logging.getLogger(__name__)
 VERSION_TABLE = "imgcache_alembic_version"
-HEAD = "0003"
+HEAD = "0004"
 _MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: page cache of each connection in the SQLite pools of the per-image reads and writes: the
@@ -231,15 +232,21 @@ def _upgrade(engine: Engine) -> None:
     alembic_log.setLevel(logging.WARNING)  # its INFO lines (some logged on import) would flood the log
     try:
         from alembic import command
-        from alembic.config import Config
 
-        cfg = Config()
-        cfg.set_main_option("script_location", str(_MIGRATIONS))
         with engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+            command.upgrade(alembic_config(conn), "head")
     finally:
         alembic_log.setLevel(level)
+
+
+def alembic_config(conn: Connection) -> Config:
+    """Alembic's configuration for our migrations, run on ``conn``."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    return cfg
 
 
 def _reason(exc: SQLAlchemyError) -> str:

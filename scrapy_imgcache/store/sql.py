@@ -42,6 +42,7 @@ from .base import (
     Answer,
     Entry,
     GcReport,
+    NearQuery,
     PutResult,
     Usage,
     as_utc,
@@ -51,7 +52,17 @@ from .base import (
     validate_phash,
     validate_url,
 )
-from .index import HammingIndex, to_signed
+from .index import (
+    QUERY_SLOTS,
+    SLOT_BITS,
+    SLOT_KINDS,
+    HammingIndex,
+    entry_id,
+    pack_hashes,
+    split_entry_id,
+    to_signed,
+    unpack_hashes,
+)
 from .models import ImageRow, UrlRow
 from .schema import (
     WriteTransaction,
@@ -67,7 +78,10 @@ from .statements import (
     IMAGE_ID,
     LATEST_ROWS,
     LOOKUP,
+    NEAR_LINKS,
+    NEAR_SOURCE,
     NEW_ROWS,
+    SIGNATURES,
     insert_ignore_stmt,
     joined,
     to_entry,
@@ -83,6 +97,16 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 #: times a write runs again when a concurrent delete of the same image gets in its way
 _RACE_ATTEMPTS = 5
+#: robust near-duplicate search (docs/near-duplicates.md): the distance at which the extra query
+#: hashes probe (7 bits keeps similar() near 1 ms at a million images; 8 costs ~3x), the
+#: orientation each transformed query hash suggests to the verification, and the most
+#: candidates verified for one query (nearest first; up to 1000 when more results are asked for)
+EXTRA_DISTANCE = 7
+ORIENTATION_OF = {"m": "m", "r90": "r90", "r270": "r270"}
+#: the orientations tried for an image linked by a recorded match (``similar_match``)
+LINK_HINTS = {"mirrored": {"m"}, "rotated": {"id", "r90", "r270"}}
+MAX_VERIFIED = 64
+QUERY_SLOT_MIN = min(QUERY_SLOTS.values())
 
 
 class SqlStore:
@@ -162,6 +186,7 @@ class SqlStore:
         info: ImageInfo | None = None,
         similar_to: str | None = None,
         similar_distance: int | None = None,
+        similar_match: str | None = None,
     ) -> PutResult:
         validate_bucket(bucket)
         validate_url(url)
@@ -193,6 +218,9 @@ class SqlStore:
             "created_at": now,
             "similar_to": similar_to,
             "similar_distance": similar_distance,
+            "similar_match": similar_match,
+            "signature": info.signature,
+            "extra_hashes": pack_hashes(info.index_hashes, info.query_hashes),
         }
         url_values = {
             "bucket": bucket, "url": url, "client_name": client_name, "lookup_time": lookup_time, "etag": etag,
@@ -225,6 +253,7 @@ class SqlStore:
             path=key,
             similar_to=similar_to,
             similar_distance=similar_distance,
+            similar_match=similar_match,
             duplicate=None if created else "exact",
         )
         return PutResult(entry, created)
@@ -470,18 +499,113 @@ class SqlStore:
     def _similar(
         self, conn: Connection, perceptual_hash: str, max_distance: int, bucket: str, limit: int, algorithm: str
     ) -> list[Entry]:
+        (hits,) = self._index.query(bucket, algorithm, [(int(perceptual_hash, 16), max_distance)], conn)
+        stored = [(image_id, dist) for image_id, slot, dist in hits if slot == 0]  # the stored hashes only
+        return self._entries(conn, stored, limit)
+
+    def _entries(
+        self, conn: Connection, found: Sequence[tuple[int, int]], limit: int, matches: Mapping[int, str | None] = {}
+    ) -> list[Entry]:
+        """Entries of the images ``found`` as (image id, distance), in that order, with their
+        ``match``; images deleted since the index saw them are left out."""
         out: list[Entry] = []
-        hits = self._index.query(bucket, algorithm, int(perceptual_hash, 16), max_distance, conn)
-        for start in range(0, len(hits), max(limit, 1)):
-            chunk = hits[start : start + max(limit, 1)]
+        for start in range(0, len(found), max(limit, 1)):
+            chunk = found[start : start + max(limit, 1)]
             by_id = self._latest_rows([i for i, _ in chunk], conn)
             for image_id, dist in chunk:
                 row = by_id.get(image_id)
                 if row is not None:  # deleted since the index saw it
-                    out.append(to_entry(row, dist))
+                    out.append(to_entry(row, dist, matches.get(image_id)))
             if len(out) >= limit:
                 break
         return out[:limit]
+
+    def near(self, query: NearQuery, max_distance: int = 8, bucket: str = "", limit: int = 100) -> list[Entry]:
+        """Candidates the query's hashes find in the index (its perceptual hash within
+        ``max_distance`` bits of any entry, its extra query hashes within ``EXTRA_DISTANCE``),
+        verified against their stored signatures (read from the database, never from the blobs);
+        best verification score first. Images without a signature (stored before robust search,
+        or in ``phash`` mode) count when their stored hash is within ``max_distance``."""
+        validate_phash(query.perceptual_hash)
+        validate_distance(max_distance)
+        if query.signature is None:
+            return self.similar(query.perceptual_hash, max_distance, bucket, limit, query.algorithm)
+        return self._read(lambda conn: self._near(conn, query, max_distance, bucket, limit))
+
+    def near_cached(
+        self, content_hash: str, max_distance: int = 8, bucket: str = "", limit: int = 100
+    ) -> list[Entry] | None:
+        """:meth:`near` for a cached image, from what its row keeps (its hashes and signature,
+        and the near-duplicate links recorded when images were stored); itself left out."""
+        validate_distance(max_distance)
+        if not HASH_RE.match(content_hash):
+            return None
+        return self._read(lambda conn: self._near_cached(conn, content_hash, max_distance, bucket, limit))
+
+    def _near_cached(
+        self, conn: Connection, content_hash: str, max_distance: int, bucket: str, limit: int
+    ) -> list[Entry] | None:
+        row = conn.execute(NEAR_SOURCE, {"bucket": bucket, "chash": content_hash}).first()
+        if row is None:
+            return None
+        image_id, phash, algorithm, flat, signature, extra = row
+        if flat or phash is None:
+            return []
+        hashes = tuple((SLOT_KINDS[slot], value) for slot, value in unpack_hashes(extra))
+        query = NearQuery(phash, algorithm, signature, hashes)
+        if signature is None:  # phash mode, or stored before it: the stored hash alone, as before
+            hits = self._similar(conn, phash, max_distance, bucket, limit + 1, algorithm)
+            return [e for e in hits if e.content_hash != content_hash][:limit]
+        linked = {
+            linked_id: (dist or 0, LINK_HINTS.get(how or "", {"id"}))
+            for linked_id, dist, how in conn.execute(NEAR_LINKS, {"bucket": bucket, "chash": content_hash})
+        }
+        return self._near(conn, query, max_distance, bucket, limit, linked, leave_out=image_id)
+
+    def _near(
+        self,
+        conn: Connection,
+        query: NearQuery,
+        max_distance: int,
+        bucket: str,
+        limit: int,
+        linked: Mapping[int, tuple[int, set[str]]] = {},
+        leave_out: int | None = None,
+    ) -> list[Entry]:
+        from .. import nearsig
+
+        signature = query.signature
+        assert signature is not None  # near() and near_cached() search without one by pHash alone
+        probes = [("id", int(query.perceptual_hash, 16), max_distance)]
+        probes += [(kind, value, EXTRA_DISTANCE) for kind, value in query.query_hashes]
+        found = self._index.query(bucket, query.algorithm, [(v, d) for _, v, d in probes], conn)
+        # image id -> (distance, orientation hints, found by its stored pHash)
+        candidates = {image_id: (dist, set(hints), False) for image_id, (dist, hints) in linked.items()}
+        for (kind, _, _), hits in zip(probes, found, strict=True):
+            hint = ORIENTATION_OF.get(kind, "id")
+            for image_id, slot, dist in hits:
+                best, hints, by_phash = candidates.get(image_id, (dist, set(), False))
+                hints.add(hint)
+                candidates[image_id] = (min(best, dist), hints, by_phash or (kind == "id" and slot == 0))
+        if leave_out is not None:
+            candidates.pop(leave_out, None)
+        order = sorted(candidates, key=lambda i: (candidates[i][0], i))[: max(MAX_VERIFIED, min(limit, 1000))]
+        rows = conn.execute(SIGNATURES, {"image_ids": order}).all() if order else []
+        signatures: dict[int, bytes | None] = {row[0]: row[1] for row in rows}
+        kept: list[tuple[float, int, int, str | None]] = []  # (-score, distance, image id, how)
+        for image_id in order:
+            dist, hints, by_phash = candidates[image_id]
+            stored = signatures.get(image_id)
+            if stored is None:  # stored without a signature: the pHash alone decides, as before
+                if by_phash:
+                    kept.append((-0.0, dist, image_id, None))
+                continue
+            ok, how, score = nearsig.verify(stored, signature, hints)
+            if ok:
+                kept.append((-score, dist, image_id, how))
+        kept.sort()
+        matches = {image_id: how for _, _, image_id, how in kept}
+        return self._entries(conn, [(image_id, dist) for _, dist, image_id, _ in kept], limit, matches)
 
     def images(self, bucket: str | None = None) -> Iterator[Entry]:
         """Every image (with its most recent URL), oldest first; ``None`` walks every bucket."""
@@ -702,15 +826,23 @@ class _SharedIndex:
     def forget(self, image_id: int) -> None:
         with self.lock:
             for index in self.indexes.values():
-                index.remove(image_id)
+                for slot in range(1 << SLOT_BITS):  # its stored hash and every extra one
+                    index.remove(entry_id(image_id, slot))
 
     def query(
-        self, bucket: str, algorithm: str, value: int, max_distance: int, conn: Connection | None = None
-    ) -> list[tuple[int, int]]:
+        self, bucket: str, algorithm: str, probes: Sequence[tuple[int, int]], conn: Connection | None = None
+    ) -> list[list[tuple[int, int, int]]]:
+        """For each probe (hash, max distance): (image id, slot, distance) of every entry within
+        it, nearest first (slot 0: an image's stored hash; others: the extra hashes of robust search)."""
         with self.lock:
             self._refresh(conn)
             index = self.indexes.get((bucket, algorithm))
-            return [] if index is None else index.query(value, max_distance)
+            if index is None:
+                return [[] for _ in probes]
+            return [
+                [(*split_entry_id(entry), dist) for entry, dist in index.query(value, max_distance)]
+                for value, max_distance in probes
+            ]
 
     def _refresh(self, conn: Connection | None = None) -> None:
         now = time.monotonic()
@@ -728,10 +860,12 @@ class _SharedIndex:
             self._bulk_load(rows)
             self.loaded = True
         else:
-            for image_id, bucket, algorithm, phash, flat in rows:
+            for image_id, bucket, algorithm, phash, flat, extra in rows:
                 self.gaps.pop(image_id, None)
                 if phash is not None and not flat:
-                    self._index(bucket, algorithm).add(image_id, phash)
+                    index = self._index(bucket, algorithm)
+                    for entry, value in _entries_of(image_id, phash, extra):
+                        index.add(entry, value)
         top = rows[-1][0]
         if top > self.high:
             # only the most recent ids can still be in flight elsewhere; older holes are deletes
@@ -746,12 +880,13 @@ class _SharedIndex:
 
     def _bulk_load(self, rows: Sequence[Any]) -> None:
         groups: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
-        for image_id, bucket, algorithm, phash, flat in rows:
+        for image_id, bucket, algorithm, phash, flat, extra in rows:
             if phash is None or flat:
                 continue
             ids, values = groups.setdefault((bucket, algorithm), ([], []))
-            ids.append(image_id)
-            values.append(phash)
+            for entry, value in _entries_of(image_id, phash, extra):
+                ids.append(entry)
+                values.append(to_signed(value & 0xFFFFFFFFFFFFFFFF))
         for key, (ids, values) in groups.items():
             self._index(*key).add_many(np.array(ids), np.array(values, dtype=np.int64).view(np.uint64))
 
@@ -760,3 +895,9 @@ class _SharedIndex:
         if key not in self.indexes:
             self.indexes[key] = HammingIndex()
         return self.indexes[key]
+
+
+def _entries_of(image_id: int, phash: int, extra: bytes | None) -> list[tuple[int, int]]:
+    """The index entries of one image: its stored hash (slot 0) and its extra hashes."""
+    indexed = [(entry_id(image_id, slot), value) for slot, value in unpack_hashes(extra) if slot < QUERY_SLOT_MIN]
+    return [(entry_id(image_id), phash), *indexed]

@@ -11,7 +11,7 @@ import functools
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BigInteger, Select, any_, bindparam, func, or_, select, true
+from sqlalchemy import BigInteger, Select, any_, bindparam, func, or_, select, true, union_all
 from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -48,6 +48,7 @@ def entry_columns(urls: Any = UrlRow) -> tuple[Any, ...]:
         ImageRow.blob_key.label("path"),
         ImageRow.similar_to,
         ImageRow.similar_distance,
+        ImageRow.similar_match,
         urls.duplicate,
     )
 
@@ -60,8 +61,8 @@ def joined() -> Select[Any]:
     return select(*ENTRY_COLUMNS).select_from(ImageRow).join(UrlRow, UrlRow.image_id == ImageRow.id)
 
 
-def to_entry(row: Any, hamming_distance: int | None = None) -> Entry:
-    return Entry(*row[1:], hamming_distance=hamming_distance)  # type: ignore[misc]
+def to_entry(row: Any, hamming_distance: int | None = None, match: str | None = None) -> Entry:
+    return Entry(*row[1:], match=match, hamming_distance=hamming_distance)  # type: ignore[misc]
 
 
 # similar() runs the two statements below on every query, so they are built once: building
@@ -93,17 +94,42 @@ def latest_rows_stmt(postgres: bool) -> Select[Any]:
     return joined().where(UrlRow.id.in_(latest))
 
 
-def new_rows_stmt(gaps: bool, postgres: bool) -> Select[int, str, str, int | None, bool]:
+def new_rows_stmt(gaps: bool, postgres: bool) -> Select[int, str, str, int | None, bool, bytes | None]:
     """Rows past the highest id the index has seen, and the recent ids it is still missing."""
     cond = ImageRow.id > bindparam("high")
     if gaps:
         cond = or_(cond, id_in(ImageRow.id, "gaps", postgres))
-    cols = (ImageRow.id, ImageRow.bucket, ImageRow.hash_algorithm, ImageRow.phash_int, ImageRow.flat)
+    cols = (
+        ImageRow.id,
+        ImageRow.bucket,
+        ImageRow.hash_algorithm,
+        ImageRow.phash_int,
+        ImageRow.flat,
+        ImageRow.extra_hashes,
+    )
     return select(*cols).where(cond).order_by(ImageRow.id)
 
 
 LATEST_ROWS = {postgres: latest_rows_stmt(postgres) for postgres in (True, False)}
+#: the verification signatures of near-duplicate candidates (read from the database, never the blobs)
+SIGNATURES = select(ImageRow.id, ImageRow.signature).where(ImageRow.id.in_(bindparam("image_ids", expanding=True)))
 NEW_ROWS = {(gaps, pg): new_rows_stmt(gaps, pg) for gaps in (True, False) for pg in (True, False)}
+#: what a cached image is searched with (``near_cached``), and the images linked to it by a
+#: recorded near-duplicate match, either way round: (image id, distance, how it matched)
+NEAR_SOURCE = select(
+    ImageRow.id, ImageRow.perceptual_hash, ImageRow.hash_algorithm, ImageRow.flat, ImageRow.signature,
+    ImageRow.extra_hashes,
+).where(ImageRow.bucket == bindparam("bucket"), ImageRow.content_hash == bindparam("chash"))  # fmt: skip
+_SOURCE = aliased(ImageRow)
+NEAR_LINKS = union_all(
+    select(ImageRow.id, ImageRow.similar_distance, ImageRow.similar_match).where(
+        ImageRow.bucket == bindparam("bucket"), ImageRow.similar_to == bindparam("chash")
+    ),
+    select(ImageRow.id, _SOURCE.similar_distance, _SOURCE.similar_match)
+    .select_from(_SOURCE)
+    .join(ImageRow, (ImageRow.bucket == _SOURCE.bucket) & (ImageRow.content_hash == _SOURCE.similar_to))
+    .where(_SOURCE.bucket == bindparam("bucket"), _SOURCE.content_hash == bindparam("chash")),
+)
 
 
 # the per-image reads (every put, get_meta and middleware lookup) are prebuilt with bound

@@ -51,6 +51,8 @@ OPERATIONS = [
     ("GET", "/images/lookup"),
     ("GET", "/images/search"),
     ("GET", "/images/similar"),
+    ("POST", "/images/near"),
+    ("GET", "/images/near/{content_hash}"),
     ("GET", "/images/urls/{content_hash}"),
     ("POST", "/images/urls/{content_hash}"),
     ("GET", "/images/list"),

@@ -12,10 +12,12 @@ from datetime import datetime, timezone
 
 import httpx
 import pytest
+from PIL import ImageOps
 
 from scrapy_imgcache.config import ImgCacheConfig
 from scrapy_imgcache.errors import EmptyImage, NotAnImage, StoreError, TooManyPixels
-from scrapy_imgcache.hashing import content_hash
+from scrapy_imgcache.hashing import Inspector, content_hash
+from scrapy_imgcache.store.base import NearQuery
 from scrapy_imgcache.store.remote import RemoteStore
 from scrapy_imgcache.store.sql import SqlStore
 from tests.helpers import (
@@ -26,6 +28,7 @@ from tests.helpers import (
     fresh_url,
     near_duplicates,
     noise_bytes,
+    photo,
 )
 from tests.server.live import LiveServer, free_port, imgcache_server
 
@@ -161,6 +164,29 @@ def test_similar_nearest_first(remote, bucket):
     assert hits[0].hamming_distance == 0
     assert {e.content_hash for e in stored} <= {h.content_hash for h in hits}
     assert len(remote.similar(base.perceptual_hash, 10, bucket, limit=2)) == 2
+
+
+def test_near_duplicates_are_found_and_verified_without_sending_the_image(remote, bucket, live):
+    img = photo("chelsea").convert("RGB")
+    original = remote.put(encode(img), url=fresh_url(), client_name="s", bucket=bucket).entry
+    mirror = encode(ImageOps.mirror(img))
+    info = Inspector().inspect(mirror)
+    (hit,) = remote.near(NearQuery.of(info), 8, bucket)
+    assert (hit.content_hash, hit.match) == (original.content_hash, "mirrored")
+    stored = remote.put(
+        mirror, url=fresh_url(), client_name="s", bucket=bucket,
+        similar_to=hit.content_hash, similar_distance=hit.hamming_distance, similar_match=hit.match,
+    ).entry  # fmt: skip
+    assert stored.similar_match == "mirrored"
+    near = remote.near_cached(original.content_hash, 8, bucket)
+    assert near is not None and [(e.content_hash, e.match) for e in near] == [(stored.content_hash, "mirrored")]
+    assert remote.near_cached("0" * 64, 8, bucket) is None
+    other = Inspector().inspect(encode(photo("rocket").convert("RGB")))
+    assert remote.near(NearQuery.of(other), 8, bucket) == []
+    query = {**NearQuery.of(info).to_json(), "bucket": bucket}
+    for bad in ({"signature": "***"}, {"query_hashes": [["c80", "not hex"]]}, {"perceptual_hash": "12"}):
+        resp = httpx.post(f"{live.url}/images/near", json={**query, **bad})
+        assert resp.status_code == 422, (bad, resp.text)
 
 
 @pytest.mark.parametrize(

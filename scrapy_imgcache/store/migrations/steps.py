@@ -36,3 +36,13 @@ def drop_table(name: str) -> None:
 def drop_index(name: str, table: str) -> None:
     if name in {ix["name"] for ix in _inspector().get_indexes(table)}:
         op.drop_index(name, table_name=table)
+
+
+def add_column(table: str, column: sa.Column[Any]) -> None:
+    if column.name not in {c["name"] for c in _inspector().get_columns(table)}:
+        op.add_column(table, column)
+
+
+def drop_column(table: str, name: str) -> None:
+    if name in {c["name"] for c in _inspector().get_columns(table)}:
+        op.drop_column(table, name)
