@@ -17,11 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from .config import ImgCacheConfig
 from .hashing import ImageInfo, Inspector, content_hash
-from .store.base import Entry, Store
+from .store.base import Entry, NearQuery, Store
 from .workers import hash_workers
 
 if TYPE_CHECKING:
     from scrapy.http import Response
+
+
+#: the near-duplicates of a new image looked at to choose the one it is recorded against
+NEAR_LIMIT = 8
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,8 @@ class Outcome:
     duplicate: str | None = None  # "exact" | "similar" | None
     duplicate_of: str | None = None
     hamming_distance: int | None = None
+    #: how a near-duplicate matched (``resized``, ``cropped``...; None: by its pHash alone)
+    match: str | None = None
     stored: bool = True  # False: a near-duplicate not stored again (skip/drop)
     size: int = 0
 
@@ -125,17 +131,18 @@ class Ingestor:
     ) -> Outcome:
         bucket = self.config.bucket
         if not info.flat:
-            near = self.store.similar(
-                info.perceptual_hash, self.config.similarity_threshold, bucket, limit=1, algorithm=info.algorithm
-            )
+            hits = self.store.near(NearQuery.of(info), self.config.similarity_threshold, bucket, limit=NEAR_LIMIT)
+            # an image recorded as a near-duplicate itself is passed over for its original when
+            # that matched too, so copies point at the original rather than at each other
+            near = next((h for h in hits if h.similar_to is None), hits[0]) if hits else None
             # the same bytes, stored since the exact-copy check by another thread or process,
             # are an exact copy (put() records them as one), not a near-duplicate
             if (
-                near
-                and near[0].content_hash != info.content_hash
+                near is not None
+                and near.content_hash != info.content_hash
                 and self.store.get_meta(info.content_hash, bucket) is None
             ):
-                return self._near_duplicate(data, info, near[0], policy, filename, common)
+                return self._near_duplicate(data, info, near, policy, filename, common)
         result = self.store.put(data, info=info, filename=filename, **common)
         return Outcome(
             result.entry,
@@ -149,15 +156,16 @@ class Ingestor:
     def _near_duplicate(
         self, data: bytes, info: ImageInfo, near: Entry, policy: str, filename: str | None, common: dict[str, Any]
     ) -> Outcome:
-        dist = near.hamming_distance
+        dist, how = near.hamming_distance, near.match
         if policy == "annotate":
             result = self.store.put(
-                data, info=info, filename=filename, similar_to=near.content_hash, similar_distance=dist, **common
-            )
-            return Outcome(result.entry, result.created, "similar", near.content_hash, dist, True, info.size)
+                data, info=info, filename=filename, similar_to=near.content_hash, similar_distance=dist,
+                similar_match=how, **common,
+            )  # fmt: skip
+            return Outcome(result.entry, result.created, "similar", near.content_hash, dist, how, True, info.size)
         # skip and drop: the bytes are not stored again; the URL points at the image we have
         entry = self.store.record_url(near.content_hash, duplicate="similar", saved_bytes=info.size, **common)
-        return Outcome(entry or near, False, "similar", near.content_hash, dist, False, info.size)
+        return Outcome(entry or near, False, "similar", near.content_hash, dist, how, False, info.size)
 
 
 def checksum(data: bytes) -> str:

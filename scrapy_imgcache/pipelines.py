@@ -402,7 +402,9 @@ def drop_near_duplicates(pipeline: ImgCachePipeline, results: list[Any]) -> None
     for r in images:
         if r.get("duplicate") != "similar":
             continue
-        others = {o.get("content_hash") for o in images if o is not r}
+        # the item's own photos: not near-duplicates themselves (under "drop" those point at
+        # the image they matched, which another item's near-duplicate does too)
+        others = {o.get("content_hash") for o in images if o is not r and o.get("duplicate") != "similar"}
         if r.get("duplicate_of") not in others:
             pipeline.ctx.inc("dropped/similar")
             raise DropItem(
@@ -417,8 +419,10 @@ def _cache_fields(entry: Entry | None, outcome: Outcome | None, cache_status: st
     duplicate = outcome.duplicate if outcome is not None else None
     duplicate_of = outcome.duplicate_of if outcome is not None else None
     distance = outcome.hamming_distance if outcome is not None else None
+    match = outcome.match if outcome is not None else None
     if outcome is None and entry.similar_to:  # answered from the cache: what it was stored as
         duplicate, duplicate_of, distance = "similar", entry.similar_to, entry.similar_distance
+        match = entry.similar_match
     elif outcome is None and entry.duplicate == "exact":  # and what this URL's record says it was
         duplicate, duplicate_of = "exact", entry.content_hash
     return {
@@ -431,6 +435,7 @@ def _cache_fields(entry: Entry | None, outcome: Outcome | None, cache_status: st
         "duplicate": duplicate,
         "duplicate_of": duplicate_of,
         "hamming_distance": distance,
+        "match": match,
         "cache": cache_status,
     }
 

@@ -8,7 +8,7 @@ import hashlib
 import time
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from scrapy_imgcache.hashing import Inspector
 from tests.helpers import (
@@ -116,12 +116,13 @@ def test_plain_twisted_reactor(site, tmp_path):
 @pytest.mark.parametrize("policy", ["annotate", "skip", "drop"])
 def test_near_duplicates_follow_on_similar(site, tmp_path, policy):
     original = distinct_images(1)[0]
-    variants = near_duplicates(original)
+    copies = {"resized": near_duplicates(original)["resized"], "mirrored": encode(ImageOps.mirror(original))}
     site.image("/i/original.jpg", encode(original))
-    site.image("/i/resized.jpg", variants["resized"])
+    for how, data in copies.items():
+        site.image(f"/i/{how}.jpg", data)
     site.image("/i/other.jpg", distinct_jpegs(2)[1])
     site.page("/first", ["/i/original.jpg"])
-    site.page("/second", ["/i/resized.jpg", "/i/other.jpg"])
+    site.page("/second", ["/i/resized.jpg", "/i/mirrored.jpg", "/i/other.jpg"])
     project = make_project(tmp_path / "proj", cache_settings(tmp_path, IMGCACHE_ON_SIMILAR=policy))
     assert crawl(project, "pages", start=site.url("/first")).returncode == 0
     result = crawl(project, "pages", start=site.url("/second"))
@@ -133,19 +134,22 @@ def test_near_duplicates_follow_on_similar(site, tmp_path, policy):
         assert result.items == []
         assert result.stat("dropped/similar") == 1
         assert "near-duplicate image" in result.log
-        assert len(stored) == 2  # the near-duplicate's bytes were not stored
+        assert len(stored) == 2  # the near-duplicates' bytes were not stored
         return
     (item,) = result.items
-    near = next(img for img in item["images"] if img["url"].endswith("resized.jpg"))
-    assert near["duplicate"] == "similar" and near["duplicate_of"] == original_hash
-    assert 0 <= near["hamming_distance"] <= 8
-    assert result.stat("duplicate/similar") == 1
+    for how in copies:  # the mirror's pHash is far from the original's: robust search found it
+        near = next(img for img in item["images"] if img["url"].endswith(f"/{how}.jpg"))
+        assert near["duplicate"] == "similar" and near["duplicate_of"] == original_hash
+        assert near["match"] == how
+        assert 0 <= near["hamming_distance"] <= 8
+    assert result.stat("duplicate/similar") == 2
     if policy == "annotate":
-        assert len(stored) == 3
+        assert len(stored) == 4
         assert store.get_meta(near["content_hash"]).similar_to == original_hash
-    else:  # skip: the URL points at the image we had; its bytes were not stored
+        assert store.get_meta(near["content_hash"]).similar_match == "mirrored"
+    else:  # skip: the URLs point at the image we had; their bytes were not stored
         assert len(stored) == 2 and near["content_hash"] == original_hash
-        assert result.stat("bytes_saved") == len(variants["resized"])
+        assert result.stat("bytes_saved") == sum(len(data) for data in copies.values())
         assert store.lookup(site.url("/i/resized.jpg")).content_hash == original_hash
 
 
