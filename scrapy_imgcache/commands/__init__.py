@@ -232,15 +232,22 @@ class Sighting:
 
 
 def sightings_table(rows: Iterable[tuple[int, Sighting]]) -> str:
-    """Images as a table: a distance, then what the image is and where it was seen."""
+    """Images as a table: a distance and how it matched, then what the image is and where it was seen."""
     out = []
     for dist, s in rows:
         first = s.urls[0] if s.urls else ""
         if len(first) > URL_WIDTH:
             first = first[: URL_WIDTH - 1] + "…"
-        size = human_size(s.entry.file_size_bytes)
-        out.append((dist, s.entry.content_hash[:12], dimensions(s.entry), size, len(s.urls), len(s.clients), first))
-    return table(("DIST", "HASH", "DIMENSIONS", "SIZE", "URLS", "SPIDERS", "FIRST URL"), out, right=(0, 3, 4, 5))
+        e = s.entry
+        size = human_size(e.file_size_bytes)
+        out.append((dist, e.match or "-", e.content_hash[:12], dimensions(e), size, len(s.urls), len(s.clients), first))
+    columns = ("DIST", "MATCH", "HASH", "DIMENSIONS", "SIZE", "URLS", "SPIDERS", "FIRST URL")
+    return table(columns, out, right=(0, 4, 5, 6))
+
+
+def match_title(distance: int, entry: Entry) -> str:
+    """A match's caption on the HTML pages: how it matched (robust search) and its distance."""
+    return f"{entry.match}, distance {distance}" if entry.match else f"distance {distance}"
 
 
 def print_json(obj: dict[str, Any]) -> None:

@@ -1,15 +1,15 @@
 """``scrapy imgcache-dupes``: the groups of near-duplicate images in a bucket, largest first.
 
-Groups are the connected components of "within N bits" (union-find over ``store.similar``
-of every image), so a group may chain: A~B and B~C puts A and C together even when they are
-further apart. The distances shown are to the group's reference image, the one with the
-most pixels (the likely original; the earliest cached among equals), so such chains are visible.
+Each group is a reference image (the one with the most pixels, the likely original) and the
+images that matched it, with their distance to it and how they matched: groups never chain
+unrelated pictures together through a series of small steps.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from . import (
@@ -18,6 +18,7 @@ from . import (
     ImgCacheCommand,
     Sighting,
     add_search_options,
+    match_title,
     positive_int,
     print_json,
     progress,
@@ -36,10 +37,11 @@ class Command(ImgCacheCommand):
 
     def long_desc(self) -> str:
         return (
-            "Group the images of a bucket whose perceptual hashes are within --max-distance bits "
-            "of each other (transitively) and list the groups, largest first, each with its "
-            "reference image (the one with the most pixels, then the one cached first) first and "
-            "every other image's distance to it. Exit code 1 when there is no group."
+            "Group the near-duplicate images of a bucket around reference images and list the "
+            "groups, largest first. References are taken by pixels (then the one cached first); "
+            "each gathers the images not yet in a group that match it as imgcache-similar would "
+            "find them (--max-distance bits), with their distance to it and how they matched. "
+            "Exit code 1 when there is no group."
         )
 
     def add_options(self, parser: argparse.ArgumentParser) -> None:
@@ -82,7 +84,9 @@ class Command(ImgCacheCommand):
 
         sections = []
         for number, group in enumerate(shown, 1):
-            cards = [s.card(store, "reference" if i == 0 else f"distance {d}") for i, (d, s) in enumerate(group)]
+            cards = [
+                s.card(store, "reference" if i == 0 else match_title(d, s.entry)) for i, (d, s) in enumerate(group)
+            ]
             cards[0].query = True
             sections.append(Section(f"Group {number}: {len(group)} images", cards))
         intro = [
@@ -93,38 +97,31 @@ class Command(ImgCacheCommand):
 
 
 def clusters(store: Store, bucket: str, distance: int, min_size: int = 2) -> list[Cluster]:
-    """Connected components of "within ``distance`` bits", largest first."""
-    from ..hashing import hamming
+    """Groups around reference images, largest first; every member matched its reference.
 
+    References are taken in order of pixels (the likely original; the earliest cached among
+    equals). Each one not yet in a group gathers the images :meth:`Store.near_cached` finds
+    for it that no group holds yet, so A~B and B~C never puts A and C together unless C
+    matched A itself.
+    """
     images = {e.content_hash: e for e in store.images(bucket) if e.perceptual_hash and not e.flat}
-    parent = {h: h for h in images}
-
-    def find(h: str) -> str:
-        while parent[h] != h:
-            parent[h] = parent[parent[h]]  # path halving
-            h = parent[h]
-        return h
-
-    for entry in progress(list(images.values()), len(images), "comparing"):
-        assert entry.perceptual_hash is not None
-        for hit in store.similar(entry.perceptual_hash, distance, bucket, len(images), entry.hash_algorithm):
-            if hit.content_hash in parent:
-                a, b = find(entry.content_hash), find(hit.content_hash)
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
-    groups: dict[str, list[Entry]] = {}
-    for h, entry in images.items():
-        groups.setdefault(find(h), []).append(entry)
+    grouped: set[str] = set()
     out: list[Cluster] = []
-    for members in groups.values():
-        if len(members) < min_size:
+    for ref in progress(sorted(images.values(), key=_reference_order), len(images), "comparing"):
+        if ref.content_hash in grouped:
             continue
-        # the most pixels; among equals the one stored first (the original, more likely)
-        ref = min(members, key=lambda e: (-(e.width or 0) * (e.height or 0), e.created_at, e.content_hash))
-        rest = sorted(
-            ((hamming(ref.perceptual_hash or "", e.perceptual_hash or ""), e) for e in members if e is not ref),
-            key=lambda pair: (pair[0], pair[1].content_hash),
-        )
+        hits = store.near_cached(ref.content_hash, distance, bucket, len(images)) or []
+        members = [h for h in hits if h.content_hash in images and h.content_hash not in grouped]
+        if len(members) + 1 < min_size:
+            continue
+        grouped.add(ref.content_hash)
+        grouped.update(h.content_hash for h in members)
+        rest = sorted(((h.hamming_distance or 0, h) for h in members), key=lambda pair: (pair[0], pair[1].content_hash))
         out.append([(0, ref), *rest])
     out.sort(key=lambda c: (-len(c), c[0][1].created_at, c[0][1].content_hash))
     return out
+
+
+def _reference_order(entry: Entry) -> tuple[int, datetime, str]:
+    """The most pixels first; among equals the one stored first (the original, more likely)."""
+    return -(entry.width or 0) * (entry.height or 0), entry.created_at, entry.content_hash

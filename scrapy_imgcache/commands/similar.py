@@ -25,6 +25,7 @@ from . import (
     add_search_options,
     dimensions,
     human_size,
+    match_title,
     print_json,
     sightings_table,
 )
@@ -32,7 +33,7 @@ from . import (
 if TYPE_CHECKING:
     from ..config import ImgCacheConfig
     from ..hashing import ImageInfo
-    from ..store.base import Store
+    from ..store.base import Entry, NearQuery, Store
 
 CONTENT_HASH = re.compile(r"^[0-9a-fA-F]{64}$")
 PERCEPTUAL_HASH = re.compile(r"^[0-9a-fA-F]{16}$")
@@ -40,7 +41,8 @@ PERCEPTUAL_HASH = re.compile(r"^[0-9a-fA-F]{16}$")
 
 @dataclass(frozen=True)
 class Query:
-    """What TARGET turned out to be, and the perceptual hash to search with."""
+    """What TARGET turned out to be, and what to search with: a decoded image's robust hashes
+    and signature (``near``), a cached image's record, or a bare perceptual hash."""
 
     kind: str
     description: str
@@ -49,6 +51,7 @@ class Query:
     data: bytes | None = None
     content_hash: str | None = None
     flat: bool = False
+    near: NearQuery | None = None
 
 
 class Command(ImgCacheCommand):
@@ -60,8 +63,12 @@ class Command(ImgCacheCommand):
 
     def long_desc(self) -> str:
         return (
-            "Find the cached images whose perceptual hash is within --max-distance bits of TARGET, "
-            "nearest first. TARGET is a path to an image file, an http(s):// URL of an image "
+            "Find the cached images that look like TARGET, best match first: with "
+            "IMGCACHE_SIMILARITY = 'robust' (the default) the candidates its hashes find (its "
+            "perceptual hash within --max-distance bits, its crops, mirror and rotations too) "
+            "that a second comparison confirms, each with how it matched; with 'phash', those "
+            "whose perceptual hash is within --max-distance bits. TARGET is a path to an image "
+            "file, an http(s):// URL of an image "
             "(fetched once, not stored), the 64-hex-digit content hash of a cached image, or a "
             "16-hex-digit perceptual hash. Exit code 0 when something is found, 1 when nothing "
             "is, 2 for a usage error, 3 when the store or the URL fails."
@@ -105,9 +112,13 @@ class Command(ImgCacheCommand):
     def _matches(
         self, store: Store, query: Query, distance: int, bucket: str, limit: int
     ) -> list[tuple[int, Sighting]]:
-        extra = 1 if query.content_hash else 0  # a cached image matches itself: leave it out
-        hits = store.similar(query.perceptual_hash, distance, bucket, limit + extra, query.algorithm)
-        hits = [h for h in hits if h.content_hash != query.content_hash or query.kind != "content hash"]
+        hits: list[Entry] | None = None
+        if query.kind == "content hash" and query.content_hash is not None:  # itself left out
+            hits = store.near_cached(query.content_hash, distance, bucket, limit)
+        elif query.near is not None:
+            hits = store.near(query.near, distance, bucket, limit)
+        if hits is None:
+            hits = store.similar(query.perceptual_hash, distance, bucket, limit, query.algorithm)
         return [(h.hamming_distance or 0, Sighting.of(store, h)) for h in hits[:limit]]
 
     def _sheet(
@@ -116,10 +127,10 @@ class Command(ImgCacheCommand):
         from .sheet import Card, Section, write_page
 
         cards = [Card(query.data, "Query", [query.description], query=True, missing="perceptual hash only")]
-        cards += [s.card(store, f"distance {d}") for d, s in matches]
+        cards += [s.card(store, match_title(d, s.entry)) for d, s in matches]
         intro = [
             f"Query: {query.description}",
-            f"{len(matches)} match(es) within {distance} bits ({query.algorithm}) in bucket {bucket!r}, nearest first.",
+            f"{len(matches)} match(es) within {distance} bits ({query.algorithm}) in bucket {bucket!r}, best first.",
         ]
         write_page(path, "imgcache: similar images", intro, [Section("Query and matches", cards)])
         print(f"Contact sheet written to {path}", file=sys.stderr)
@@ -188,10 +199,12 @@ def fetch(url: str, timeout: float, max_bytes: int) -> bytes:
 
 def _inspected(kind: str, target: str, data: bytes, config: ImgCacheConfig) -> Query:
     from ..errors import InvalidImage
+    from ..store.base import NearQuery
 
     try:
         info: ImageInfo = config.inspector().inspect(data)
     except InvalidImage as exc:
         raise UsageError(f"{kind} {target} cannot be used ({exc.reason}): {exc.message}", print_help=False) from None
     description = f"{kind} {target} ({info.format}, {info.width}x{info.height}, {human_size(info.size)})"
-    return Query(kind, description, info.perceptual_hash, info.algorithm, data, info.content_hash, info.flat)
+    near = NearQuery.of(info)
+    return Query(kind, description, info.perceptual_hash, info.algorithm, data, info.content_hash, info.flat, near)
