@@ -230,7 +230,8 @@ def score_groups(groups: list[dict[str, Any]], images: list[dict[str, Any]], by_
         counts = Counter(base[i] for i in ids)
         correct += sum(c * (c - 1) // 2 for c in counts.values())
         if len(counts) > 1:
-            mixed.append({"group": g + 1, "images": n, "bases": dict(counts.most_common())})
+            kinds = Counter(images[i]["kind"] for i in ids)
+            mixed.append({"group": g + 1, "images": n, "bases": dict(counts.most_common()), "kinds": dict(kinds)})
     groups_of_base: dict[str, set[int]] = defaultdict(set)
     for i, g in group_of.items():
         groups_of_base[base[i]].add(g)
@@ -531,6 +532,7 @@ def render(rep: dict[str, Any]) -> str:
     found, copies = total(d["recall"], "found")
     right, queries = total(s["top_hit"], "right")
     in_hits, _ = total(s["original_in_hits"], "found")
+    no_hit = sum(1 for m in s["top_hit_misses"] if m["top_hit"] is None)
     precision = f"{d['precision']:.4f}" if d["precision"] is not None else "-"
     ds = rep["dataset"]
     kinds = ", ".join(f"{n} {k}" for k, n in ds["by_base_kind"].items())
@@ -565,6 +567,10 @@ def render(rep: dict[str, Any]) -> str:
         ),
         f"| mixed groups (images of more than one base picture) | {d['mixed_groups']} of {d['groups']} |",
         f"| top hit is its own picture (imgcache-similar, {s['per_base']} copies a base) | {rate(right, queries)} |",
+        (
+            f"| top-hit misses: no hit but itself; another picture first | {no_hit}; "
+            f"{len(s['top_hit_misses']) - no_hit} |"
+        ),
         f"| original among the hits (same queries) | {rate(in_hits, queries)} |",
         f"| images in a group; largest group | {d['grouped_images']} of {ds['images']}; {d['largest_group']} |",
         f"| base pictures split over several groups | {len(d['bases_split'])} of {ds['bases']} |",
@@ -587,10 +593,11 @@ def render(rep: dict[str, Any]) -> str:
         if n["pairs"]:
             lines.append(f"| {n['set']} | {n['bases']} | {n['pairs']} | {len(n['merged'])} |")
     if d["mixed"]:
-        lines += ["", "Mixed groups (the largest 10): images of each base picture in the group", ""]
+        lines += ["", "Mixed groups (the largest 10): how many images of each base picture", ""]
         for m in sorted(d["mixed"], key=lambda m: -m["images"])[:10]:
             parts = ", ".join(f"{b} {c}" for b, c in m["bases"].items())
-            lines.append(f"- group {m['group']} ({m['images']} images): {parts}")
+            kinds = ", ".join(f"{k} {c}" for k, c in Counter(m.get("kinds", {})).most_common(3))
+            lines.append(f"- group {m['group']} ({m['images']} images; most common kinds: {kinds}): {parts}")
     refs = ", ".join(f"{k} {n}" for k, n in d["reference_kinds"].items())
     lines += ["", f"Kinds of the groups' reference images (each group's first image): {refs or 'none'}."]
     if d["has_match"] or s["has_match"]:
