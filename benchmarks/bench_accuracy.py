@@ -2,8 +2,8 @@
 
 Not a test: it prints figures for docs/near-duplicates.md. Run from the repository root:
 
-    ./dev bench accuracy                    # 68 base pictures, 1,360 images (~5-10 minutes)
-    ./dev bench accuracy --quick            # 21 base pictures: a smoke run (~2 minutes)
+    ./dev bench accuracy                    # 68 base pictures, 1,360 images (5-11 minutes on 2 shared cores)
+    ./dev bench accuracy --quick            # 21 base pictures: a smoke run (3-4 minutes)
     ./dev bench accuracy --at HEAD          # the package as committed at a git revision
     ./dev bench accuracy -s IMGCACHE_SIMILARITY=phash   # a setting for every command
 
