@@ -589,7 +589,14 @@ def figures(rep: dict[str, Any]) -> dict[str, Any]:
         }
     return {
         "best": {
-            k: {"rate": v["rate"], "elapsed": v["elapsed"], "wall": v["wall"], "round": v["round"], **cpu_per_image(v)}
+            k: {
+                "rate": v["rate"],
+                "elapsed": v["elapsed"],
+                "wall": v["wall"],
+                "round": v["round"],
+                "cores": v["cpu_seconds"] / v["elapsed"],
+                **cpu_per_image(v),
+            }
             for k, v in b.items()
         },
         "second": {
@@ -697,7 +704,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--memory-photos", type=int, help="distinct small photos of the memory crawl (default 10000)")
     ap.add_argument("--json", type=Path, help="write the report here as well")
     ap.add_argument("--keep-stores", action="store_true", help="keep the crawls' caches and IMAGES_STOREs")
+    ap.add_argument("--render", type=Path, metavar="REPORT_JSON", help="print the report of an earlier run, and stop")
     args = ap.parse_args(argv)
+    if args.render:
+        earlier = json.loads(args.render.read_text())
+        for c in earlier["classes"].values():
+            c["figures"] = figures(c)
+        print(render(earlier))
+        return 0
     signal.signal(signal.SIGTERM, _stop)
     sizes = [s for s in args.sizes.split(",") if s]
     unknown = [s for s in sizes if s not in CLASSES]
@@ -836,16 +850,18 @@ def render_class(name: str, c: dict[str, Any]) -> list[str]:
         "",
         f"Server with a plain client: {c['server_raw']['images_per_s']:.0f} images/s.",
         "",
-        "| crawl | images/s (rounds) | s | crawl process CPU ms/image | hashing workers ms/image | "
+        "| crawl | images/s (rounds) | s | cores busy | crawl process CPU ms/image | hashing workers ms/image | "
         + " | ".join(f"`{g}` ms" for g in groups)
         + " |",
-        "|---|--:|--:|--:|--:|" + "--:|" * len(groups),
+        "|---|--:|--:|--:|--:|--:|" + "--:|" * len(groups),
     ]
     for side, v in b.items():
         rates = ", ".join(f"{x:.0f}" for x in f["rates"][side])
         lines.append(
-            f"| {LABELS[side]} | **{v['rate']:.1f}** ({rates}) | {v['elapsed']:.2f} | {v['crawl_ms']:.2f} "
-            f"| {v['workers_ms']:.2f} | " + " | ".join(f"{v['threads_ms'].get(g, 0.0):.2f}" for g in groups) + " |"
+            f"| {LABELS[side]} | **{v['rate']:.1f}** ({rates}) | {v['elapsed']:.2f} | {v['cores']:.2f} "
+            f"| {v['crawl_ms']:.2f} | {v['workers_ms']:.2f} | "
+            + " | ".join(f"{v['threads_ms'].get(g, 0.0):.2f}" for g in groups)
+            + " |"
         )
     s = f["second"]
     r = f["ratios"]
