@@ -783,7 +783,7 @@ def render(rep: dict[str, Any]) -> str:
         f"Code: {rep['code']}"
         + (
             ""
-            if rep["code_at_end"] == rep["code"]
+            if rep.get("code_at_end", rep["code"]) == rep["code"]
             else f"; **changed during the run**, at the end: {rep['code_at_end']}"
         ),
         "",
@@ -807,7 +807,7 @@ def render(rep: dict[str, Any]) -> str:
         "imgcache_vs_images": "first crawl with defaults / ImagesPipeline",
         "fast_vs_images": "fast hash / ImagesPipeline",
         "imgcache_vs_download_only": "ImgCache / download-only",
-        "second_vs_first": "second crawl / first crawl, time (0 image bytes)",
+        "second_vs_first": "second crawl / first crawl, time,",
     }
     for key, label in names.items():
         for name, c in rep["classes"].items():
