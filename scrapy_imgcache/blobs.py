@@ -25,16 +25,17 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from .errors import ConfigError, StoreError
 
 #: the marker naming the cache a blob store belongs to (written on first use)
 OWNER_KEY = ".imgcache-owner"
+_T = TypeVar("_T")
 #: the prefix of a local write's temporary file (left behind only by a crash)
 TEMP_PREFIX = ".tmp-"
 #: what each object-storage scheme needs installed
@@ -347,6 +348,7 @@ class FsspecBlobStore:
         self.root = root.rstrip("/")
         #: FTP servers need folders made before files go in them; object stores have none
         self._folders = self.protocol == "ftp"
+        self._ftp_turn = threading.Lock()
 
     def _path(self, key: str) -> str:
         if ".." in key.split("/") or "\0" in key:
@@ -356,12 +358,23 @@ class FsspecBlobStore:
     def describe(self, key: str) -> str:
         return f"{self.protocol}://{self._path(key)}"
 
-    @contextlib.contextmanager
-    def _calling(self, action: str, key: str) -> Iterator[None]:
-        """The backend's failures (any exception type: botocore, aiohttp, ftplib…) as StoreError."""
+    def _call(self, action: str, key: str, operation: Callable[[], _T]) -> _T:
+        """Run one backend operation; its failures (any exception type: botocore, aiohttp,
+        ftplib…) become StoreError. An FTP connection carries one command at a time, so FTP
+        operations take turns, and one whose connection the server dropped (idle timeouts,
+        restarts) runs again once on a new connection."""
         try:
-            yield
-        except (StoreError, ValueError):  # (a missing key is answered inside get(); here it is a missing bucket)
+            if not self._folders:
+                return operation()
+            with self._ftp_turn:
+                try:
+                    return operation()
+                except Exception as exc:
+                    if not _ftp_connection_lost(exc):
+                        raise
+                    self.fs._connect()
+                    return operation()
+        except (StoreError, ValueError):  # (get() answers a missing key itself; here it is a missing bucket)
             raise
         except Exception as exc:
             raise StoreError(f"cannot {action} {self.describe(key)}: {type(exc).__name__}: {exc}") from exc
@@ -383,43 +396,47 @@ class FsspecBlobStore:
 
     def replace(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        with self._calling("write", key):
+
+        def write() -> None:
             if self._folders:
                 self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
             self.fs.pipe_file(path, data)
+
+        self._call("write", key, write)
 
     def copy_from(self, source: BlobStore, source_key: str, key: str) -> bool:
         """A server-side copy within one object store (S3 CopyObject, say)."""
         if not isinstance(source, FsspecBlobStore) or source.fs is not self.fs or self._folders:
             return False
-        with self._calling("copy to", key):
-            self.fs.copy(source._path(source_key), self._path(key))
+        self._call("copy to", key, lambda: self.fs.copy(source._path(source_key), self._path(key)))
         return True
 
     def get(self, key: str) -> bytes | None:
-        with self._calling("read", key):
+        def read() -> bytes | None:
             try:
                 data: bytes = self.fs.cat_file(self._path(key))  # fsspec is untyped
-            except FileNotFoundError:
+            except FileNotFoundError as exc:
+                if self._folders and _ftp_connection_lost(exc):
+                    raise
                 return None
-        return data
+            return data
+
+        return self._call("read", key, read)
 
     def exists(self, key: str) -> bool:
-        with self._calling("look for", key):
-            return bool(self.fs.exists(self._path(key)))
+        return bool(self._call("look for", key, lambda: self.fs.exists(self._path(key))))
 
     def delete(self, key: str) -> bool:
         if not self.exists(key):
             return False
-        with self._calling("delete", key):
-            self.fs.rm_file(self._path(key))
+        self._call("delete", key, lambda: self.fs.rm_file(self._path(key)))
         return True
 
     def iter_keys(self) -> Iterator[tuple[str, float, int]]:
-        with self._calling("list", ""):
-            if not self.fs.exists(self.root):
-                return
-            found = self.fs.find(self.root, detail=True).items()
+        def find() -> Any:
+            return self.fs.find(self.root, detail=True).items() if self.fs.exists(self.root) else ()
+
+        found = self._call("list", "", find)
         for path, info in found:
             key = path[len(self.root) + 1 :]
             if key != OWNER_KEY:
@@ -427,6 +444,15 @@ class FsspecBlobStore:
 
     def probe(self) -> None:
         _probe(self)
+
+
+def _ftp_connection_lost(exc: BaseException) -> bool:
+    """The server hung up (an idle timeout's 421, a closed socket), which fsspec may even
+    report as a missing file: worth one more try on a new connection, never a "not found"."""
+    import ftplib
+
+    seen = exc.__cause__ if isinstance(exc, FileNotFoundError) else exc
+    return isinstance(seen, (EOFError, ConnectionError, ftplib.error_temp))
 
 
 def _mtime(info: Mapping[str, Any]) -> float:

@@ -412,17 +412,24 @@ class FtpServer:
         self.server.close_all()
 
 
-def start_ftp_server(root: Path) -> FtpServer:
+def start_ftp_server(root: Path, idle_timeout: float = 300) -> FtpServer:
+    """``idle_timeout``: seconds after which the server drops a quiet client, as real ones do."""
     import threading
 
     from pyftpdlib.authorizers import DummyAuthorizer
     from pyftpdlib.handlers import FTPHandler
+    from pyftpdlib.ioloop import IOLoop
     from pyftpdlib.servers import ThreadedFTPServer
 
     authorizer = DummyAuthorizer()
     authorizer.add_user("user", "secret", str(root), perm="elradfmwMT")
-    handler = type("Handler", (FTPHandler,), {"authorizer": authorizer, "banner": "imgcache tests"})
-    server = ThreadedFTPServer(("127.0.0.1", 0), handler)
+    handler = type(
+        "Handler", (FTPHandler,), {"authorizer": authorizer, "banner": "imgcache tests", "timeout": idle_timeout}
+    )
+    # pyftpdlib shares one IO loop and one exit flag among all servers of a process, so a
+    # test's stopped server would stop the next test's; each gets its own
+    server = ThreadedFTPServer(("127.0.0.1", 0), handler, ioloop=IOLoop())
+    server._exit = threading.Event()
     threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2}, daemon=True).start()
     return FtpServer(root, server.socket.getsockname()[1], server)
 

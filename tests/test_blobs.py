@@ -21,7 +21,7 @@ from scrapy_imgcache.blobs import (
 from scrapy_imgcache.errors import StoreError
 from scrapy_imgcache.hashing import content_hash
 from scrapy_imgcache.store.sql import SqlStore
-from tests.helpers import FtpServer, distinct_jpegs, noise_bytes, run_processes
+from tests.helpers import FtpServer, distinct_jpegs, noise_bytes, run_processes, start_ftp_server
 
 DATA = noise_bytes(50_000)
 KEY = blob_key(content_hash(DATA), ".jpg")
@@ -162,6 +162,33 @@ def test_ftp_folders_are_made_and_active_mode_is_honoured(ftp_server):
         assert (ftp_server.root / "cache/blobs" / key).read_bytes() == DATA
         assert blobs.fs.ftp.passiveserver is not active
         blobs.probe()
+
+
+def test_an_ftp_store_outlives_the_server_dropping_an_idle_connection(tmp_path):
+    """A dropped control connection once failed the next read with a bare EOFError."""
+    (tmp_path / "ftp").mkdir()
+    server = start_ftp_server(tmp_path / "ftp", idle_timeout=0.5)
+    try:
+        blobs = ftp_blobs(server)
+        blobs.put(KEY, DATA)
+        time.sleep(1.5)  # the server hangs up on the quiet client
+        assert blobs.get(KEY) == DATA
+    finally:
+        server.stop()
+
+
+def test_threads_sharing_an_ftp_store_take_turns_on_its_one_connection(ftp_server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    blobs = ftp_blobs(ftp_server)
+    items = {f"t/{n:02d}.jpg": DATA + bytes([n]) for n in range(24)}
+
+    def roundtrip(key: str) -> bytes | None:
+        blobs.put(key, items[key])
+        return blobs.get(key)
+
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(roundtrip, items)) == list(items.values())
 
 
 def test_credentials_in_an_ftp_url_win_over_the_settings(ftp_server):
