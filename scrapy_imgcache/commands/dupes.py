@@ -1,13 +1,14 @@
 """``scrapy imgcache-dupes``: the groups of near-duplicate images in a bucket, largest first.
 
-Each group is a reference image (the one with the most pixels, the likely original) and the
-images that matched it, with their distance to it and how they matched: groups never chain
+Each group is a reference image (the one that matches the most others, the likely original)
+and the images that matched it, with their distance to it and how they matched: groups never chain
 unrelated pictures together through a series of small steps.
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
 import sys
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -38,9 +39,11 @@ class Command(ImgCacheCommand):
     def long_desc(self) -> str:
         return (
             "Group the near-duplicate images of a bucket around reference images and list the "
-            "groups, largest first. References are taken by pixels (then the one cached first); "
-            "each gathers the images not yet in a group that match it as imgcache-similar would "
-            "find them (--max-distance bits), with their distance to it and how they matched. "
+            "groups, largest first. Each image is searched as imgcache-similar would search it "
+            "(--max-distance bits); the image matching the most images not yet in a group "
+            "becomes a reference and takes them (ties: an image not stored as a near-duplicate "
+            "itself, then the most pixels, then the one cached first), each shown with its "
+            "distance to it and how it matched. "
             "Exit code 1 when there is no group."
         )
 
@@ -99,29 +102,43 @@ class Command(ImgCacheCommand):
 def clusters(store: Store, bucket: str, distance: int, min_size: int = 2) -> list[Cluster]:
     """Groups around reference images, largest first; every member matched its reference.
 
-    References are taken in order of pixels (the likely original; the earliest cached among
-    equals). Each one not yet in a group gathers the images :meth:`Store.near_cached` finds
-    for it that no group holds yet, so A~B and B~C never puts A and C together unless C
-    matched A itself.
+    Every image is searched once (:meth:`Store.near_cached`: verified matches, from what the
+    database keeps). Then, greedily, the image that matches the most images not yet in a
+    group becomes a reference and takes them: the original of a family matches every copy
+    of it, where a bordered or logo-stamped copy matches fewer. Among equals, see
+    ``_reference_order``. A~B and B~C never puts A and C together unless C matched A.
     """
     images = {e.content_hash: e for e in store.images(bucket) if e.perceptual_hash and not e.flat}
-    grouped: set[str] = set()
+    matches: dict[str, dict[str, Entry]] = {}
+    for entry in progress(list(images.values()), len(images), "comparing"):
+        hits = store.near_cached(entry.content_hash, distance, bucket, len(images)) or []
+        matches[entry.content_hash] = {h.content_hash: h for h in hits if h.content_hash in images}
+    free = set(images)
+    # lazy greedy: a reference's count only falls as groups form, so a popped count that is
+    # still current is the largest
+    heap = [(-len(found), _reference_order(images[h]), h) for h, found in matches.items() if found]
+    heapq.heapify(heap)
     out: list[Cluster] = []
-    for ref in progress(sorted(images.values(), key=_reference_order), len(images), "comparing"):
-        if ref.content_hash in grouped:
+    while heap:
+        count, order, ref = heapq.heappop(heap)
+        if ref not in free:
             continue
-        hits = store.near_cached(ref.content_hash, distance, bucket, len(images)) or []
-        members = [h for h in hits if h.content_hash in images and h.content_hash not in grouped]
+        members = [m for h, m in matches[ref].items() if h in free]
+        if len(members) != -count:
+            if members:
+                heapq.heappush(heap, (-len(members), order, ref))
+            continue
         if len(members) + 1 < min_size:
             continue
-        grouped.add(ref.content_hash)
-        grouped.update(h.content_hash for h in members)
-        rest = sorted(((h.hamming_distance or 0, h) for h in members), key=lambda pair: (pair[0], pair[1].content_hash))
-        out.append([(0, ref), *rest])
+        free.difference_update([ref, *(m.content_hash for m in members)])
+        rest = sorted(((m.hamming_distance or 0, m) for m in members), key=lambda pair: (pair[0], pair[1].content_hash))
+        out.append([(0, images[ref]), *rest])
     out.sort(key=lambda c: (-len(c), c[0][1].created_at, c[0][1].content_hash))
     return out
 
 
-def _reference_order(entry: Entry) -> tuple[int, datetime, str]:
-    """The most pixels first; among equals the one stored first (the original, more likely)."""
-    return -(entry.width or 0) * (entry.height or 0), entry.created_at, entry.content_hash
+def _reference_order(entry: Entry) -> tuple[bool, int, datetime, str]:
+    """Among images matching as many: one the cache stored as new (its copies were recorded as
+    near-duplicates of it), then the most pixels, then the one stored first."""
+    pixels = (entry.width or 0) * (entry.height or 0)
+    return entry.similar_to is not None, -pixels, entry.created_at, entry.content_hash
