@@ -75,6 +75,9 @@ class ImgCacheContext:
         self._ingestor: Ingestor | None = None
         self._users = 0
         self._reported = False
+        #: spider_opened has been sent: a handler connected now would never run
+        self._spider_opened = False
+        crawler.signals.connect(self._note_spider_opened, signal=signals.spider_opened)
 
     @classmethod
     def of(cls, crawler: Crawler) -> ImgCacheContext:
@@ -132,7 +135,13 @@ class ImgCacheContext:
         self._reported = True
         logger.error("imgcache: the image cache cannot be used, so the crawl stops: %s", self.failed)
         self.inc("unavailable")
-        self.crawler.signals.connect(self._close_spider, signal=signals.spider_opened)
+        if self._spider_opened:  # reported from a spider_opened handler (the middleware's open)
+            self._close_spider(self.crawler.spider)
+        else:
+            self.crawler.signals.connect(self._close_spider, signal=signals.spider_opened)
+
+    def _note_spider_opened(self, spider: Any) -> None:
+        self._spider_opened = True
 
     def _close_spider(self, spider: Any) -> None:
         """Scheduled, not done here: an engine still opening the spider cannot close it yet."""
