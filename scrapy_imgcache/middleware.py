@@ -117,9 +117,29 @@ class ImgCacheMiddleware:
             return None
         if answer is not None and answer.body is not None:
             self.ctx.inc("hit")
+            await self._record_redirects(request, answer.entry)
             return self._respond(request, answer.entry, "hit", answer.body)
         self._revalidate(request, None if answer is None else answer.entry)
         return None
+
+    async def _record_redirects(self, request: Request, entry: Entry) -> None:
+        """A redirect that ends at a cached URL: the URLs it started from are recorded too,
+        so that the next crawl answers them without following the redirect again."""
+        sources = [url for url in dict.fromkeys(request.meta.get("redirect_urls", ())) if url != request.url]
+        for url in sources:
+            try:
+                await in_thread(
+                    self.ctx.store.record_url,
+                    entry.content_hash,
+                    url=url,
+                    client_name=self.ctx.client_name(),
+                    bucket=entry.bucket,
+                    etag=entry.etag,
+                    last_modified=entry.last_modified,
+                )
+            except StoreError as exc:
+                self._store_failed(request, exc)
+                return
 
     def _revalidate(self, request: Request, entry: Entry | None) -> None:
         """A miss goes out as it is; a stale entry goes out with its validators."""

@@ -91,6 +91,24 @@ def test_a_changed_image_becomes_a_new_version_of_its_url(site, photos, tmp_path
     assert len(list(store.images())) == 2  # the old version is kept
 
 
+def test_a_redirect_ending_at_a_cached_image_is_recorded_under_the_url_it_started_from(site, tmp_path):
+    """Only a download recorded a redirect's first URL: one answered from the cache (its
+    target already cached, by this crawl or an earlier one) left every later crawl paying
+    the redirect."""
+    site.image("/img/target", encode(distinct_images(1)[0]), "image/jpeg")
+    site.redirect("/img/moved", "/img/target")
+    project = make_project(tmp_path / "proj", {**cache_settings(tmp_path), **MIDDLEWARE_ONLY})
+    first = crawl(project, "fetch", urls=urls(site, "/img/target"))
+    assert first.stat("stored") == 1, first.log[-3000:]
+    site.reset_counts()
+    redirected = crawl(project, "fetch", urls=urls(site, "/img/moved"))
+    assert redirected.stat("hit") == 1 and site.hits["/img/moved"] == 1 and site.image_bytes == 0
+    site.reset_counts()
+    again = crawl(project, "fetch", urls=urls(site, "/img/moved"))
+    assert again.stat("hit") == 1 and site.hits["/img/moved"] == 0 and site.image_bytes == 0
+    assert again.items[0]["url"] == site.url("/img/moved")
+
+
 @pytest.mark.parametrize("fmt", sorted(ALLOWED_FORMATS))
 def test_every_format_the_cache_accepts_is_recognised_by_its_bytes(fmt):
     """AVIF was accepted by the inspector but never stored by the middleware: its magic was missing."""
