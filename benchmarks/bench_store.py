@@ -203,16 +203,11 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 def bench_ingest(kinds: list[str], workdir: str, count: int) -> None:
     from example_project.photos import distinct_images, encode
 
+    bench_hashing(count)
     photos = [encode(img) for img in distinct_images(count, size=(800, 600))]
     size_kb = statistics.mean(len(p) for p in photos) / 1024
     print(f"\n## Ingest: {count} real photos, 800x600 JPEG q90, mean {size_kb:.0f} KiB")
     print("| step | ms per image (mean) | images/s |\n| --- | ---: | ---: |")
-    for label, inspector in (
-        ("hash + pHash (Inspector)", Inspector()),
-        ("hash + pHash, fast=True", Inspector(fast=True)),
-    ):
-        spent = sum(timed(lambda p=p: inspector.inspect(p))[0] for p in photos)
-        print(f"| {label} | {spent / count * 1000:.2f} | {count / spent:.0f} |")
     for kind in kinds:
         db = Database(kind, workdir)
         store = db.store()
@@ -225,6 +220,34 @@ def bench_ingest(kinds: list[str], workdir: str, count: int) -> None:
         finally:
             store.close()
             db.drop()
+
+
+def bench_hashing(count: int) -> None:
+    """What inspecting one image costs (BLAKE2b, decode, pHash, and in robust mode the extra
+    hashes and the signature), by image size and IMGCACHE_SIMILARITY / IMGCACHE_FAST_HASH."""
+    from example_project.photos import distinct_images, encode
+
+    sizes = {"thumbnail 150x112": (150, 112), "800x600": (800, 600), "1600x1200": (1600, 1200)}
+    modes = {
+        "phash": Inspector(robust=False),
+        "robust": Inspector(),
+        "phash, fast": Inspector(robust=False, fast=True),
+        "robust, fast": Inspector(fast=True),
+    }
+    warm = encode(distinct_images(1, size=(64, 48))[0])
+    for inspector in modes.values():  # imports and first-call set-up are not an image's cost
+        inspector.inspect(warm)
+    print(f"\n## Inspecting one image: {count} real photos a size, JPEG q90, CPU ms per image (mean)")
+    print("| size | " + " | ".join(modes) + " |\n| --- |" + " ---: |" * len(modes))
+    for label, size in sizes.items():
+        photos = [encode(img) for img in distinct_images(count, size=size)]
+        cells = []
+        for inspector in modes.values():
+            start = time.process_time()
+            for p in photos:
+                inspector.inspect(p)
+            cells.append(f"{(time.process_time() - start) / count * 1000:.2f}")
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
 
 def check(got: list[tuple[int, int]], expected: list[tuple[int, int]], limit: int, what: str) -> None:
@@ -367,6 +390,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queries", type=int, help="similar() queries per distance")
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds of the queries; the best is reported")
     parser.add_argument("--skip-ingest", action="store_true")
+    parser.add_argument("--hashing-only", action="store_true", help="only what inspecting one image costs")
     parser.add_argument("--sizes", type=int, nargs="+", help="stored hashes per run (default 100k and 1M)")
     parser.add_argument("--bktree-max", type=int, default=1_000_000, help="largest size pybktree is run at")
     args = parser.parse_args(argv)
@@ -374,6 +398,9 @@ def main(argv: list[str] | None = None) -> None:
     sizes = args.sizes or ([10_000, 100_000] if args.quick else [100_000, 1_000_000])
     n_queries = args.queries or (100 if args.quick else 400)
     print(f"# bench_store {' '.join(sys.argv[1:])}\n\nMachine: {machine()}")
+    if args.hashing_only:
+        bench_hashing(20 if args.quick else 60)
+        return
     with tempfile.TemporaryDirectory(prefix="imgcache-bench-") as workdir:
         if not args.skip_ingest:
             bench_ingest(kinds, workdir, 20 if args.quick else 60)
