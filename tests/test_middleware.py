@@ -130,3 +130,17 @@ def test_a_spider_fetching_images_itself_caches_every_format_and_a_redirects_url
     site.reset_counts()
     second = crawl(project, "fetch", urls=urls(site, *paths, "/img/moved"))
     assert second.stat("hit") == len(paths) + 1 and site.hits["/img/moved"] == 0 and site.image_bytes == 0
+
+
+def test_a_spiders_own_image_download_over_the_limit_is_cut_and_counted(site, tmp_path):
+    """With the middleware alone a cut download was never counted as ``too_many_bytes``."""
+    chunk = b"BM" + bytes(64 * 1024 - 2)
+    site.image("/img/declared.bmp", chunk * 80, "image/bmp")  # 5 MB with its Content-Length
+    site.image("/img/stream.bmp", chunk, "image/bmp", stream=300 * 1024 * 1024)  # no length
+    site.image("/img/good.jpg", distinct_jpegs(1)[0])
+    settings = {**cache_settings(tmp_path, IMGCACHE_MAX_BYTES=2 * 1024 * 1024), **MIDDLEWARE_ONLY}
+    result = crawl(make_project(tmp_path / "proj", settings), "fetch", urls=urls(site, *site.routes))
+    assert result.returncode == 0, result.log[-3000:]
+    assert result.stat("invalid/too_many_bytes") == 2 and result.stat("stored") == 1
+    assert [item["url"] for item in result.items] == [site.url("/img/good.jpg")]
+    assert site.image_bytes < 30 * 1024 * 1024

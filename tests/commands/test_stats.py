@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from .conftest import Filled, Project, assert_one_line_error, json_lines
 
 
@@ -74,3 +78,14 @@ def test_a_cache_that_is_not_there_is_an_error_and_is_not_created(project: Proje
     typo = project.run("imgcache-stats", "-s", f"IMGCACHE_URL=sqlite:///{tmp_path}/nonexistent-dir/x.sqlite3")
     assert_one_line_error(typo, 3, "nonexistent-dir does not exist")
     assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_outside_a_project_a_read_only_command_creates_nothing(tmp_path):
+    """``scrapy imgcache-stats`` outside a project once made ``./.scrapy/`` and said the cache was empty."""
+    env = {k: v for k, v in os.environ.items() if k != "SCRAPY_SETTINGS_MODULE"}
+    for command in ("imgcache-stats", "imgcache-dupes", "imgcache-gc"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "scrapy", command], cwd=tmp_path, env=env, capture_output=True, text=True
+        )
+        assert_one_line_error(proc, 3, "there is no image cache", ".scrapy does not exist")
+    assert list(tmp_path.iterdir()) == []

@@ -327,3 +327,16 @@ def test_input_the_service_refuses_is_a_store_error(remote, bucket):
     with pytest.raises(StoreError, match="answered 422"):
         remote.lookup("a\x00b", bucket)
     assert remote.search("e.example", bucket) == []
+
+
+def test_every_typed_refusal_the_server_can_name_maps_to_its_local_class():
+    """``ImageTooSmall`` once lived outside errors.py, so a refusal of that reason came back untyped."""
+    import inspect
+
+    from scrapy_imgcache import errors
+    from scrapy_imgcache.store.remote import INVALID_BY_REASON
+
+    refusals = [c for _, c in inspect.getmembers(errors, inspect.isclass) if issubclass(c, errors.InvalidImage)]
+    concrete = [c for c in refusals if c is not errors.InvalidImage]
+    assert errors.ImageTooSmall in concrete
+    assert {c.reason: c for c in concrete}.items() <= INVALID_BY_REASON.items()
