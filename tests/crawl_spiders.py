@@ -138,6 +138,18 @@ def docs_pipeline(base: type) -> type:
             image_perspective = request.url.split("/")[-2]
             return f"{image_url_hash}_{image_perspective}.jpg"
 
+        def thumb_path(self, request, thumb_id, response=None, info=None, *, item=None):
+            return f"thumbs/{thumb_id}/{request.url.split('/')[-2]}-{self.file_path(request)}"
+
+        def convert_image(self, image, size=None, *, response_body=None):
+            if size is not None:  # a thumbnail: counted, so both sides can be compared
+                self.crawler.stats.inc_value("docs/thumbnails_converted")
+            return super().convert_image(image, size, response_body=response_body)
+
+        def media_failed(self, failure, request, info):
+            self.crawler.stats.inc_value("docs/media_failed")
+            return super().media_failed(failure, request, info)
+
         def item_completed(self, results, item, info):
             image_paths = [x["path"] for ok, x in results if ok]
             if not image_paths:

@@ -441,3 +441,22 @@ def test_every_pixel_mode_and_format_whole_or_damaged_fails_no_item(site, tmp_pa
     assert set(refused) <= TYPED_REASONS, refused
     assert len(item["images"]) + sum(refused.values()) == len(paths)
     assert len(item["images"]) >= len(images)  # every whole image, LAB included, hashed
+
+
+@pytest.mark.parametrize("hook", ["get_images", "image_downloaded", "file_downloaded", "STORE_SCHEMES"])
+def test_every_hook_that_cannot_be_honoured_is_named_at_start(tmp_path, hook):
+    """Overriding one of Scrapy's hooks that the pipeline never calls was silently ignored."""
+    from scrapy.utils.test import get_crawler
+
+    from scrapy_imgcache.context import ImgCacheContext
+    from scrapy_imgcache.pipelines import ImgCachePipeline
+
+    schemes = {**ImgCachePipeline.STORE_SCHEMES, "mine": object}
+    override = schemes if hook == "STORE_SCHEMES" else (lambda self, *a, **kw: None)
+    subclass = type("MyImages", (ImgCachePipeline,), {hook: override})
+    crawler = get_crawler(settings_dict=cache_settings(tmp_path))
+    subclass.from_crawler(crawler)
+    problem = ImgCacheContext.of(crawler).failed
+    assert problem is not None and problem.startswith(
+        f"MyImages overrides {hook}()" if hook != "STORE_SCHEMES" else "MyImages sets STORE_SCHEMES"
+    )

@@ -118,6 +118,7 @@ def test_the_documented_pipeline_switched_by_its_base_class(site, tmp_path, requ
     for item in got.items:
         for path in item["image_paths"]:
             assert (stock_store / path).is_file() and (cached_store / path).is_file(), path
+            assert (cached_store / path).stat().st_nlink >= 2, path  # a hard link to the cache's blob, not a copy
     stock_thumbs = sorted(p.relative_to(stock_store) for p in (stock_store / "thumbs").rglob("*.jpg"))
     assert (
         stock_thumbs
@@ -128,6 +129,10 @@ def test_the_documented_pipeline_switched_by_its_base_class(site, tmp_path, requ
     for path, reqs in image_requests(site).items():
         assert all(r.get("X-Docs-Pipeline") == "yes" for r in reqs), path
     assert file_stats(got) == file_stats(want) and file_stats(got)["file_count"] >= 4
+    # the subclass's thumb_path (the paths above), convert_image and media_failed are called as often
+    for hook in ("thumbnails_converted", "media_failed"):
+        assert got.stats.get(f"docs/{hook}", 0) == want.stats.get(f"docs/{hook}", 0) > 0, hook
+    assert all(p.parts[2].split("-")[0] in ("front", "side", "target", "moved") for p in stock_thumbs), stock_thumbs
     # the original bytes are kept: a PNG stays a PNG under its .jpg name
     png_path = by_page(got)["p1"]["image_paths"][1]
     assert (cached_store / png_path).read_bytes() == site.routes["/img/side/b.png"].body
