@@ -235,6 +235,17 @@ class ImgCacheMiddleware:
             last_modified=modified,
         )
 
+    def process_exception(self, request: Request, exception: Exception, spider: Spider | None = None) -> None:
+        """A spider's own image download cut at its ``download_maxsize`` is counted and logged
+        as the pipeline counts its own (``invalid/too_many_bytes``); the spider's errback
+        still gets the error."""
+        if request.meta.get(META_PIPELINE) or not cut_at_maxsize(exception):
+            return
+        if "download_maxsize" not in request.meta or not is_image_request(request):
+            return
+        self.ctx.inc("invalid/too_many_bytes")
+        logger.warning("imgcache: not caching %s: over %s bytes", request.url, request.meta["download_maxsize"])
+
     async def _store_response(self, request: Request, response: Response) -> None:
         try:
             outcome = await in_thread(
