@@ -91,6 +91,7 @@ def images_router(service: Service) -> APIRouter:
     # the fixed /images/... paths come before /images/{content_hash} so it never shadows them
     _storing(router, service)
     _reading(router, service)
+    _near(router, service)
     _crawling(router, service)
     _bytes(router, service)
     return router
@@ -215,9 +216,9 @@ def _reading(router: APIRouter, svc: Service) -> None:
         return {"images": [e.to_json() for e in page], "next": following}
 
 
-def _crawling(router: APIRouter, svc: Service) -> None:
-    """The calls a crawler's ``RemoteStore`` makes beyond the published client's."""
-    store, keys = svc.store, svc.keys
+def _near(router: APIRouter, svc: Service) -> None:
+    """Robust near-duplicate search (extensions): by an image's hashes, or of a cached image."""
+    store = svc.store
 
     @router.post(
         "/images/near", dependencies=svc.readers, response_model=list[EntryOut], responses=errors(400, 401, 422)
@@ -248,6 +249,11 @@ def _crawling(router: APIRouter, svc: Service) -> None:
         if hits is None:
             raise not_found(content_hash, bucket)
         return JSONResponse([e.to_json() for e in hits])
+
+
+def _crawling(router: APIRouter, svc: Service) -> None:
+    """The calls a crawler's ``RemoteStore`` makes beyond the published client's."""
+    store, keys = svc.store, svc.keys
 
     @router.get("/images/answer", dependencies=svc.readers, response_class=Response, responses=errors(401, 404, 422))
     def answer(
