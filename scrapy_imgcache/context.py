@@ -135,13 +135,20 @@ class ImgCacheContext:
         self._reported = True
         logger.error("imgcache: the image cache cannot be used, so the crawl stops: %s", self.failed)
         self.inc("unavailable")
-        if self._spider_opened:  # reported from a spider_opened handler (the middleware's open)
-            self._close_spider(self.crawler.spider)
+        # reported from a spider_opened handler (the middleware's open), where a handler of that
+        # signal connected now would never run: closed once the engine starts, as closing a spider
+        # still being opened can leave Scrapy (2.13) waiting for ever
+        if self._spider_opened:
+            self.crawler.signals.connect(self._close_at_start, signal=signals.engine_started)
         else:
             self.crawler.signals.connect(self._close_spider, signal=signals.spider_opened)
 
     def _note_spider_opened(self, spider: Any) -> None:
         self._spider_opened = True
+
+    def _close_at_start(self) -> None:
+        """While the engine starts: before its start requests, after the spider is open."""
+        self._close_now(self.crawler.spider)
 
     def _close_spider(self, spider: Any) -> None:
         """Scheduled, not done here: an engine still opening the spider cannot close it yet."""
