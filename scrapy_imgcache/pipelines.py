@@ -222,13 +222,7 @@ class ImgCachePipeline(ImagesPipeline):
 
     async def _from_cache(self, request: Request, info: SpiderInfo, item: Any) -> dict[str, Any] | None:
         try:
-            found = await in_thread(
-                self.ctx.store.answer,
-                request.url,
-                bucket=self.config.bucket,
-                client_name=self.ctx.client_name(),
-                fresh_since=_since(request.meta[META_MAX_AGE]),
-            )
+            found = await self.ctx.answer(request.url, _since(request.meta[META_MAX_AGE]))
         except StoreError as exc:  # the middleware and media_downloaded decide what follows
             logger.warning("imgcache: cannot look %s up in the cache: %s", request.url, exc)
             return None
