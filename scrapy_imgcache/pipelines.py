@@ -285,6 +285,7 @@ class ImgCachePipeline(ImagesPipeline):
                 response,
                 self.ctx.client_name(),
                 also=[*request.meta.get("redirect_urls", ()), request.url],
+                checksum=True,
             )
         except StoreError as exc:
             if self.config.on_store_error == "fail":
@@ -360,7 +361,7 @@ class ImgCachePipeline(ImagesPipeline):
         result: dict[str, Any] = {
             "url": request.url,
             "path": path,
-            "checksum": checksum(body),
+            "checksum": outcome.checksum if outcome is not None and outcome.checksum else checksum(body),
             "status": {"hit": "uptodate", "miss": "downloaded"}.get(cache_status, "cached"),
         }
         result.update(_cache_fields(entry, outcome, cache_status, len(body)))
