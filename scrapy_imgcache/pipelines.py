@@ -334,7 +334,8 @@ class ImgCachePipeline(ImagesPipeline):
         assert stats is not None
         stats.inc_value("file_count")
         stats.inc_value(f"file_status_count/{status}")
-        logger.debug("File (%s): %s referred in <%s>", status, request.url, referer_str(request))
+        if logger.isEnabledFor(logging.DEBUG):  # (its referer costs more than the line is worth off)
+            logger.debug("File (%s): %s referred in <%s>", status, request.url, referer_str(request))
 
     # -- results (blocking: in threads) ----------------------------------------------------
 
