@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
 
 from scrapy.exceptions import DropItem, NotConfigured
@@ -199,14 +199,16 @@ class ImgCachePipeline(ImagesPipeline):
             raise DropItem(f"the image cache cannot be used: {self.ctx.failed}")
         return super().process_item(item) if spider is None else super().process_item(item, spider)
 
-    def media_to_download(self, request: Request, info: SpiderInfo, *, item: Any = None) -> Deferred[Any]:
+    def media_to_download(  # type: ignore[override]  # a coroutine where Scrapy awaits one
+        self, request: Request, info: SpiderInfo, *, item: Any = None
+    ) -> Deferred[Any] | Coroutine[Any, Any, Any]:
         """A URL the cache has fresh is answered from it, with no download."""
         request.meta.setdefault(META_KEY, True)
         request.meta[META_PIPELINE] = True
         request.meta.setdefault("download_maxsize", self.ctx.download_maxsize)
         request.meta.setdefault(META_MAX_AGE, self._max_age())
         self._forget_oldest(info)
-        return deferred_from_coro(self._from_cache(request, info, item))
+        return _awaitable(self._from_cache(request, info, item))
 
     def _max_age(self) -> float:
         """IMGCACHE_EXPIRES when set, else this pipeline's IMAGES_EXPIRES (days), as Scrapy reads it."""
@@ -256,8 +258,8 @@ class ImgCachePipeline(ImagesPipeline):
 
     def media_downloaded(  # type: ignore[override]  # a Deferred: Scrapy 2.13 awaits nothing else
         self, response: Response, request: Request, info: SpiderInfo, *, item: Any = None
-    ) -> Deferred[dict[str, Any]]:
-        return deferred_from_coro(self._downloaded(response, request, info, item))
+    ) -> Deferred[dict[str, Any]] | Coroutine[Any, Any, dict[str, Any]]:
+        return _awaitable(self._downloaded(response, request, info, item))
 
     async def _downloaded(self, response: Response, request: Request, info: SpiderInfo, item: Any) -> dict[str, Any]:
         referer = referer_str(request)
@@ -434,6 +436,28 @@ def _cache_fields(entry: Entry | None, outcome: Outcome | None, cache_status: st
         "match": match,
         "cache": cache_status,
     }
+
+
+def _awaits_coroutines() -> bool:
+    """Whether this Scrapy's media pipeline awaits what media_to_download and media_downloaded
+    return as it is (``ensure_awaitable``, Scrapy >= 2.14): read from the code that calls them."""
+    from scrapy.pipelines.media import MediaPipeline
+
+    callers = (
+        getattr(MediaPipeline, "_process_request", None),
+        getattr(MediaPipeline, "_check_media_to_download", None),
+    )
+    return all(c is not None and "ensure_awaitable" in c.__code__.co_names for c in callers)
+
+
+#: a coroutine handed to such a Scrapy is awaited in the media pipeline's own task; wrapped in
+#: a Deferred (all Scrapy 2.13 takes) it cost an asyncio task, a Deferred and a future more a
+#: call, twice an image, on the reactor
+_AWAITS_COROUTINES = _awaits_coroutines()
+
+
+def _awaitable(coro: Coroutine[Any, Any, T]) -> Deferred[T] | Coroutine[Any, Any, T]:
+    return coro if _AWAITS_COROUTINES else deferred_from_coro(coro)
 
 
 def _since(max_age: float) -> Any:
