@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from scrapy import signals
@@ -135,6 +136,7 @@ class ImgCacheContext:
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
         self.stats = crawler.stats
+        self._stats_lock = threading.Lock()
         #: why the cache cannot be used (a bad setting, a store that cannot be opened)
         self.failed: str | None = None
         try:
@@ -262,8 +264,13 @@ class ImgCacheContext:
             await in_thread(store.close)
 
     def inc(self, key: str, count: int = 1) -> None:
+        """Count in Scrapy's stats, from any thread: the pipeline counts its images in the
+        threads that store them, and Scrapy's ``inc_value`` is a read then a write (two
+        threads counting at once lost one: a benchmark crawl reported 3,299 images stored of
+        3,300), so the plugin's counts take a lock."""
         if self.stats is not None:
-            self.stats.inc_value(f"imgcache/{key}", count)
+            with self._stats_lock:
+                self.stats.inc_value(f"imgcache/{key}", count)
 
     def count(self, outcome: Outcome) -> None:
         """The stats every stored image counts in, wherever it was stored from."""
