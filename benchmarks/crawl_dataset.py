@@ -28,6 +28,7 @@ import io
 import json
 import multiprocessing
 import os
+import signal
 import statistics
 import time
 import uuid
@@ -199,6 +200,10 @@ def _pairwise_min(hashes: np.ndarray) -> int:
     return best
 
 
+def _default_sigterm() -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def build(cls: SizeClass, n: int, min_distance: int = 12) -> Path:
     """The site of ``n`` distinct photos of class ``cls`` (built once, in parallel, then cached)."""
     name = f"crawl-v{VERSION}-{cls.name}-{n}-d{min_distance}"
@@ -213,7 +218,10 @@ def build(cls: SizeClass, n: int, min_distance: int = 12) -> Path:
     formats: list[str] = []
     hashes = np.zeros(0, dtype=np.uint64)
     seed, tried = 0, 0
-    with multiprocessing.Pool(os.cpu_count() or 2) as pool:
+    # the workers are forked from a run whose SIGTERM handler raises SystemExit: a worker taking
+    # that at Pool.terminate() while it holds the task queue's lock left its sibling blocked on
+    # the lock for ever (the run hung after building); workers get the default handler back
+    with multiprocessing.Pool(os.cpu_count() or 2, initializer=_default_sigterm) as pool:
         while len(files) < n:
             batch = [(cls.name, s) for s in range(seed, seed + 64)]
             seed += 64

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import itertools
 import json
 import os
 import tempfile
@@ -221,8 +222,11 @@ class LocalBlobStore:
         path = self.path(key)
         folder = os.path.dirname(path)
         with _failing_as_store_error("write", path):
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
+            try:  # the folder is there but for the first file of its prefix: no makedirs call
+                fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
+            except FileNotFoundError:
+                os.makedirs(folder, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=TEMP_PREFIX, dir=folder)
             try:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
@@ -244,10 +248,15 @@ class LocalBlobStore:
             return False
         src, dest = source.path(source_key), self.path(key)
         folder = os.path.dirname(dest)
-        tmp = os.path.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+        # unique: a random token drawn once a process (a crash may leave a name behind for a
+        # later process with the same pid), the pid (forked children) and a counter
+        tmp = os.path.join(folder, f"{_LINK_PREFIX}{os.getpid()}-{next(_LINK_NAMES)}")
         try:
-            os.makedirs(folder, exist_ok=True)
-            os.link(src, tmp)
+            try:  # the folder is there but for the first file of its prefix: no makedirs call
+                os.link(src, tmp)
+            except FileNotFoundError:  # no folder yet (or no source: the second link says which)
+                os.makedirs(folder, exist_ok=True)
+                os.link(src, tmp)
             os.replace(tmp, dest)
             if self._sync is not None:
                 self._sync.wait()
@@ -301,6 +310,10 @@ class LocalBlobStore:
 
 
 _BAD_SEGMENTS = frozenset({"", ".", ".."})
+#: the temporary names of copy_from's links (a uuid4 a link cost more than the link itself;
+#: itertools.count's next() is atomic under the GIL)
+_LINK_PREFIX = f"{TEMP_PREFIX}{uuid.uuid4().hex[:16]}-"
+_LINK_NAMES = itertools.count()
 
 
 @contextlib.contextmanager

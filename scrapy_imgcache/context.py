@@ -9,8 +9,11 @@ one ERROR line, no request is let through, and the spider is closed with the fin
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+import threading
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from scrapy import signals
 from twisted.internet.threads import deferToThread
@@ -20,11 +23,12 @@ from .errors import ConfigError, ImgCacheError, StoreError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from datetime import datetime
 
     from scrapy.crawler import Crawler
 
     from .ingest import Ingestor, Outcome
-    from .store.base import Store
+    from .store.base import Answer, Store
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -44,6 +48,78 @@ async def in_thread(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     return await run_in_thread(func, *args, **kwargs)
 
 
+class Gathered(Generic[T]):
+    """Calls of one blocking function made in one turn of the event loop, run in one thread hop.
+
+    A hop costs the reactor ~0.1-0.2 ms of CPU (a future, an executor work item, a wake-up, the
+    callbacks), as much as the SQLite lookup it carries; the pipeline asks the cache about
+    every image URL of an item in the same turn, so those lookups now share one hop. Each call
+    still gets its own result or exception. Without a running asyncio loop (Twisted's default
+    reactor) each call takes its own hop, as before.
+    """
+
+    MAX_BATCH = 16
+
+    def __init__(self, func: Callable[..., T]) -> None:
+        self.func = func
+        self._pending: list[tuple[tuple[Any, ...], dict[str, Any], asyncio.Future[T]]] = []
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> T:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return await in_thread(self.func, *args, **kwargs)
+        future: asyncio.Future[T] = loop.create_future()
+        self._pending.append((args, kwargs, future))
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush, loop)
+        return await future
+
+    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        pending, self._pending = self._pending, []
+        # a crawl's start asks about hundreds of URLs in one turn: hops of at most MAX_BATCH
+        # calls run in parallel threads, so the first answers do not wait for the last
+        for start in range(0, len(pending), self.MAX_BATCH):
+            batch = pending[start : start + self.MAX_BATCH]
+            try:
+                done = loop.run_in_executor(None, self._run, batch)
+            except BaseException as exc:  # noqa: BLE001 - an executor shut down: every caller hears it
+                self._fail(batch, exc)
+                continue
+            done.add_done_callback(functools.partial(self._deliver, batch))
+
+    def _run(self, batch: list[tuple[tuple[Any, ...], dict[str, Any], asyncio.Future[T]]]) -> list[tuple[bool, Any]]:
+        results: list[tuple[bool, Any]] = []
+        for args, kwargs, _ in batch:
+            try:
+                results.append((True, self.func(*args, **kwargs)))
+            except Exception as exc:  # noqa: BLE001 - handed to that call's caller
+                results.append((False, exc))
+        return results
+
+    def _deliver(self, batch: list[tuple[tuple[Any, ...], dict[str, Any], asyncio.Future[T]]], done: Any) -> None:
+        if done.cancelled():
+            self._fail(batch, asyncio.CancelledError())
+            return
+        exc = done.exception()
+        if exc is not None:
+            self._fail(batch, exc)
+            return
+        for (_, _, future), (ok, value) in zip(batch, done.result(), strict=True):
+            if future.done():  # its caller was cancelled meanwhile
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    @staticmethod
+    def _fail(batch: list[tuple[tuple[Any, ...], dict[str, Any], asyncio.Future[T]]], exc: BaseException) -> None:
+        for _, _, future in batch:
+            if not future.done():
+                future.set_exception(exc)
+
+
 def component_result(coro: Any) -> Any:
     """What a pipeline's ``open_spider``/``close_spider`` returns: Scrapy >= 2.14 awaits a
     coroutine; Scrapy 2.13 only waits for a Deferred."""
@@ -60,6 +136,7 @@ class ImgCacheContext:
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
         self.stats = crawler.stats
+        self._stats_lock = threading.Lock()
         #: why the cache cannot be used (a bad setting, a store that cannot be opened)
         self.failed: str | None = None
         try:
@@ -78,6 +155,7 @@ class ImgCacheContext:
         #: spider_opened has been sent: a handler connected now would never run
         self._spider_opened = False
         crawler.signals.connect(self._note_spider_opened, signal=signals.spider_opened)
+        self._answers: Gathered[Answer | None] = Gathered(self._answer)
 
     @classmethod
     def of(cls, crawler: Crawler) -> ImgCacheContext:
@@ -91,6 +169,15 @@ class ImgCacheContext:
     def client_name(self) -> str:
         spider = self.crawler.spider
         return self.config.client_name or (spider.name if spider is not None else "scrapy")
+
+    async def answer(self, url: str, fresh_since: datetime) -> Answer | None:
+        """What the cache has for ``url`` (:meth:`Store.answer`), in a thread; the lookups of
+        one turn of the event loop share one thread hop."""
+        return await self._answers(url, fresh_since)
+
+    def _answer(self, url: str, fresh_since: datetime) -> Answer | None:
+        store, bucket = self.store, self.config.bucket
+        return store.answer(url, bucket=bucket, client_name=self.client_name(), fresh_since=fresh_since)
 
     def check(self, problem: str | None) -> None:
         """Note a start-up problem a component found (an option it cannot honour)."""
@@ -184,8 +271,13 @@ class ImgCacheContext:
             await in_thread(store.close)
 
     def inc(self, key: str, count: int = 1) -> None:
+        """Count in Scrapy's stats, from any thread: the pipeline counts its images in the
+        threads that store them, and Scrapy's ``inc_value`` is a read then a write (two
+        threads counting at once lost one: a benchmark crawl reported 3,299 images stored of
+        3,300), so the plugin's counts take a lock."""
         if self.stats is not None:
-            self.stats.inc_value(f"imgcache/{key}", count)
+            with self._stats_lock:
+                self.stats.inc_value(f"imgcache/{key}", count)
 
     def count(self, outcome: Outcome) -> None:
         """The stats every stored image counts in, wherever it was stored from."""

@@ -8,17 +8,16 @@ remote service apply the same policy. Blocking: run it in a thread.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .config import ImgCacheConfig
 from .hashing import ImageInfo, Inspector, content_hash
 from .store.base import Entry, NearQuery, Store
-from .workers import hash_workers
+from .workers import hash_workers, md5_hex
 
 if TYPE_CHECKING:
     from scrapy.http import Response
@@ -41,6 +40,8 @@ class Outcome:
     match: str | None = None
     stored: bool = True  # False: a near-duplicate not stored again (skip/drop)
     size: int = 0
+    #: the bytes' MD5 (``checksum``), when ``ingest(checksum=True)`` had a worker compute it
+    checksum: str | None = None
 
 
 class Ingestor:
@@ -73,8 +74,11 @@ class Ingestor:
         last_modified: str | None = None,
         filename: str | None = None,
         on_similar: str | None = None,
+        checksum: bool = False,
     ) -> Outcome:
-        """Inspect (raising a typed InvalidImage for bad bytes), dedupe and record ``data``."""
+        """Inspect (raising a typed InvalidImage for bad bytes), dedupe and record ``data``.
+        ``checksum``: a hashing worker that decodes the bytes also sends back their MD5
+        (:attr:`Outcome.checksum`; None when no worker read them)."""
         bucket = self.config.bucket
         common: dict[str, Any] = {
             "url": url,
@@ -88,7 +92,10 @@ class Ingestor:
         copy = self._exact_copy(data, chash, common)
         if copy is not None:
             return copy
-        if self.workers is not None and chash is not None:
+        md5 = None
+        if self.workers is not None and chash is not None and checksum:
+            info, md5 = self.workers.inspect_with_checksum(data, chash)
+        elif self.workers is not None and chash is not None:
             info = self.workers.inspect(data, chash)
         else:
             info = self.inspector.inspect(data, known_hash=chash)
@@ -100,7 +107,8 @@ class Ingestor:
             # images/s); put() then finds them in place. Bytes still land before the row.
             self.store.put_bytes(data, info)
         with self._decide:  # decoding ran in parallel; check-then-store is one step per crawler
-            return self._record(data, info, policy, filename, common)
+            outcome = self._record(data, info, policy, filename, common)
+        return outcome if md5 is None else replace(outcome, checksum=md5)
 
     def _exact_copy(self, data: bytes, chash: str | None, common: dict[str, Any]) -> Outcome | None:
         """Bytes the bucket already holds: an exact duplicate, recorded without decoding them.
@@ -170,7 +178,7 @@ class Ingestor:
 
 def checksum(data: bytes) -> str:
     """MD5, the ``checksum`` Scrapy's FilesPipeline/ImagesPipeline put in their results."""
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+    return md5_hex(data)
 
 
 def ingest_response(
@@ -179,6 +187,7 @@ def ingest_response(
     client_name: str,
     on_similar: str | None = None,
     also: Sequence[str] = (),
+    checksum: bool = False,
 ) -> Outcome:
     """Store a downloaded image with its validators (blocking: run it in a thread).
 
@@ -193,6 +202,7 @@ def ingest_response(
         etag=header(response, b"ETag"),
         last_modified=header(response, b"Last-Modified"),
         on_similar=on_similar,
+        checksum=checksum,
     )
     entry = outcome.entry
     for url in dict.fromkeys(also):

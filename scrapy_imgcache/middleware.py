@@ -105,13 +105,7 @@ class ImgCacheMiddleware:
             self._revalidate(request, request.meta.get(META_ENTRY))
             return None
         try:
-            answer = await in_thread(
-                self.ctx.store.answer,
-                request.url,
-                bucket=self.config.bucket,
-                client_name=self.ctx.client_name(),
-                fresh_since=self._fresh_since(request),
-            )
+            answer = await self.ctx.answer(request.url, self._fresh_since(request))
         except StoreError as exc:
             self._store_failed(request, exc)
             return None

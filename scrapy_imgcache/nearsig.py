@@ -9,7 +9,7 @@ cheaply and loosely; the signature makes the decision. What each part buys (reca
 precision, costs) and how the thresholds were chosen: docs/near-duplicates.md.
 
 Everything comes from ONE greyscale working image (numpy and Pillow; scipy only builds two
-constant Gaussian matrices at import): long side ``WORK`` = 128 px (BOX-reduced; a JPEG draft
+constant Gaussian matrices, on first use): long side ``WORK`` = 128 px (BOX-reduced; a JPEG draft
 decode >= 128 px is enough), then a 64x64 "canonical frame" of its border-trimmed box.
 
 Interface
@@ -136,10 +136,23 @@ def _fixed(frames: list[Box]) -> tuple[Array, Array]:
 
 _LF, _RF = _fixed([(0, 0, 1, 1), C80, T70])  # full, c80 (trimmed frame), t70 (untrimmed frame)
 _Z_AREA = _area([0.0], [CN], CN, ZN)[0]  # (9, 64)
-_G32 = _gauss_matrix(SN, BAND_SIGMA, "nearest")  # (32, 32)
 _HALF = np.kron(np.eye(SN), np.full((1, CN // SN), SN / CN))  # (32, 64): mean of pixel pairs
 _BLK = np.kron(np.eye(MN), np.full((1, SN // MN), MN / SN))  # (8, 32): mean of 4 cells
-_G12 = np.stack([_gauss_matrix(KP_RES, KP_S1, "reflect"), _gauss_matrix(KP_RES, KP_S2, "reflect")])
+
+
+# The two Gaussian matrices are built on first use, not at import: only computing a signature
+# needs them (in the hashing workers), and scipy.ndimage's import cost the crawl process
+# ~0.35 s of CPU the first time it verified a candidate (verify() needs neither).
+@functools.cache
+def _g32() -> Array:
+    """(32, 32): the band-pass surround of the detail map."""
+    return _gauss_matrix(SN, BAND_SIGMA, "nearest")
+
+
+@functools.cache
+def _g12() -> Array:
+    """(2, 32, 32): the two scales of the keypoints' difference of Gaussians."""
+    return np.stack([_gauss_matrix(KP_RES, KP_S1, "reflect"), _gauss_matrix(KP_RES, KP_S2, "reflect")])
 
 
 # ----------------------------------------------------------------------------- working image
@@ -281,7 +294,8 @@ def _keypair_window(cells: Array) -> Box | None:
     extrema of the 32x32 cell map ``cells`` (local maxima of |DoG| in a 3x3 neighbourhood, at least
     KP_MARGIN from the edge, |DoG| > KP_MIN_RESP, located to a sub-cell by a parabola), side KP_SCALE
     x their distance; None when there are fewer than two or they are closer than KP_MIN_D."""
-    dog2 = np.matmul(np.matmul(_G12, cells), _G12.transpose(0, 2, 1))
+    g12 = _g12()
+    dog2 = np.matmul(np.matmul(g12, cells), g12.transpose(0, 2, 1))
     dog = np.abs(dog2[0] - dog2[1])
     n = KP_RES
     m = max(1, round(KP_MARGIN * n))
@@ -323,7 +337,8 @@ def _sig_maps(frame: Array, cells: Array) -> tuple[Array, Array, Array]:
     med = np.partition(z, 40)[40]  # median of the 81 cells
     mad = np.partition(np.abs(z - med), 40)[40] * 1.4826
     zq = np.minimum(np.maximum(np.rint((z - med) * (Z_SCALE / max(mad, 1.0)) + 8), 0), Z_LEVELS - 1).astype(np.uint8)
-    bp = cells - _G32 @ cells @ _G32.T
+    g32 = _g32()
+    bp = cells - g32 @ cells @ g32.T
     rms2 = _BLK @ (bp * bp) @ _BLK.T  # mean over 4x4-cell blocks -> 8x8
     return zq.reshape(ZN, ZN), bp > 0, rms2 > FLAT_RMS * FLAT_RMS
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
 
 from scrapy.exceptions import DropItem, NotConfigured
@@ -199,14 +199,16 @@ class ImgCachePipeline(ImagesPipeline):
             raise DropItem(f"the image cache cannot be used: {self.ctx.failed}")
         return super().process_item(item) if spider is None else super().process_item(item, spider)
 
-    def media_to_download(self, request: Request, info: SpiderInfo, *, item: Any = None) -> Deferred[Any]:
+    def media_to_download(  # type: ignore[override]  # a coroutine where Scrapy awaits one
+        self, request: Request, info: SpiderInfo, *, item: Any = None
+    ) -> Deferred[Any] | Coroutine[Any, Any, Any]:
         """A URL the cache has fresh is answered from it, with no download."""
         request.meta.setdefault(META_KEY, True)
         request.meta[META_PIPELINE] = True
         request.meta.setdefault("download_maxsize", self.ctx.download_maxsize)
         request.meta.setdefault(META_MAX_AGE, self._max_age())
         self._forget_oldest(info)
-        return deferred_from_coro(self._from_cache(request, info, item))
+        return _awaitable(self._from_cache(request, info, item))
 
     def _max_age(self) -> float:
         """IMGCACHE_EXPIRES when set, else this pipeline's IMAGES_EXPIRES (days), as Scrapy reads it."""
@@ -222,13 +224,7 @@ class ImgCachePipeline(ImagesPipeline):
 
     async def _from_cache(self, request: Request, info: SpiderInfo, item: Any) -> dict[str, Any] | None:
         try:
-            found = await in_thread(
-                self.ctx.store.answer,
-                request.url,
-                bucket=self.config.bucket,
-                client_name=self.ctx.client_name(),
-                fresh_since=_since(request.meta[META_MAX_AGE]),
-            )
+            found = await self.ctx.answer(request.url, _since(request.meta[META_MAX_AGE]))
         except StoreError as exc:  # the middleware and media_downloaded decide what follows
             logger.warning("imgcache: cannot look %s up in the cache: %s", request.url, exc)
             return None
@@ -262,8 +258,8 @@ class ImgCachePipeline(ImagesPipeline):
 
     def media_downloaded(  # type: ignore[override]  # a Deferred: Scrapy 2.13 awaits nothing else
         self, response: Response, request: Request, info: SpiderInfo, *, item: Any = None
-    ) -> Deferred[dict[str, Any]]:
-        return deferred_from_coro(self._downloaded(response, request, info, item))
+    ) -> Deferred[dict[str, Any]] | Coroutine[Any, Any, dict[str, Any]]:
+        return _awaitable(self._downloaded(response, request, info, item))
 
     async def _downloaded(self, response: Response, request: Request, info: SpiderInfo, item: Any) -> dict[str, Any]:
         referer = referer_str(request)
@@ -291,6 +287,7 @@ class ImgCachePipeline(ImagesPipeline):
                 response,
                 self.ctx.client_name(),
                 also=[*request.meta.get("redirect_urls", ()), request.url],
+                checksum=True,
             )
         except StoreError as exc:
             if self.config.on_store_error == "fail":
@@ -339,7 +336,8 @@ class ImgCachePipeline(ImagesPipeline):
         assert stats is not None
         stats.inc_value("file_count")
         stats.inc_value(f"file_status_count/{status}")
-        logger.debug("File (%s): %s referred in <%s>", status, request.url, referer_str(request))
+        if logger.isEnabledFor(logging.DEBUG):  # (its referer costs more than the line is worth off)
+            logger.debug("File (%s): %s referred in <%s>", status, request.url, referer_str(request))
 
     # -- results (blocking: in threads) ----------------------------------------------------
 
@@ -366,7 +364,7 @@ class ImgCachePipeline(ImagesPipeline):
         result: dict[str, Any] = {
             "url": request.url,
             "path": path,
-            "checksum": checksum(body),
+            "checksum": outcome.checksum if outcome is not None and outcome.checksum else checksum(body),
             "status": {"hit": "uptodate", "miss": "downloaded"}.get(cache_status, "cached"),
         }
         result.update(_cache_fields(entry, outcome, cache_status, len(body)))
@@ -438,6 +436,28 @@ def _cache_fields(entry: Entry | None, outcome: Outcome | None, cache_status: st
         "match": match,
         "cache": cache_status,
     }
+
+
+def _awaits_coroutines() -> bool:
+    """Whether this Scrapy's media pipeline awaits what media_to_download and media_downloaded
+    return as it is (``ensure_awaitable``, Scrapy >= 2.14): read from the code that calls them."""
+    from scrapy.pipelines.media import MediaPipeline
+
+    callers = (
+        getattr(MediaPipeline, "_process_request", None),
+        getattr(MediaPipeline, "_check_media_to_download", None),
+    )
+    return all(c is not None and "ensure_awaitable" in c.__code__.co_names for c in callers)
+
+
+#: a coroutine handed to such a Scrapy is awaited in the media pipeline's own task; wrapped in
+#: a Deferred (all Scrapy 2.13 takes) it cost an asyncio task, a Deferred and a future more a
+#: call, twice an image, on the reactor
+_AWAITS_COROUTINES = _awaits_coroutines()
+
+
+def _awaitable(coro: Coroutine[Any, Any, T]) -> Deferred[T] | Coroutine[Any, Any, T]:
+    return coro if _AWAITS_COROUTINES else deferred_from_coro(coro)
 
 
 def _since(max_age: float) -> Any:

@@ -14,6 +14,7 @@ never by forking a process that runs a reactor and threads.
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import queue
@@ -22,7 +23,13 @@ from multiprocessing.connection import Connection
 
 from .hashing import ImageInfo, Inspector
 
-_HASH_LEN = 64  # hex digits of the BLAKE2b-256 content hash sent ahead of the bytes
+_HASH_LEN = 64  # hex digits of the BLAKE2b-256 content hash sent ahead of the bytes (then a
+# byte saying whether to send the bytes' MD5 back too)
+
+
+def md5_hex(data: bytes | memoryview) -> str:
+    """MD5, the ``checksum`` Scrapy's FilesPipeline/ImagesPipeline put in their results."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
 class HashWorkers:
@@ -46,18 +53,28 @@ class HashWorkers:
     def inspect(self, data: bytes, content_hash: str) -> ImageInfo:
         """``inspector.inspect(data)`` in a worker; ``content_hash`` is the BLAKE2b the caller
         already computed of these very bytes (the worker does not compute it again)."""
+        return self._inspect(data, content_hash, False)[0]
+
+    def inspect_with_checksum(self, data: bytes, content_hash: str) -> tuple[ImageInfo, str]:
+        """:meth:`inspect`, and the MD5 of the bytes (ImagesPipeline's ``checksum``) computed
+        in the worker too, where the bytes are anyway: ~0.1 ms an 80 KB image, 0.35 ms a
+        200 KB one, less for the crawl process to do under its GIL."""
+        info, md5 = self._inspect(data, content_hash, True)
+        return info, md5 if md5 is not None else md5_hex(data)
+
+    def _inspect(self, data: bytes, content_hash: str, checksum: bool) -> tuple[ImageInfo, str | None]:
         self.start()
         worker = self._idle.get()
         try:
-            result = worker.run(data, content_hash)
+            result, md5 = worker.run(data, content_hash, checksum)
         except (EOFError, OSError):  # the worker died (killed, out of memory): replace it
             worker.close()
             self._idle.put(_Worker(self.inspector))
-            return self.inspector.inspect(data, known_hash=content_hash)
+            return self.inspector.inspect(data, known_hash=content_hash), None
         self._idle.put(worker)
         if isinstance(result, BaseException):
             raise result
-        return result
+        return result, md5
 
     def close(self) -> None:
         with self._lock:
@@ -76,10 +93,11 @@ class _Worker:
         if self.conn.recv() != "ready":  # pragma: no cover - the worker's own start-up failed
             raise RuntimeError("an imgcache hashing worker failed to start")
 
-    def run(self, data: bytes, content_hash: str) -> ImageInfo | Exception:
-        """What the worker sent back: the image's info, or the exception its inspection raised."""
-        self.conn.send_bytes(content_hash.encode("ascii") + data)
-        result: ImageInfo | Exception = self.conn.recv()  # unpickled, so typed Any
+    def run(self, data: bytes, content_hash: str, checksum: bool = False) -> tuple[ImageInfo | Exception, str | None]:
+        """What the worker sent back: the image's info, or the exception its inspection raised,
+        and the MD5 of the bytes when ``checksum`` (else None)."""
+        self.conn.send_bytes(content_hash.encode("ascii") + (b"1" if checksum else b"0") + data)
+        result: tuple[ImageInfo | Exception, str | None] = self.conn.recv()  # unpickled, so typed Any
         return result
 
     def close(self) -> None:
@@ -97,12 +115,13 @@ def _serve(conn: Connection, inspector: Inspector) -> None:
             message = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        chash, data = message[:_HASH_LEN].decode("ascii"), message[_HASH_LEN:]
+        chash, checksum = message[:_HASH_LEN].decode("ascii"), message[_HASH_LEN : _HASH_LEN + 1] == b"1"
+        data = memoryview(message)[_HASH_LEN + 1 :]
         try:
-            result: ImageInfo | Exception = inspector.inspect(data, known_hash=chash)
+            result: ImageInfo | Exception = inspector.inspect(bytes(data), known_hash=chash)
         except Exception as exc:  # noqa: BLE001 - every refusal goes back to the caller
             result = exc
-        conn.send(result)
+        conn.send((result, md5_hex(data) if checksum and not isinstance(result, Exception) else None))
 
 
 _POOLS: dict[tuple[int, Inspector], HashWorkers] = {}
