@@ -22,7 +22,7 @@ from scrapy.http import Response
 from scrapy.utils.httpobj import urlparse_cached
 
 from .context import ImgCacheContext, in_thread
-from .errors import InvalidImage, StoreError
+from .errors import InvalidImage, StoreError, TooManyBytes
 from .ingest import header, ingest_response
 from .store.base import Entry
 
@@ -237,7 +237,7 @@ class ImgCacheMiddleware:
             return
         if "download_maxsize" not in request.meta or not is_image_request(request):
             return
-        self.ctx.inc("invalid/too_many_bytes")
+        self.ctx.inc(f"invalid/{TooManyBytes.reason}")
         logger.warning("imgcache: not caching %s: over %s bytes", request.url, request.meta["download_maxsize"])
 
     async def _store_response(self, request: Request, response: Response) -> None:
