@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import shutil
@@ -58,6 +57,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.accuracy_dataset import DATA, KIND_KEYS, KINDS, OUT, build, choose  # noqa: E402
+from benchmarks.machine import machine, machine_line  # noqa: E402
 
 #: the order the images are imported in (a fixed shuffle: originals do not always come first)
 ORDER_SEED = 14
@@ -321,47 +321,6 @@ def total(counts: dict[str, dict[str, int]], key: str) -> tuple[int, int]:
 # -- the machine and the code -------------------------------------------------------------------
 
 
-def machine() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    libs = []
-    for lib in ("scrapy", "pillow", "imagehash", "numpy", "scipy", "sqlalchemy", "scikit-image", "scikit-learn"):
-        try:
-            libs.append(f"{lib} {version(lib)}")
-        except PackageNotFoundError:
-            libs.append(f"{lib} absent")
-    info = {
-        "cpu": f"{os.cpu_count()} cores, {cpu}",
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "libraries": ", ".join(libs),
-        "load_average_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
-    try:
-        from PIL import features
-
-        info["codecs"] = f"libjpeg {features.version('jpg')}, libwebp {features.version('webp')}"
-    except Exception:  # noqa: BLE001 - a version we cannot read is reported as unknown
-        pass
-    return info
-
-
-def machine_line(m: dict[str, str]) -> str:
-    return (
-        f"{m['cpu']}; Python {m['python']}; {m['platform']}; {m['libraries']}; {m.get('codecs', '')}; "
-        f"load average at start {m['load_average_at_start']}"
-        + (f", at end {m['load_average_at_end']}" if "load_average_at_end" in m else "")
-    )
-
-
 def code_version() -> str:
     """The commit measured, and whether the package had uncommitted changes."""
     try:
@@ -413,7 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "command": command,
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine(
+            ("scrapy", "pillow", "imagehash", "numpy", "scipy", "sqlalchemy", "scikit-image", "scikit-learn")
+        ),
         "settings": args.set,
     }
     log("machine:", machine_line(report["machine"]))
@@ -539,7 +500,8 @@ def render(rep: dict[str, Any]) -> str:
     lines = [
         f"Run {rep['started']}: `{rep['command']}`, {rep['seconds']['total'] / 60:.1f} min in all",
         "",
-        f"Machine: {machine_line(rep['machine'])}",
+        f"Machine: {machine_line(rep['machine'])}"
+        + (f", at end {rep['machine']['load_average_at_end']}" if "load_average_at_end" in rep["machine"] else ""),
         "",
         f"Code: {rep['code']}; IMGCACHE_SIMILARITY default: {rep['similarity_setting_default']}"
         + (f"; settings: {', '.join(rep['settings'])}" if rep["settings"] else ""),

@@ -34,7 +34,6 @@ import http.client
 import json
 import multiprocessing
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -52,6 +51,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.crawl_dataset import CLASSES, MEMORY, OUT, SizeClass, build, log, summary  # noqa: E402
+from benchmarks.machine import machine, machine_line  # noqa: E402
 
 POSTGRES_URL = os.environ.get("IMGCACHE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -620,43 +620,6 @@ def figures(rep: dict[str, Any]) -> dict[str, Any]:
 # -- the machine and the code -------------------------------------------------------------------
 
 
-def machine() -> dict[str, str]:
-    from importlib.metadata import version
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    libs = ["scrapy", "twisted", "pillow", "imagehash", "numpy", "scipy", "sqlalchemy", "psycopg", "aiohttp"]
-    info = {
-        "cpu": f"{os.cpu_count()} cores, {cpu}",
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "libraries": ", ".join(f"{lib} {version(lib)}" for lib in libs),
-        "load_average_at_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-    }
-    try:
-        from PIL import features
-
-        info["codecs"] = f"libjpeg {features.version('jpg')}, libwebp {features.version('webp')}, zlib " + str(
-            features.version("zlib")
-        )
-    except Exception:  # noqa: BLE001 - a version we cannot read is reported as unknown
-        pass
-    return info
-
-
-def machine_line(m: dict[str, str]) -> str:
-    return (
-        f"{m['cpu']}; Python {m['python']}; {m['platform']}; {m['libraries']}; {m.get('codecs', '')}; "
-        f"load average at start {m['load_average_at_start']}"
-    )
-
-
 def code_version() -> str:
     """The commit measured, whether the package had uncommitted changes, and a digest of its sources
     (compared at the end of the run: the package may be edited while a run goes on)."""
@@ -725,7 +688,9 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     report: dict[str, Any] = {
-        "machine": machine(),
+        "machine": machine(
+            ("scrapy", "twisted", "pillow", "imagehash", "numpy", "scipy", "sqlalchemy", "psycopg", "aiohttp")
+        ),
         "code": code_version(),
         "command": " ".join(["./dev bench crawl", *(argv if argv is not None else sys.argv[1:])]),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
