@@ -387,3 +387,32 @@ def test_either_component_alone_stops_a_crawl_it_cannot_cache_before_any_request
     settings = cache_settings(tmp_path, ADDONS={}, **components, **{setting: value or unreachable_url()})
     result = crawl(make_project(tmp_path / "proj", settings), "pages", start=site.url("/p"))
     stopped_before_any_request(result, site, message)
+
+
+def test_calls_made_in_one_turn_share_thread_hops_and_each_gets_its_own_answer():
+    """Gathered: the pipeline's cache lookups of one item go to a thread together (at most
+    MAX_BATCH a hop); one call's exception reaches that caller alone."""
+    import asyncio
+    import threading
+
+    from scrapy_imgcache.context import Gathered
+
+    threads: dict[int, int] = {}
+
+    def lookup(n: int) -> int:
+        threads[n] = threading.get_ident()
+        if n == 7:
+            raise StoreError("the database went away")
+        return n * n
+
+    async def main() -> list[Any]:
+        gathered = Gathered(lookup)
+        return await asyncio.gather(*(gathered(n) for n in range(40)), return_exceptions=True)
+
+    answers = asyncio.run(main())
+    assert [a for n, a in enumerate(answers) if n != 7] == [n * n for n in range(40) if n != 7]
+    assert isinstance(answers[7], StoreError)
+    assert len(threads) == 40 and threading.get_ident() not in threads.values()
+    batch = Gathered.MAX_BATCH
+    for first in range(0, 40, batch):  # 3 hops: calls 0-15, 16-31, 32-39, each in one thread
+        assert len({threads[n] for n in range(first, min(first + batch, 40))}) == 1, first
