@@ -204,10 +204,16 @@ def ingest_response(
         on_similar=on_similar,
         checksum=checksum,
     )
-    entry = outcome.entry
-    for url in dict.fromkeys(also):
-        if url != response.url:
-            ingestor.store.record_url(
+    record_urls(ingestor.store, outcome.entry, also, client_name, known=response.url)
+    return outcome
+
+
+def record_urls(store: Store, entry: Entry, urls: Sequence[str], client_name: str, known: str) -> None:
+    """Record ``entry`` under each of ``urls`` (a redirect's earlier URLs) but ``known``, the
+    URL it is recorded under already (blocking: run it in a thread)."""
+    for url in dict.fromkeys(urls):
+        if url != known:
+            store.record_url(
                 entry.content_hash,
                 url=url,
                 client_name=client_name,
@@ -215,7 +221,6 @@ def ingest_response(
                 etag=entry.etag,
                 last_modified=entry.last_modified,
             )
-    return outcome
 
 
 def header(response: Response, name: bytes) -> str | None:

@@ -23,7 +23,7 @@ from scrapy.utils.httpobj import urlparse_cached
 
 from .context import ImgCacheContext, in_thread
 from .errors import InvalidImage, StoreError, TooManyBytes
-from .ingest import header, ingest_response
+from .ingest import header, ingest_response, record_urls
 from .store.base import Entry
 
 if TYPE_CHECKING:
@@ -119,21 +119,17 @@ class ImgCacheMiddleware:
     async def _record_redirects(self, request: Request, entry: Entry) -> None:
         """A redirect that ends at a cached URL: the URLs it started from are recorded too,
         so that the next crawl answers them without following the redirect again."""
-        sources = [url for url in dict.fromkeys(request.meta.get("redirect_urls", ())) if url != request.url]
-        for url in sources:
-            try:
-                await in_thread(
-                    self.ctx.store.record_url,
-                    entry.content_hash,
-                    url=url,
-                    client_name=self.ctx.client_name(),
-                    bucket=entry.bucket,
-                    etag=entry.etag,
-                    last_modified=entry.last_modified,
-                )
-            except StoreError as exc:
-                self._store_failed(request, exc)
-                return
+        try:
+            await in_thread(
+                record_urls,
+                self.ctx.store,
+                entry,
+                request.meta.get("redirect_urls", ()),
+                self.ctx.client_name(),
+                known=request.url,
+            )
+        except StoreError as exc:
+            self._store_failed(request, exc)
 
     def _revalidate(self, request: Request, entry: Entry | None) -> None:
         """A miss goes out as it is; a stale entry goes out with its validators."""
