@@ -57,7 +57,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.accuracy_dataset import DATA, KIND_KEYS, KINDS, OUT, build, choose  # noqa: E402
-from benchmarks.machine import machine, machine_line  # noqa: E402
+from benchmarks.machine import git_state, machine, machine_line  # noqa: E402
 
 #: the order the images are imported in (a fixed shuffle: originals do not always come first)
 ORDER_SEED = 14
@@ -323,15 +323,11 @@ def total(counts: dict[str, dict[str, int]], key: str) -> tuple[int, int]:
 
 def code_version() -> str:
     """The commit measured, and whether the package had uncommitted changes."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "scrapy_imgcache"], cwd=REPO, capture_output=True, text=True
-        )
-    except OSError:
+    state = git_state(REPO)
+    if state is None:
         return "unknown"
-    changed = [line[3:] for line in dirty.stdout.splitlines()]
-    return f"work tree at {head.stdout.strip()}" + (
+    head, changed = state
+    return f"work tree at {head}" + (
         f" + uncommitted changes in {', '.join(changed)}" if changed else " (no uncommitted changes in the package)"
     )
 

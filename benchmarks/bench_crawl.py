@@ -51,7 +51,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.crawl_dataset import CLASSES, MEMORY, OUT, SizeClass, build, log, summary  # noqa: E402
-from benchmarks.machine import machine, machine_line  # noqa: E402
+from benchmarks.machine import git_state, machine, machine_line  # noqa: E402
 
 POSTGRES_URL = os.environ.get("IMGCACHE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -626,16 +626,12 @@ def code_version() -> str:
     digest = hashlib.blake2b(digest_size=6)
     for path in sorted((REPO / "scrapy_imgcache").rglob("*.py")):
         digest.update(path.read_bytes())
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "scrapy_imgcache"], cwd=REPO, capture_output=True, text=True
-        )
-    except OSError:
+    state = git_state(REPO)
+    if state is None:
         return "unknown"
-    changed = [line[3:] for line in dirty.stdout.splitlines()]
+    head, changed = state
     return (
-        head.stdout.strip()
+        head
         + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
         + f" (package sources {digest.hexdigest()})"
     )

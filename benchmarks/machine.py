@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import subprocess
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -49,3 +50,16 @@ def machine_line(m: dict[str, str]) -> str:
         f"{m['cpu']}; Python {m['python']}; {m['platform']}; {m['libraries']}; {m.get('codecs', '')}; "
         f"load average at start {m['load_average_at_start']}"
     )
+
+
+def git_state(repo: Path) -> tuple[str, list[str]] | None:
+    """The short commit checked out in ``repo`` and the package files changed in its work tree
+    (None without git)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "scrapy_imgcache"], cwd=repo, capture_output=True, text=True
+        )
+    except OSError:
+        return None
+    return head.stdout.strip(), [line[3:] for line in dirty.stdout.splitlines()]
