@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -99,7 +100,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
 #: times a write runs again when a concurrent delete of the same image gets in its way
-_RACE_ATTEMPTS = 5
+_RACE_ATTEMPTS = 8
 #: robust near-duplicate search (docs/near-duplicates.md): the distance at which the extra query
 #: hashes probe (7 bits keeps similar() near 1 ms at a million images; 8 costs ~3x), the
 #: orientation each transformed query hash suggests to the verification, and the most
@@ -279,6 +280,8 @@ class SqlStore:
             return created
 
         for attempt in range(_RACE_ATTEMPTS):
+            if attempt:  # a random pause: a deleter in step with us would win every time
+                time.sleep(random.uniform(0, 0.002 * attempt))
             try:
                 created = self._transaction(work)
             except IntegrityError:
