@@ -202,23 +202,22 @@ def small_disk(tmp_path) -> Iterator[Path]:
 
 
 def _fill_disk(folder: Path) -> list[Path]:
-    """Orphan-shaped files, an hour old, until the disk is full."""
-    made = []
-    for n in range(10_000):
-        data = noise_bytes(64 * 1024, seed=n)
-        path = folder / blob_key(content_hash(data), ".jpg")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC:
-                raise
-            path.unlink(missing_ok=True)
-            break
-        made.append(path)
-        os.utime(path, (time.time() - 7200, time.time() - 7200))
-    else:
-        raise AssertionError("the disk never filled")
+    """Orphan-shaped files, two hours old, until not one more byte fits."""
+    made: list[Path] = []
+    for size in (64 * 1024, 4096, 1):
+        for n in range(10_000):
+            data = noise_bytes(size, seed=len(made)) if size > 1 else bytes([n % 256]) + str(n).encode()
+            path = folder / blob_key(content_hash(data), ".jpg")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                path.unlink(missing_ok=True)
+                break
+            made.append(path)
+            os.utime(path, (time.time() - 7200, time.time() - 7200))
     return made
 
 
@@ -228,7 +227,7 @@ def test_a_full_disk_is_opened_and_collected(small_disk, tmp_path):
     _fill(store, PHOTOS[:4], "c")
     store.close()
     junk = _fill_disk(small_disk)
-    assert os.statvfs(small_disk).f_bavail < 16
+    assert os.statvfs(small_disk).f_bavail == 0
     store = SqlStore(db, str(small_disk))  # refused with "No space left on device" before
     try:
         assert len(list(store.images())) == 4
@@ -246,6 +245,7 @@ def test_a_read_only_disk_is_opened_read_and_collected_in_a_dry_run(small_disk, 
     _fill(store, PHOTOS[:4], "c")
     store.close()
     orphan = small_disk / blob_key(content_hash(b"orphan"), ".jpg")
+    orphan.parent.mkdir(parents=True, exist_ok=True)
     orphan.write_bytes(b"orphan")
     os.utime(orphan, (time.time() - 7200, time.time() - 7200))
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
