@@ -142,7 +142,8 @@ def report(found: Findings, repair: bool) -> int:
     print(f"Checked {found.checked} image(s) ({human_size(found.checked_bytes)}).")
     print(f"{len(found.damaged)} damaged{', removed: they are fetched again when next seen' if repair else ''}.")
     if found.linked:
-        print(f"{len(found.linked)} shared with another file by a hard link{'; each has its own now' if repair else ''}.")
+        done = "; each has its own now" if repair else ""
+        print(f"{len(found.linked)} shared with another file by a hard link{done}.")
     if found.damaged and not repair:
         print("Run with --repair to remove them (their URLs are then fetched again).")
         return EXIT_FAILED
