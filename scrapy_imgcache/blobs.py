@@ -335,8 +335,8 @@ class LocalBlobStore:
                     os.replace(tmp, dest)
                 except OSError as exc:
                     os.unlink(tmp)
-                    if exc.errno in _NO_CLONE:
-                        self._clones = exc.errno == errno.EXDEV  # another file system: maybe not for the next
+                    if exc.errno in _NO_CLONE:  # for every file of this pair of stores: not asked again
+                        self._clones = False
                         return False
                     raise
                 finally:
