@@ -176,8 +176,14 @@ class ImgCacheContext:
         return await self._answers(url, fresh_since)
 
     def _answer(self, url: str, fresh_since: datetime) -> Answer | None:
+        """A fresh entry whose bytes are gone or damaged is counted, and answered as unknown:
+        fetched again from scratch (its validators would only bring a 304 without the bytes)."""
         store, bucket = self.store, self.config.bucket
-        return store.answer(url, bucket=bucket, client_name=self.client_name(), fresh_since=fresh_since)
+        found = store.answer(url, bucket=bucket, client_name=self.client_name(), fresh_since=fresh_since)
+        if found is not None and found.damaged:
+            self.inc("damaged")
+            return None
+        return found
 
     def check(self, problem: str | None) -> None:
         """Note a start-up problem a component found (an option it cannot honour)."""

@@ -158,8 +158,9 @@ class ImgCacheMiddleware:
         return self._respond(request, entry, status, body)
 
     def _respond(self, request: Request, entry: Entry, status: str, body: bytes | None) -> Response | None:
-        if body is None:  # the row outlived its bytes (see imgcache-gc): fetch it again
+        if body is None:  # the row outlived its bytes (see imgcache-gc), or they were damaged: fetch it again
             logger.warning("imgcache: bytes of %s are missing from the cache; downloading", request.url)
+            self.ctx.inc("damaged")
             request.meta[META_STATUS] = "miss"
             return None
         request.meta[META_ENTRY] = entry
@@ -200,7 +201,7 @@ class ImgCacheMiddleware:
                 self._store_failed(request, exc)
                 return response
             self.ctx.inc("revalidated")
-            return await self._cached_response(request, entry, "revalidated") or response
+            return await self._cached_response(request, entry, "revalidated") or self._refetch(request)
         if response.status != 200:
             return response
         is_image = looks_like_image(response.body)
@@ -211,6 +212,16 @@ class ImgCacheMiddleware:
         if is_image and not request.meta.get(META_PIPELINE):
             await self._store_response(request, response)
         return response
+
+    def _refetch(self, request: Request) -> Request:
+        """A 304 for an image whose cached bytes are gone: the same request again without its
+        validators, so that the server sends the bytes."""
+        headers = request.headers.copy()
+        for name in (b"If-None-Match", b"If-Modified-Since"):
+            headers.pop(name, None)
+        meta = {**request.meta, META_STATUS: "miss", META_LOOKED_UP: request.url}
+        meta.pop(META_ENTRY, None)
+        return request.replace(headers=headers, meta=meta, dont_filter=True)
 
     def _refresh(self, request: Request, response: Response, entry: Entry) -> None:
         """A 304: the URL still has this image; note when we saw it (and any new validators)."""

@@ -13,8 +13,9 @@ What changes is where images come from and go:
 - a downloaded image is stored once per distinct content (BLAKE2b), in its original format,
   with every URL it was seen at; near-duplicates follow ``IMGCACHE_ON_SIMILAR``;
 - ``IMAGES_STORE``, when set, is a view of the cache: each image also exists at
-  ``file_path()`` under it (a hard link, a server-side copy or a copy) and its thumbnails
-  at ``thumb_path()``; a fresh ``IMAGES_STORE`` is filled from the cache without the network;
+  ``file_path()`` under it (a file of the user's own: a copy, a clone or a server-side copy,
+  never a link to the cache's bytes) and its thumbnails at ``thumb_path()``; a fresh
+  ``IMAGES_STORE`` is filled from the cache without the network;
 - decoding, hashing, database and file work run in threads, never on the reactor.
 
 Hooks it cannot honour are refused when the crawler starts (see :data:`REPLACED_HOOKS`).

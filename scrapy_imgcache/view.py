@@ -2,10 +2,12 @@
 
 The cache stays the deduplicated source of truth; the ``IMAGES_STORE`` tree is where a
 project that used ImagesPipeline expects its files: each image at ``file_path()``, its
-thumbnails at ``thumb_path()``. A file is placed the cheapest way the two stores allow: a
-hard link to the cached blob (local folders on one file system), a server-side copy (one
-object store), else the bytes written (atomically for local folders). Everything here
-blocks: the pipeline calls it in a thread.
+thumbnails at ``thumb_path()``. Those files are the user's own, to edit or delete without
+touching the cache: a copy-on-write clone of the cached blob where the file system offers
+one (XFS, Btrfs), a server-side copy (one object store), else the bytes written, never a
+hard link; local files are written atomically (a temporary file renamed into place), with
+the mode a program's files get (0644 under umask 022). Everything here blocks: the pipeline
+calls it in a thread.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import io
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .blobs import BlobStore, open_blob_store, storage_options
+from .blobs import BlobStore, LocalBlobStore, open_blob_store, storage_options
 from .errors import ConfigError, StoreError
 
 if TYPE_CHECKING:
@@ -50,13 +52,18 @@ class ImagesStoreView:
 
     def place(self, path: str, body: bytes, entry: Entry | None, store: Store | None, refresh: bool) -> None:
         """Make ``path`` hold the image. ``refresh``: the bytes may differ from what is there
-        (a download); otherwise an existing file is taken as current (a cache hit)."""
-        if not refresh and self.target.exists(path):
+        (a download); otherwise an existing file is taken as current (a cache hit), unless it
+        is a hard link an earlier version made to the cache's blob: then it becomes a copy."""
+        if not refresh and self._present(path):
             return
         source = store.blobs if store is not None else None
         if source is not None and entry is not None and entry.path and self.target.copy_from(source, entry.path, path):
             return
         self.target.replace(path, body)
+
+    def _present(self, path: str) -> bool:
+        target = self.target
+        return target.own_file(path) if isinstance(target, LocalBlobStore) else target.exists(path)
 
     def exists(self, path: str) -> bool:
         return self.target.exists(path)

@@ -171,3 +171,11 @@ class OverridesGetImages(ImgCachePipeline):
 
     def get_images(self, response, request, info, *, item=None):
         return super().get_images(response, request, info, item=item)
+
+
+class OnePathPipeline(ImgCachePipeline):
+    """Every image of an item at one path (``full/<page>.jpg``): two URLs of one item serving
+    the same bytes are placed twice at the same file, at once."""
+
+    def file_path(self, request, response=None, info=None, *, item=None):
+        return f"full/{item['page'].rsplit('/', 1)[-1]}.jpg"

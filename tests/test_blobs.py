@@ -255,3 +255,51 @@ def test_durable_local_writes_are_whole_and_leave_no_temporary_files(tmp_path):
         list(pool.map(lambda kv: blobs.put(*kv), payloads.items()))
     assert {k: blobs.get(k) for k in payloads} == payloads
     assert not list((tmp_path / "blobs").rglob(".tmp-*"))
+
+
+def _placed_copy(root) -> tuple[LocalBlobStore, LocalBlobStore, str]:
+    """A blob in a cache folder under ``root`` and its copy_from into a view beside it."""
+    data = noise_bytes(20_000, seed=19)
+    blobs, view = LocalBlobStore(root / "files"), LocalBlobStore(root / "images", durable=False)
+    key = blob_key(content_hash(data), ".jpg")
+    blobs.put(key, data)
+    if not view.copy_from(blobs, key, "full/a.jpg"):
+        view.replace("full/a.jpg", data)
+    placed = view.path("full/a.jpg")
+    with open(placed, "r+b") as fh:  # the user edits their file in place
+        fh.write(b"edited")
+    assert blobs.get(key) == data and os.stat(placed).st_nlink == 1
+    assert not [n for n in os.listdir(os.path.dirname(placed)) if n.startswith(".tmp-")]
+    return blobs, view, key
+
+
+def test_copy_from_never_links_and_asks_a_file_system_without_clones_once(tmp_path):
+    _blobs, view, _key = _placed_copy(tmp_path)  # ext4 or tmpfs here: no reflinks
+    assert view._clones is False
+
+
+@pytest.fixture
+def xfs(tmp_path):
+    """An XFS file system with reflinks on a loop device (root and mkfs.xfs needed; else skipped)."""
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("mkfs.xfs") is None:
+        pytest.skip("needs root and mkfs.xfs (xfsprogs)")
+    image, mnt = tmp_path / "xfs.img", tmp_path / "xfs"
+    mnt.mkdir()
+    with open(image, "wb") as fh:
+        fh.truncate(320 * 1024 * 1024)
+    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
+    if subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a loop device here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_copy_from_clones_where_the_file_system_offers_it(xfs):
+    blobs, view, key = _placed_copy(xfs)
+    assert view._clones is True  # a clone was made: sharing the blocks until one side is written
+    assert view.copy_from(blobs, key, "full/b.jpg") and view.get("full/b.jpg") == blobs.get(key)

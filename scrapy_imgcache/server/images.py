@@ -272,8 +272,8 @@ def _crawling(router: APIRouter, svc: Service) -> None:
             raise ApiError(422, "invalid_request", "fresh_since: an ISO 8601 time is expected")
         writer = keys.scope_of(request.headers.get("x-api-key")) == WRITE or not keys.enabled
         found = store.answer(url, bucket=bucket, client_name=client_name if writer else "", fresh_since=since)
-        if found is None:
-            raise ApiError(404, "not_found", f"no image recorded for that URL in bucket {bucket!r}")
+        if found is None or found.damaged:  # bytes gone or changed on disk: to be fetched again
+            raise ApiError(404, "not_found", f"no usable image recorded for that URL in bucket {bucket!r}")
         headers = {ENTRY_HEADER: json.dumps(found.entry.to_json()), FRESH_HEADER: str(found.body is not None).lower()}
         media = found.entry.content_type if found.body is not None else None
         return Response(content=found.body or b"", media_type=media, headers=headers)

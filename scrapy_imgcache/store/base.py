@@ -180,6 +180,9 @@ class Answer:
 
     entry: Entry
     body: bytes | None
+    #: the entry is fresh but its bytes are gone, or no longer match their hash (damaged on
+    #: disk): to be fetched again from scratch, its validators being of no use
+    damaged: bool = False
 
 
 @dataclass

@@ -17,7 +17,7 @@ from tests.helpers import distinct_images, encode
 from .conftest import Filled
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "commands.md"
-COMMANDS = ("imgcache-similar", "imgcache-stats", "imgcache-dupes", "imgcache-import", "imgcache-gc")
+COMMANDS = ("imgcache-similar", "imgcache-stats", "imgcache-dupes", "imgcache-import", "imgcache-gc", "imgcache-verify")
 
 
 def _sections() -> dict[str, str]:
