@@ -51,6 +51,7 @@ def test_a_worker_imports_its_handler_through_the_crawls_sys_path(echo_module):
     assert worker.process.returncode == 0  # it exited at EOF, it was not killed
 
 
+@linux_only
 def test_a_worker_started_from_a_thread_that_ended_lives_on(echo_module):
     """Linux sends PR_SET_PDEATHSIG when the *thread* that started a process ends: workers are
     started from one thread that lasts, or one started by a pool thread would die with it."""
@@ -58,6 +59,7 @@ def test_a_worker_started_from_a_thread_that_ended_lives_on(echo_module):
     thread = threading.Thread(target=lambda: started.extend(start_workers(1, echo_module, b"")))
     thread.start()
     thread.join()
+    wait_until(lambda: not os.path.exists(f"/proc/self/task/{thread.native_id}"), "the thread to end")
     (worker,) = started
     try:
         assert worker.call(b"x") == b"%d:x" % worker.pid
@@ -85,7 +87,6 @@ def test_a_worker_whose_handler_cannot_be_built_says_why_in_one_line():
     assert "failed to start: ModuleNotFoundError: No module named 'scrapy_imgcache.no_such_module'" in message
 
 
-@linux_only
 def test_a_worker_that_dies_at_start_is_an_error_not_a_wait(tmp_path, monkeypatch):
     for name, value in broken_worker_start(tmp_path / "site", "die").items():
         monkeypatch.setenv(name, value)
