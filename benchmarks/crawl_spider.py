@@ -12,8 +12,8 @@ process (``os.times``), each of its threads (``/proc/self/task/TID/stat``, named
 Python thread that runs on it and grouped by name: ``MainThread`` is the reactor,
 ``asyncio`` the default executor that Scrapy's ``run_in_thread`` uses under the asyncio
 reactor, ``PoolThread`` Twisted's pool), and its child processes (the plugin's hashing
-workers and multiprocessing's resource tracker), read from ``/proc/PID/stat`` while they
-live and from ``os.times``' children fields once they are reaped.
+workers; multiprocessing's resource tracker, when a version that used it runs), read from
+``/proc/PID/stat`` while they live and from ``os.times``' children fields once they are reaped.
 """
 
 from __future__ import annotations

@@ -26,6 +26,8 @@ class Route:
     mtime: float = 1_700_000_000.0
     #: seconds to wait before answering
     delay: float = 0.0
+    #: set: answer only once it is set (a test holds a request in flight while it acts)
+    hold: threading.Event | None = None
     #: extra response headers (Location, Content-Encoding...)
     headers: dict[str, str] = field(default_factory=dict)
     #: > 0: stream this many bytes (the body repeated) with no Content-Length
@@ -109,6 +111,8 @@ class Site:
                     return self._send(404, b"not found", "text/plain")
                 if route.delay:
                     time.sleep(route.delay)
+                if route.hold is not None:
+                    route.hold.wait(timeout=600)
                 if route.stream:
                     return self._stream(route)
                 headers = dict(route.headers)

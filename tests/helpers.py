@@ -334,6 +334,78 @@ def run_processes(db_url: str | None, files: str, per_process: list[list[Op]]) -
     assert codes == [0] * len(procs), codes
 
 
+# -- our worker processes ------------------------------------------------------------------
+
+#: in the command line of every hashing worker process (scrapy_imgcache.processes)
+HASHER = "scrapy_imgcache.workers:hasher"
+
+#: a sitecustomize that makes a hashing worker's interpreter die (exit status 3) or hang at
+#: start, as the environment variable says: a real start-up failure, in the real interpreter
+_BROKEN_START = """
+import os, sys, time
+if {hasher!r} in sys.argv:
+    if os.environ.get("IMGCACHE_TEST_WORKER_START") == "die":
+        os._exit(3)
+    if os.environ.get("IMGCACHE_TEST_WORKER_START") == "hang":
+        open(os.path.join(os.path.dirname(__file__), f"hung-{{os.getpid()}}"), "w").close()
+        time.sleep(600)
+"""
+
+
+def broken_worker_start(folder: Path, how: str) -> dict[str, str]:
+    """The environment under which hashing workers (of this process, or of a crawl started
+    with it) ``how`` ("die" or "hang") at start; nothing else is affected. A hanging worker
+    leaves a file ``hung-PID`` in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(_BROKEN_START.format(hasher=HASHER))
+    path = os.pathsep.join(p for p in [str(folder), os.environ.get("PYTHONPATH", "")] if p)
+    return {"PYTHONPATH": path, "IMGCACHE_TEST_WORKER_START": how}
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes process ``pid`` has started, from any of its threads (Linux /proc)."""
+    kids: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as fh:
+                kids += [int(k) for k in fh.read().split()]
+    return kids
+
+
+def hashing_workers_of(pid: int) -> list[int]:
+    """The hashing worker processes process ``pid`` has started."""
+    return [k for k in children_of(pid) if is_hashing_worker(k)]
+
+
+def running(pid: int) -> bool:
+    """Process ``pid`` runs (it is not gone, nor a zombie nobody reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def is_hashing_worker(pid: int) -> bool:
+    """``pid`` is a hashing worker that is running."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return HASHER.encode() in fh.read() and running(pid)
+    except OSError:
+        return False
+
+
+def wait_until(condition: Any, what: str, timeout: float = 60) -> None:
+    """Poll ``condition()`` until it is true; a hang guard, not a timing assertion."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"still waiting after {timeout} s for {what}")
+        time.sleep(0.05)
+
+
 # -- object storage and FTP servers ----------------------------------------------------------
 
 
