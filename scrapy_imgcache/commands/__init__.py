@@ -11,8 +11,10 @@ Exit codes, the same for every command: 0 done (something found), 1 nothing foun
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
+import re
 import sys
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -58,6 +60,14 @@ class ImgCacheCommand(ScrapyCommand):
         super().__init_subclass__(**kwargs)
         if "name" not in cls.__dict__:
             cls.name = "imgcache-" + cls.__module__.rsplit(".", 1)[-1]
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        super().add_options(parser)
+        self._parser = parser  # (subclasses add theirs to the same parser after this)
+
+    def process_options(self, args: list[str], opts: argparse.Namespace) -> None:
+        super().process_options(args, opts)
+        refuse_unknown_options(self._parser, args)
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         from sqlalchemy.exc import SQLAlchemyError
@@ -107,6 +117,39 @@ class ImgCacheCommand(ScrapyCommand):
             return config.open_store(create=self.creates_cache)
         except ImportError as exc:
             raise CommandFailed(f"cannot open the store {config.url}: {exc}") from exc
+
+
+def refuse_unknown_options(parser: argparse.ArgumentParser, args: list[str]) -> None:
+    """A usage error naming the first unknown option in ``args``; drops the ``--`` that ends them.
+
+    Scrapy parses a command's options with ``parse_known_args`` and hands the rest over as
+    arguments, so ``imgcache-gc --dryrun`` ran the real gc and ``imgcache-stats --bucket x``
+    showed every bucket. Anything left that looks like an option (not ``-`` for stdin, not a
+    negative number) was not one of this command's; after ``--`` everything is an argument.
+    """
+    for i, arg in enumerate(args):
+        if arg == "--":
+            del args[i]  # the same list reaches run(): its arguments, as the user meant them
+            return
+        if arg.startswith("-") and arg != "-" and not _NEGATIVE_NUMBER.match(arg):
+            option = arg.split("=", 1)[0]
+            closest = difflib.get_close_matches(option, sorted(_option_strings(parser)), n=1)
+            hint = f" (did you mean {closest[0]}?)" if closest else ""
+            raise UsageError(f"unrecognized option {option}{hint}", print_help=False)
+
+
+_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")  # what argparse itself takes for an argument
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option of ``parser`` and of its subcommands (``imgcache-collections create``)."""
+    found: set[str] = set()
+    for action in parser._actions:
+        found.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _option_strings(sub)
+    return found
 
 
 def add_bucket_option(parser: argparse.ArgumentParser, what: str) -> None:
