@@ -53,7 +53,8 @@ class ImgCacheCommand(ScrapyCommand):
     name: ClassVar[str] = "imgcache"
     #: the command needs the cache's database itself (a remote service will not do)
     needs_database: ClassVar[bool] = False
-    #: the command may create a cache where there is none (the others only look at one)
+    #: the command may create a cache where there is none (the others only look at one), so
+    #: it refuses to run outside a project unless told where the cache is
     creates_cache: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -94,7 +95,31 @@ class ImgCacheCommand(ScrapyCommand):
     def config(self) -> ImgCacheConfig:
         from ..config import ImgCacheConfig
 
-        return ImgCacheConfig.from_settings(self.settings)
+        config = ImgCacheConfig.from_settings(self.settings)
+        if self.creates_cache:
+            self._refuse_outside_a_project(config)
+        return config
+
+    def _refuse_outside_a_project(self, config: ImgCacheConfig) -> None:
+        """A usage error when the cache would be made in ``./.scrapy`` of a folder that is no
+        project: ``imgcache-import DIR`` run in the wrong folder once left a new cache there.
+        Naming the cache (``-s IMGCACHE_URL=…``) says where it goes, project or not."""
+        from scrapy.utils.project import inside_project
+
+        from ..config import DEFAULT_FILES_NAME, _data_path
+
+        if inside_project():
+            return
+        files_defaulted = not self.settings.get("IMGCACHE_FILES_STORE") and config.files_store == _data_path(
+            DEFAULT_FILES_NAME
+        )
+        if config.url_is_default or files_defaulted:
+            raise UsageError(
+                f"{self.name}: there is no Scrapy project here (no scrapy.cfg in {os.getcwd()} or above), so "
+                f"the cache would be made in {_data_path('')}; run it in your project, or name the cache "
+                "with -s IMGCACHE_URL=… (and -s IMGCACHE_FILES_STORE=… unless it is a SQLite file)",
+                print_help=False,
+            )
 
     def search_scope(self, opts: argparse.Namespace) -> tuple[ImgCacheConfig, str, int]:
         """The settings, and the bucket and distance of ``add_search_options``, checked."""
