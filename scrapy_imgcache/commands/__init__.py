@@ -93,8 +93,10 @@ class ImgCacheCommand(ScrapyCommand):
         """Do the work; return the exit code."""
 
     def config(self) -> ImgCacheConfig:
-        from ..config import ImgCacheConfig
+        from ..config import ImgCacheConfig, unknown_settings
 
+        for warning in unknown_settings(self.settings):
+            print(f"{self.name}: warning: {warning}", file=sys.stderr)
         config = ImgCacheConfig.from_settings(self.settings)
         if self.creates_cache:
             self._refuse_outside_a_project(config)
@@ -108,11 +110,11 @@ class ImgCacheCommand(ScrapyCommand):
 
         from ..config import DEFAULT_FILES_NAME, _data_path
 
+        assert self.settings is not None  # set by Scrapy before anything runs
         if inside_project():
             return
-        files_defaulted = not self.settings.get("IMGCACHE_FILES_STORE") and config.files_store == _data_path(
-            DEFAULT_FILES_NAME
-        )
+        default_files = _data_path(DEFAULT_FILES_NAME)
+        files_defaulted = not self.settings.get("IMGCACHE_FILES_STORE") and config.files_store == default_files
         if config.url_is_default or files_defaulted:
             raise UsageError(
                 f"{self.name}: there is no Scrapy project here (no scrapy.cfg in {os.getcwd()} or above), so "

@@ -132,3 +132,16 @@ def test_a_double_dash_ends_the_options(project: Project):
     proc = project.run("imgcache-similar", "--max-distance", "0", "--", "-query.jpg")
     assert proc.returncode == 0, proc.stderr
     assert "Query: image file -query.jpg" in proc.stdout
+
+
+def test_a_mistyped_setting_is_a_warning_naming_the_closest_known_one(project: Project):
+    """``-s IMGCACHE_BUKET=shop`` showed every bucket without a word."""
+    with project.opened() as store:
+        store.put(distinct_jpegs(1)[0], url="https://a.example/a.jpg", client_name="spider")
+    proc = project.run("imgcache-stats", "-s", "IMGCACHE_BUKET=shop", "-s", "IMGCACHE_SECRETS_KEY=" + "k" * 32)
+    assert proc.returncode == 0, proc.stderr
+    (warning,) = proc.stderr.splitlines()
+    assert warning == (
+        "imgcache-stats: warning: IMGCACHE_BUKET is not a scrapy-imgcache setting, so it is ignored; "
+        "did you mean IMGCACHE_BUCKET?"
+    )
