@@ -71,14 +71,16 @@ def test_of_concurrent_visualsnoop_deletes_of_one_id_exactly_one_is_told_it_dele
     collection = deployment.client(keys)
     outcomes = []
 
-    def delete(http: httpx.Client, i: int, image_id: str) -> httpx.Response:
-        # each signed with a Date of its own: the same signed request twice is refused as a replay
+    def delete(http: httpx.Client, i: int, image_id: str, now: float) -> httpx.Response:
+        # each signed with a Date of its own, whole seconds apart from one clock reading (two
+        # readings could straddle a second): the same signed request twice is a replay
         path = f"{PREFIX}/image/{image_id}"
-        return http.delete(path, headers=signed_headers(keys, "DELETE", path, formatdate(time.time() - i, usegmt=True)))
+        return http.delete(path, headers=signed_headers(keys, "DELETE", path, formatdate(now - i, usegmt=True)))
 
     for t, data in enumerate(fresh_jpegs(TRIALS)):
         added = collection.add_image(data, image_id=f"i{t}")
         assert added["status"] == 201, added
-        outcomes.append(at_once(deployment.server.url, lambda c, i, t=t: delete(c, i, f"i{t}")))
+        now = time.time()
+        outcomes.append(at_once(deployment.server.url, lambda c, i, t=t, now=now: delete(c, i, f"i{t}", now)))
     assert outcomes == [Counter({200: 1, 404: THREADS - 1})] * TRIALS, outcomes
     assert deployment.cached(keys) == []
