@@ -6,6 +6,7 @@ crawler starts, not deep inside a callback. Every setting is documented in the R
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -53,6 +54,38 @@ DEFAULTS: dict[str, Any] = {
     "IMGCACHE_GC_GRACE": 3600,
     "IMGCACHE_STORE_SCHEMES": {},
 }
+
+#: the service's environment variables (docs/server.md, docs/visualsnoop.md): no crawl reads
+#: them, but a project may keep them in its settings beside the rest, so they are no typos
+SERVICE_NAMES = frozenset(
+    {
+        "IMGCACHE_SERVER_DB",
+        "IMGCACHE_SERVER_FILES",
+        "IMGCACHE_SERVER_READ_KEYS",
+        "IMGCACHE_SERVER_WRITE_KEYS",
+        "IMGCACHE_SECRETS_KEY",
+        "IMGCACHE_SECRETS_KEY_FILE",
+        "IMGCACHE_VISUALSNOOP_SKEW",
+        "IMGCACHE_VISUALSNOOP_DISTANCE",
+    }
+)
+_PREFIX = "IMGCACHE_"
+
+
+def unknown_settings(settings: Any) -> list[str]:
+    """A warning for each ``IMGCACHE_*`` name in ``settings`` (at any priority: the project's,
+    a spider's ``custom_settings``, ``-s``) that nothing reads, with the closest known name:
+    ``IMGCACHE_ON_SIMILAR`` mistyped without its second underscore was ignored without a word."""
+    known = sorted(n[len(_PREFIX) :] for n in (*DEFAULTS, *SERVICE_NAMES))
+    warnings = []
+    for name in sorted(n for n in settings if isinstance(n, str) and n.startswith(_PREFIX)):
+        if name in DEFAULTS or name in SERVICE_NAMES:
+            continue
+        # compared without the prefix every name shares, which would make any two look alike
+        closest = difflib.get_close_matches(name[len(_PREFIX) :], known, n=1)
+        hint = f"did you mean {_PREFIX}{closest[0]}?" if closest else "docs/reference/settings.md lists them"
+        warnings.append(f"{name} is not a scrapy-imgcache setting, so it is ignored; {hint}")
+    return warnings
 
 
 @dataclass(frozen=True)

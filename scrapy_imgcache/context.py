@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from scrapy import signals
 from twisted.internet.threads import deferToThread
 
-from .config import ImgCacheConfig
+from .config import ImgCacheConfig, unknown_settings
 from .errors import ConfigError, ImgCacheError, StoreError
 
 if TYPE_CHECKING:
@@ -139,6 +139,8 @@ class ImgCacheContext:
         self._stats_lock = threading.Lock()
         #: why the cache cannot be used (a bad setting, a store that cannot be opened)
         self.failed: str | None = None
+        for warning in unknown_settings(crawler.settings):
+            logger.warning("imgcache: %s", warning)
         try:
             self.config = ImgCacheConfig.from_settings(crawler.settings)
         except ConfigError as exc:  # reported at open, as one line, with the crawl stopped

@@ -63,6 +63,13 @@ class OtherPagesSpider(PagesSpider):
     name = "otherpages"
 
 
+class MistypedSettingsSpider(PagesSpider):
+    """The same, with a setting of its own, mistyped as a user might."""
+
+    name = "mistyped"
+    custom_settings = {"IMGCACHE_BUKET": "shop"}  # noqa: RUF012 - Scrapy's own attribute
+
+
 class FetchSpider(scrapy.Spider):
     """Requests image URLs directly, without the pipeline (the middleware alone caches)."""
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import pytest
 
-from scrapy_imgcache.config import DEFAULTS, ImgCacheConfig
+from scrapy_imgcache.config import DEFAULTS, SERVICE_NAMES, ImgCacheConfig, unknown_settings
 from scrapy_imgcache.errors import ConfigError
 
 BASE = {"IMGCACHE_URL": "sqlite:////tmp/imgcache-config-test/cache.sqlite3"}
@@ -80,3 +82,24 @@ def test_defaults_put_the_cache_in_the_project_data_folder(tmp_path, monkeypatch
 def test_a_remote_url_needs_no_files_store():
     config = ImgCacheConfig.from_settings({"IMGCACHE_URL": "https://cache.example", "IMGCACHE_API_KEY": "k"})
     assert config.is_remote and config.files_store == "" and config.api_key == "k"
+
+
+def test_every_imgcache_name_the_code_reads_is_known():
+    """A name the package reads (a setting, or an environment variable of the service) that
+    :func:`unknown_settings` did not know would be reported as a typo."""
+    package = Path(__file__).resolve().parent.parent / "scrapy_imgcache"
+    sources = "".join(p.read_text() for p in package.rglob("*.py"))
+    names = set(re.findall(r"\bIMGCACHE_[A-Z0-9_]*[A-Z0-9]\b", sources))
+    assert {"IMGCACHE_URL", "IMGCACHE_SERVER_DB", "IMGCACHE_VISUALSNOOP_SKEW"} <= names
+    assert names <= set(DEFAULTS) | SERVICE_NAMES
+    assert not unknown_settings(dict.fromkeys(names, 1) | {"BOT_NAME": 1, "imgcache_url": 1})
+
+
+def test_an_unknown_name_gets_the_closest_known_one_if_any():
+    found = unknown_settings({"IMGCACHE_HASH_PROCESS": 0, "IMGCACHE_ZZZ": 1, "IMGCACHE_SERVER_FILE": "f"})
+    ignored = "is not a scrapy-imgcache setting, so it is ignored;"
+    assert found == [
+        f"IMGCACHE_HASH_PROCESS {ignored} did you mean IMGCACHE_HASH_PROCESSES?",
+        f"IMGCACHE_SERVER_FILE {ignored} did you mean IMGCACHE_SERVER_FILES?",
+        f"IMGCACHE_ZZZ {ignored} docs/reference/settings.md lists them",
+    ]

@@ -389,6 +389,36 @@ def test_either_component_alone_stops_a_crawl_it_cannot_cache_before_any_request
     stopped_before_any_request(result, site, message)
 
 
+def test_a_mistyped_setting_at_any_priority_is_one_warning_naming_the_closest_known_one(site, tmp_path):
+    """``IMGCACHE_ONSIMILAR = "skip"`` was ignored without a word, and near-duplicates stored."""
+    site.image("/i/a.jpg", small_jpeg())
+    site.page("/p", ["/i/a.jpg"])
+    settings = cache_settings(
+        tmp_path,
+        IMGCACHE_ONSIMILAR="skip",  # the project's settings
+        IMGCACHE_NOTHING_LIKE_IT=1,
+        IMGCACHE_SECRETS_KEY="k" * 32,  # the service's own names, in a settings file it shares
+        IMGCACHE_SERVER_DB="sqlite:///x.sqlite3",
+        IMGCACHE_VISUALSNOOP_SKEW=60,
+    )
+    project = make_project(tmp_path / "proj", settings)
+    # the spider's custom_settings has IMGCACHE_BUKET; the command line another
+    result = crawl(project, "mistyped", "-s", "IMGCACHE_SIMILARITY_TRESHOLD=4", start=site.url("/p"))
+    assert result.returncode == 0 and result.stat("stored") == 1, result.log[-3000:]
+    warned = [line for line in result.log.splitlines() if "is not a scrapy-imgcache setting" in line]
+    assert all("WARNING" in line for line in warned), warned
+    expected = {
+        "IMGCACHE_ONSIMILAR": "did you mean IMGCACHE_ON_SIMILAR?",
+        "IMGCACHE_BUKET": "did you mean IMGCACHE_BUCKET?",
+        "IMGCACHE_SIMILARITY_TRESHOLD": "did you mean IMGCACHE_SIMILARITY_THRESHOLD?",
+        "IMGCACHE_NOTHING_LIKE_IT": "docs/reference/settings.md",
+    }
+    assert len(warned) == len(expected), warned  # one each, and none for the service's names
+    for name, hint in expected.items():
+        (line,) = [line for line in warned if f" {name} " in line]
+        assert hint in line, line
+
+
 def test_calls_made_in_one_turn_share_thread_hops_and_each_gets_its_own_answer():
     """Gathered: the pipeline's cache lookups of one item go to a thread together (at most
     MAX_BATCH a hop); one call's exception reaches that caller alone."""

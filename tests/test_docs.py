@@ -95,3 +95,36 @@ def test_relative_links_lead_to_files(document):
     path = REPO / document
     for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", path.read_text()):
         assert (path.parent / target).exists(), f"{document}: {target}"
+
+
+def test_every_route_of_the_service_is_documented(tmp_path):
+    """Each call of the imgcache API in docs/server.md's table, each VisualSnoop call in
+    docs/visualsnoop.md's (``{image_id}`` may be written ``ID`` there)."""
+    from scrapy_imgcache.server.app import create_app
+    from scrapy_imgcache.server.visualsnoop import PREFIX, routers_for
+    from scrapy_imgcache.store.sql import SqlStore
+
+    store = SqlStore(f"sqlite:///{tmp_path / 'c.sqlite3'}", str(tmp_path / "files"))
+    try:
+        paths = create_app(store, routers=routers_for(store)).openapi()["paths"]
+    finally:
+        store.close()
+    docs = {name: (REPO / "docs" / name).read_text() for name in ("server.md", "visualsnoop.md")}
+    calls = [(method.upper(), path) for path, operations in paths.items() for method in operations]
+    assert ("POST", "/images/urls/{content_hash}") in calls and ("DELETE", f"{PREFIX}/image/{{image_id}}") in calls
+    for method, path in calls:
+        text = docs["visualsnoop.md" if path.startswith(PREFIX + "/") else "server.md"]
+        template = re.sub(r"\\\{[a-z_]+\\\}", r"(?:\\{[a-z_]+\\}|[A-Z]+)", re.escape(path))
+        assert re.search(rf"`{method} {template}[`?]", text), f"{method} {path}"
+
+
+def test_the_server_and_commands_docs_agree_on_which_commands_need_the_database():
+    """The commands that cannot work through a service (``needs_database``), as both docs name them."""
+    from importlib.metadata import entry_points
+
+    needing = {e.name for e in entry_points(group="scrapy.commands") if getattr(e.load(), "needs_database", False)}
+    assert needing == {"imgcache-serve", "imgcache-collections"}
+    for name in ("server.md", "commands.md"):
+        text = " ".join((REPO / "docs" / name).read_text().split())
+        (sentence,) = [s for s in re.split(r"(?<=[.;])\s", text) if "need the database itself" in s]
+        assert set(re.findall(r"imgcache-[a-z]+", sentence)) == needing, (name, sentence)

@@ -11,8 +11,10 @@ Exit codes, the same for every command: 0 done (something found), 1 nothing foun
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
+import re
 import sys
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -51,13 +53,22 @@ class ImgCacheCommand(ScrapyCommand):
     name: ClassVar[str] = "imgcache"
     #: the command needs the cache's database itself (a remote service will not do)
     needs_database: ClassVar[bool] = False
-    #: the command may create a cache where there is none (the others only look at one)
+    #: the command may create a cache where there is none (the others only look at one), so
+    #: it refuses to run outside a project unless told where the cache is
     creates_cache: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "name" not in cls.__dict__:
             cls.name = "imgcache-" + cls.__module__.rsplit(".", 1)[-1]
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        super().add_options(parser)
+        self._parser = parser  # (subclasses add theirs to the same parser after this)
+
+    def process_options(self, args: list[str], opts: argparse.Namespace) -> None:
+        super().process_options(args, opts)
+        refuse_unknown_options(self._parser, args)
 
     def run(self, args: list[str], opts: argparse.Namespace) -> None:
         from sqlalchemy.exc import SQLAlchemyError
@@ -82,9 +93,35 @@ class ImgCacheCommand(ScrapyCommand):
         """Do the work; return the exit code."""
 
     def config(self) -> ImgCacheConfig:
-        from ..config import ImgCacheConfig
+        from ..config import ImgCacheConfig, unknown_settings
 
-        return ImgCacheConfig.from_settings(self.settings)
+        for warning in unknown_settings(self.settings):
+            print(f"{self.name}: warning: {warning}", file=sys.stderr)
+        config = ImgCacheConfig.from_settings(self.settings)
+        if self.creates_cache:
+            self._refuse_outside_a_project(config)
+        return config
+
+    def _refuse_outside_a_project(self, config: ImgCacheConfig) -> None:
+        """A usage error when the cache would be made in ``./.scrapy`` of a folder that is no
+        project: ``imgcache-import DIR`` run in the wrong folder once left a new cache there.
+        Naming the cache (``-s IMGCACHE_URL=…``) says where it goes, project or not."""
+        from scrapy.utils.project import inside_project
+
+        from ..config import DEFAULT_FILES_NAME, _data_path
+
+        assert self.settings is not None  # set by Scrapy before anything runs
+        if inside_project():
+            return
+        default_files = _data_path(DEFAULT_FILES_NAME)
+        files_defaulted = not self.settings.get("IMGCACHE_FILES_STORE") and config.files_store == default_files
+        if config.url_is_default or files_defaulted:
+            raise UsageError(
+                f"{self.name}: there is no Scrapy project here (no scrapy.cfg in {os.getcwd()} or above), so "
+                f"the cache would be made in {_data_path('')}; run it in your project, or name the cache "
+                "with -s IMGCACHE_URL=… (and -s IMGCACHE_FILES_STORE=… unless it is a SQLite file)",
+                print_help=False,
+            )
 
     def search_scope(self, opts: argparse.Namespace) -> tuple[ImgCacheConfig, str, int]:
         """The settings, and the bucket and distance of ``add_search_options``, checked."""
@@ -107,6 +144,39 @@ class ImgCacheCommand(ScrapyCommand):
             return config.open_store(create=self.creates_cache)
         except ImportError as exc:
             raise CommandFailed(f"cannot open the store {config.url}: {exc}") from exc
+
+
+def refuse_unknown_options(parser: argparse.ArgumentParser, args: list[str]) -> None:
+    """A usage error naming the first unknown option in ``args``; drops the ``--`` that ends them.
+
+    Scrapy parses a command's options with ``parse_known_args`` and hands the rest over as
+    arguments, so ``imgcache-gc --dryrun`` ran the real gc and ``imgcache-stats --bucket x``
+    showed every bucket. Anything left that looks like an option (not ``-`` for stdin, not a
+    negative number) was not one of this command's; after ``--`` everything is an argument.
+    """
+    for i, arg in enumerate(args):
+        if arg == "--":
+            del args[i]  # the same list reaches run(): its arguments, as the user meant them
+            return
+        if arg.startswith("-") and arg != "-" and not _NEGATIVE_NUMBER.match(arg):
+            option = arg.split("=", 1)[0]
+            closest = difflib.get_close_matches(option, sorted(_option_strings(parser)), n=1)
+            hint = f" (did you mean {closest[0]}?)" if closest else ""
+            raise UsageError(f"unrecognized option {option}{hint}", print_help=False)
+
+
+_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")  # what argparse itself takes for an argument
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    """Every option of ``parser`` and of its subcommands (``imgcache-collections create``)."""
+    found: set[str] = set()
+    for action in parser._actions:
+        found.update(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _option_strings(sub)
+    return found
 
 
 def add_bucket_option(parser: argparse.ArgumentParser, what: str) -> None:

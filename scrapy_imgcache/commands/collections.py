@@ -10,6 +10,7 @@ from . import ImgCacheCommand
 
 class Command(ImgCacheCommand):
     needs_database = True
+    creates_cache = True  # the schema, where there is no database yet
 
     def syntax(self) -> str:
         return (

@@ -13,6 +13,7 @@ from . import ImgCacheCommand
 
 class Command(ImgCacheCommand):
     needs_database = True
+    creates_cache = True  # the schema, where there is no database yet
 
     def syntax(self) -> str:
         return "[--host 127.0.0.1] [--port 8010] [--read-key K]... [--write-key K]... [--insecure] [--public-serve]"

@@ -55,4 +55,5 @@ def create_app(
     app.include_router(images_router(service))
     for router, prefix in routers:
         app.include_router(router, prefix=prefix)
+        service.metrics.mounted(router.routes, prefix)
     return app

@@ -2,14 +2,16 @@
 
 A registry of its own lets several apps live in one process (tests, embedding) without
 "duplicated timeseries" errors. Every label takes values from a fixed set, so the number of
-series stays bounded whatever clients send: routes by their template (``/images/{content_hash}``,
-``unmatched`` for a path no route matches), never the raw path; methods as sent when they are
-one of HTTP's own (:data:`METHODS`), ``other`` otherwise; statuses as answered.
+series stays bounded whatever clients send: routes by their whole template, the prefix of a
+mounted router included (``/images/{content_hash}``, ``/api/v1/images``; ``unmatched`` for a
+path no route matches), never the raw path; methods as sent when they are one of HTTP's own
+(:data:`METHODS`), ``other`` otherwise; statuses as answered.
 """
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -45,6 +47,26 @@ class Metrics:
             "Bytes of images newly stored",
             registry=self.registry,
         )
+        #: id of a mounted router's route -> its template with the prefix: recent FastAPI
+        #: (0.165) hands the middleware the router's own route, whose template lacks it, so
+        #: ``GET /api/v1/images`` was counted as ``/images`` (older ones hand over a copy
+        #: whose template has it). Ids, because Starlette's routes compare by value.
+        self._templates: dict[int, str] = {}
+
+    def mounted(self, routes: list[Any], prefix: str) -> None:
+        """Label ``routes`` (a router's, included under ``prefix``) with their whole template."""
+        for route in routes:
+            path = getattr(route, "path", None)
+            if isinstance(path, str):
+                self._templates[id(route)] = prefix + path
+
+    def route(self, scope: Scope) -> str:
+        """The route label of a request: the template of the route that answered it."""
+        route = scope.get("route")
+        path = getattr(route, "path", None)
+        if not isinstance(path, str):
+            return "unmatched"
+        return self._templates.get(id(route), path)
 
 
 class MetricsMiddleware:
@@ -70,7 +92,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, observing_send)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = self.metrics.route(scope)
             method = scope.get("method", "")
             method = method if method in METHODS else "other"
             self.metrics.requests.labels(method, route, str(status)).inc()

@@ -307,7 +307,13 @@ class Store(Protocol):
         skipped near-duplicate, another spider's hit); None when the image is not there."""
         ...
 
-    def delete(self, content_hash: str, bucket: str = "") -> bool: ...
+    def delete(self, content_hash: str, bucket: str = "") -> bool:
+        """Remove the image from ``bucket``: its record, every URL record of it, and its bytes
+        (unless another bucket holds the same). True when this call removed it, False when it
+        was not there: of calls racing to delete one image exactly one is True (the service
+        answers 204 to it and 404 to the others), so finding the row and removing it must be
+        one step (the row count of the DELETE), not a look then a removal."""
+        ...
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -360,7 +360,10 @@ class SqlStore:
             if row is None or (unless is not None and unless(conn, row.id)):
                 return None, None
             conn.execute(delete(UrlRow).where(UrlRow.image_id == row.id))
-            conn.execute(delete(ImageRow).where(ImageRow.id == row.id))
+            if conn.execute(delete(ImageRow).where(ImageRow.id == row.id)).rowcount != 1:
+                # a concurrent delete removed it since the select (PostgreSQL's and MariaDB's
+                # DELETE waits for that one's commit, then finds nothing): it is that one's
+                return None, None
             used = conn.execute(select(ImageRow.id).where(ImageRow.content_hash == content_hash).limit(1)).first()
             return row, used
 

@@ -200,3 +200,39 @@ def test_an_import_killed_at_any_moment_completes_when_run_again(db_url, tmp_pat
         assert len(list(store.images())) == len(photos)
     finally:
         store.close()
+
+
+def _run_outside_a_project(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "SCRAPY_SETTINGS_MODULE"}
+    cmd = [sys.executable, "-m", "scrapy", *args]
+    return subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_outside_a_project_a_command_that_creates_a_cache_refuses_unless_told_where(tmp_path):
+    """``imgcache-import DIR`` in a folder without a project made ``./.scrapy/imgcache.sqlite3``
+    there (and ``imgcache-serve`` served it): the docs say the commands run inside a project."""
+    folder = tmp_path / "work"
+    (folder / "old" / "full").mkdir(parents=True)
+    (folder / "old" / "full" / "a.jpg").write_bytes(encode(distinct_images(1)[0]))
+    before = sorted(folder.rglob("*"))
+    for args in (
+        ("imgcache-import", "old"),
+        ("imgcache-serve", "--port", "9"),
+        ("imgcache-collections", "create", "shop"),
+        # a database named, the files left to the project's data folder: still nowhere to go
+        ("imgcache-import", "old", "-s", "IMGCACHE_URL=postgresql+psycopg://127.0.0.1:9/test"),
+    ):
+        proc = _run_outside_a_project(folder, *args)
+        assert_one_line_error(proc, 2, "no Scrapy project", str(folder), "IMGCACHE_URL")
+    assert sorted(folder.rglob("*")) == before
+    # named: imported there
+    db, files = tmp_path / "named.sqlite3", tmp_path / "named-files"
+    proc = _run_outside_a_project(folder, "imgcache-import", "old", "-s", f"IMGCACHE_URL=sqlite:///{db}")
+    assert proc.returncode == 0, proc.stderr
+    assert "1 image(s) added" in proc.stdout
+    assert sorted(folder.rglob("*")) == before
+    store = SqlStore(f"sqlite:///{db}", str(files))
+    try:
+        assert [e.url for e in store.images()] == [(folder / "old" / "full" / "a.jpg").as_uri()]
+    finally:
+        store.close()

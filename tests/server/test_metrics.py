@@ -48,6 +48,23 @@ def test_metrics_count_requests_by_route_template_and_uploads_by_outcome(tmp_pat
     assert not [k for k in got if "0" * 64 in str(k)]  # raw paths never become labels
 
 
+def test_a_mounted_routers_routes_are_labelled_with_their_prefix(tmp_path):
+    """``GET /api/v1/images`` (VisualSnoop's listing) was counted as ``/images``, the route of
+    the imgcache API's uploads: FastAPI hands the middleware the router's own route, whose
+    template lacks the prefix it was mounted under."""
+    with (
+        imgcache_server(f"sqlite:///{tmp_path / 'c.sqlite3'}", tmp_path) as server,
+        httpx.Client(base_url=server.url) as http,
+    ):
+        assert http.get("/api/v1/images").status_code == 401  # unsigned
+        assert http.post("/images").status_code == 422  # no form
+        assert http.get("/api/v1/image/some-id").status_code == 401
+        got = samples(http.get("/metrics").text)
+    requests = {dict(labels)["route"]: n for (name, labels), n in got.items() if name.endswith("requests_total")}
+    assert requests["/api/v1/images"] == 1 and requests["/images"] == 1, requests
+    assert requests["/api/v1/image/{image_id:image_id}"] == 1, requests
+
+
 def test_each_app_has_its_own_registry(tmp_path):
     store = SqlStore(f"sqlite:///{tmp_path / 'c.sqlite3'}", str(tmp_path / "f"))
     try:

@@ -25,6 +25,8 @@ from tests.helpers import (
     distinct_images,
     distinct_jpegs,
     encode,
+    fresh_jpegs,
+    fresh_url,
     near_duplicates,
     noise_bytes,
     png_header_only,
@@ -164,6 +166,27 @@ def test_delete_removes_bytes_and_urls_but_not_another_buckets_blob(store):
     assert store.delete(a.content_hash, bucket="b")
     assert not store.blobs.exists(a.path)
     assert counts(store) == (1, 1, 1)
+
+
+def test_of_concurrent_deletes_of_one_image_exactly_one_returns_true(store):
+    """delete() says whether this call removed the image: the REST service answers 204 or 404
+    by it, and on PostgreSQL and MariaDB every racing call used to say it had."""
+    threads = 6
+    for data in fresh_jpegs(20):
+        chash = put(store, data, fresh_url()).entry.content_hash
+        barrier, answers = threading.Barrier(threads), []
+
+        def delete(chash: str = chash, barrier: threading.Barrier = barrier, answers: list[bool] = answers) -> None:
+            barrier.wait(timeout=60)
+            answers.append(store.delete(chash))
+
+        workers = [threading.Thread(target=delete) for _ in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=120)
+        assert sorted(answers) == [False] * (threads - 1) + [True]
+        assert store.get_meta(chash) is None and not store.blobs.exists(blob_key(chash, ".jpg"))
 
 
 def test_a_blob_removed_while_a_row_for_it_commits_is_put_back(store):
