@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -40,18 +40,22 @@ from ..hashing import ImageInfo, Inspector, content_hash
 from .base import (
     HASH_RE,
     Answer,
+    BrowsePage,
+    BrowseQuery,
     Entry,
     GcReport,
     NearQuery,
     PutResult,
     Usage,
     as_utc,
+    make_cursor,
     utcnow,
     validate_bucket,
     validate_distance,
     validate_phash,
     validate_url,
 )
+from .browsing import as_date, browse_stmt, daily_stmt
 from .index import (
     QUERY_SLOTS,
     SLOT_BITS,
@@ -624,6 +628,32 @@ class SqlStore:
             ids = list(conn.execute(stmt).scalars())
         by_id = self._latest_by_image(ids)
         return [by_id[i] for i in ids if i in by_id], (ids[-1] if len(ids) == limit else None)
+
+    def browse(self, query: BrowseQuery) -> BrowsePage:
+        """A page by keyset pagination (see :mod:`.browsing`): one indexed range read of
+        ``limit + 1`` ids, then their rows with their most recent URLs."""
+        stmt, upwards = browse_stmt(query)
+        with self.engine.connect() as conn:
+            found = [(row.id, row.created_at) for row in conn.execute(stmt)]
+        more = len(found) > query.limit
+        found = found[: query.limit]
+        if upwards:  # read oldest first from the cursor: shown newest first
+            found.reverse()
+        by_id = self._latest_by_image([i for i, _ in found])
+        entries = [by_id[i] for i, _ in found if i in by_id]
+        cursors = [make_cursor(when, i) for i, when in found]
+        newer_exists = more if upwards else query.before is not None
+        older_exists = query.after is not None if upwards else more
+        return BrowsePage(
+            entries,
+            newer=cursors[0] if cursors and newer_exists else None,
+            older=cursors[-1] if cursors and older_exists else None,
+        )
+
+    def daily_counts(self, bucket: str | None, days: int) -> list[tuple[date, int]]:
+        stmt, _since = daily_stmt(bucket, self.buckets() if bucket is None else [], days)
+        with self.engine.connect() as conn:
+            return [(as_date(day), int(n)) for day, n in conn.execute(stmt)]
 
     def buckets(self) -> list[str]:
         with self.engine.connect() as conn:
