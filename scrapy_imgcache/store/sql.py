@@ -48,14 +48,13 @@ from .base import (
     PutResult,
     Usage,
     as_utc,
-    make_cursor,
     utcnow,
     validate_bucket,
     validate_distance,
     validate_phash,
     validate_url,
 )
-from .browsing import as_date, browse_stmt, daily_stmt
+from .browsing import as_date, browse_plan, cursors, daily_stmt
 from .index import (
     QUERY_SLOTS,
     SLOT_BITS,
@@ -631,24 +630,19 @@ class SqlStore:
 
     def browse(self, query: BrowseQuery) -> BrowsePage:
         """A page by keyset pagination (see :mod:`.browsing`): one indexed range read of
-        ``limit + 1`` ids, then their rows with their most recent URLs."""
-        stmt, upwards = browse_stmt(query)
+        ``limit + 1`` ids (a filtered one examines at most ``SCAN_BUDGET`` rows), then their
+        rows with their most recent URLs."""
+        plan = browse_plan(query)
         with self.engine.connect() as conn:
-            found = [(row.id, row.created_at) for row in conn.execute(stmt)]
-        more = len(found) > query.limit
+            found = [(row.id, row.created_at) for row in conn.execute(plan.page)]
+            more = len(found) > query.limit
+            edge = conn.execute(plan.edge).first() if plan.edge is not None and not more else None
         found = found[: query.limit]
-        if upwards:  # read oldest first from the cursor: shown newest first
+        if plan.upwards:  # read oldest first from the cursor: shown newest first
             found.reverse()
         by_id = self._latest_by_image([i for i, _ in found])
-        entries = [by_id[i] for i, _ in found if i in by_id]
-        cursors = [make_cursor(when, i) for i, when in found]
-        newer_exists = more if upwards else query.before is not None
-        older_exists = query.after is not None if upwards else more
-        return BrowsePage(
-            entries,
-            newer=cursors[0] if cursors and newer_exists else None,
-            older=cursors[-1] if cursors and older_exists else None,
-        )
+        newer, older = cursors(query, plan, found, more, edge)
+        return BrowsePage([by_id[i] for i, _ in found if i in by_id], newer, older)
 
     def daily_counts(self, bucket: str | None, days: int) -> list[tuple[date, int]]:
         stmt, _since = daily_stmt(bucket, self.buckets() if bucket is None else [], days)

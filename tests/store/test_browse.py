@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import update
 
+from scrapy_imgcache.store import browsing
 from scrapy_imgcache.store.base import BrowseQuery, make_cursor, parse_cursor, utcnow
 from scrapy_imgcache.store.models import ImageRow
 from tests.helpers import fresh_jpegs, fresh_url
@@ -73,7 +74,7 @@ def test_pages_walk_every_image_newest_first_and_back(store, stocked):
 
 
 def test_filters_by_client_format_duplicate_kind_and_size(store, stocked):
-    jpegs, pngs = stocked[:7], stocked[7:]
+    pngs = stocked[7:]
     assert walk(store, client="spider_b") == list(reversed(pngs))
     assert walk(store, content_type="image/png") == list(reversed(pngs))
     assert walk(store, content_type="image/jpeg", client="spider_b") == []
@@ -139,3 +140,13 @@ def test_each_url_record_knows_when_it_was_first_seen(store):
     (record,) = store.urls(first)
     assert record.lookup_time == later
     assert record.first_seen is not None and before <= record.first_seen < later
+
+
+def test_a_filtered_page_examines_at_most_the_scan_budget(store, stocked, monkeypatch):
+    monkeypatch.setattr(browsing, "SCAN_BUDGET", 4)
+    assert walk(store, client="spider_b") == list(reversed(stocked[7:]))  # pages carry on where one stopped
+    assert walk(store, duplicate="exact") == [stocked[2]]
+    first = store.browse(BrowseQuery(limit=3, duplicate="exact"))  # the 8th newest: not in the newest 4
+    assert first.entries == [] and first.older is not None and first.newer is None
+    second = store.browse(BrowseQuery(limit=3, duplicate="exact", before=first.older))
+    assert [e.content_hash for e in second.entries] == [stocked[2]]
