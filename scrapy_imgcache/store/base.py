@@ -277,7 +277,7 @@ def make_cursor(created_at: datetime, row_id: int) -> str:
 def parse_cursor(cursor: str) -> tuple[datetime, int]:
     """(creation time, row id) of a cursor made by :func:`make_cursor`; ValueError if malformed."""
     match = CURSOR_RE.match(cursor) if isinstance(cursor, str) else None
-    if match is None:
+    if match is None or int(match.group(2)) >= 2**63:  # row ids are 64-bit signed integers
         raise ValueError(f"bad cursor {cursor!r}")
     try:
         moment = datetime(1970, 1, 1, tzinfo=timezone.utc) + int(match.group(1)) * _MICROSECOND

@@ -168,6 +168,7 @@ def test_without_a_key_every_page_is_the_401_login_page(web: Browser, cache: Cac
 
 def test_overview_shows_the_stores_figures(web: Browser, cache: Cache):
     web.login(READ_KEY)
+    web.page.wait_for_selector("#total-images", timeout=60_000)  # "still counting" reloads itself
     store = cache.store()
     try:
         usage, days = store.usage(), dict(store.daily_counts(None, 30))

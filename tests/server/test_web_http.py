@@ -104,7 +104,8 @@ def test_deleting_needs_a_write_key_its_token_and_this_site(keyed: TestClient, s
     target = images[0]
     login(keyed, READ_KEY)
     token = csrf_of(keyed, "/web/")
-    assert keyed.post(f"/web/image/{target}/delete", data={"csrf": token}, headers={"Origin": ORIGIN}).status_code == 403
+    refused = keyed.post(f"/web/image/{target}/delete", data={"csrf": token}, headers={"Origin": ORIGIN})
+    assert refused.status_code == 403
     login(keyed, WRITE_KEY)
     token = csrf_of(keyed, f"/web/image/{target}")
     for form, origin in (({}, ORIGIN), ({"csrf": "forged"}, ORIGIN), ({"csrf": token}, "http://evil.example")):
@@ -135,6 +136,9 @@ def test_thumbnails_are_made_once_in_a_worker_thread(store: SqlStore, images):
     kept = [k for k, _, _ in store.blobs.iter_keys() if k.startswith("thumbs/web/")]
     assert kept == [f"thumbs/web/{images[0][:2]}/{images[0]}.jpg"]
     assert client.get(f"/web/thumb/{'0' * 64}").status_code == 404
+    assert store.delete(images[0])
+    store.collect_garbage(grace_seconds=0)  # the thumbnail goes with the last image of its bytes
+    assert [k for k, _, _ in store.blobs.iter_keys() if k.startswith("thumbs/web/")] == []
 
 
 def test_a_bad_upload_or_parameter_is_a_page_not_json(store: SqlStore, images):

@@ -113,8 +113,9 @@ def test_bad_queries_are_refused():
 def test_cursors_round_trip():
     when = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
     assert parse_cursor(make_cursor(when, 42)) == (when, 42)
-    with pytest.raises(ValueError):
-        parse_cursor("9" * 19 + "-1")
+    for bad in ("9" * 19 + "-1", "1-" + "9" * 19, "1-1-1", "-1-1"):
+        with pytest.raises(ValueError):
+            parse_cursor(bad)
 
 
 def test_daily_counts_per_bucket_and_in_all(store, stocked):

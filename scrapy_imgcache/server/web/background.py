@@ -10,6 +10,7 @@ at once, and at most ``max_keys`` keys are kept, so views cannot pile work up.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -17,6 +18,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+logger = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 
@@ -56,7 +58,8 @@ class Background(Generic[K, T]):
 
     def get(self, key: K) -> Counted[T]:
         """The last count for ``key`` (a recount started when it is stale); the first time,
-        the count itself if it ends within ``wait`` seconds. A failed count raises here, once."""
+        the count itself if it ends within ``wait`` seconds. A failed first count raises here,
+        once (a failed recount is logged, and the last count shown)."""
         with self._lock:
             slot = self._slots.setdefault(key, _Slot())
             self._slots.move_to_end(key)
@@ -70,9 +73,17 @@ class Background(Generic[K, T]):
         with self._lock:
             if slot.error is not None:
                 error, slot.error = slot.error, None
-                raise error
+                if slot.value is None:
+                    raise error
+                logger.warning("imgcache web page: a recount failed (the last count is shown): %r", error)
             running = time.monotonic() - slot.started if slot.started else 0.0
             return Counted(slot.value, slot.counted_at, slot.took, running)
+
+    @property
+    def running(self) -> int:
+        """How many counts are running now."""
+        with self._lock:
+            return self._running
 
     def peek(self, key: K) -> T | None:
         """The last count for ``key``, if there is one, without starting any."""

@@ -97,7 +97,7 @@ def install(app: FastAPI, svc: Service) -> Web:
         sessions,
         Renderer(svc.keys.enabled, sessions.csrf_token),
         Thumbnails(store),
-        Background(lambda _key: overview(store), OVERVIEW_TTL, wait=60.0, max_keys=1),
+        Background(lambda _key: overview(store), OVERVIEW_TTL, wait=2.0, max_keys=1),
         Background(lambda key: groups(store, key), GROUPS_TTL, wait=3.0),
     )
     router = APIRouter(include_in_schema=False)
