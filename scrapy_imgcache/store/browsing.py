@@ -11,7 +11,6 @@ examines at most :data:`SCAN_BUDGET` rows, so no filter makes a page slow.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -25,18 +24,17 @@ from .models import ImageRow, UrlRow
 #: spider) would otherwise read the whole bucket for one page. A page that examined this many
 #: rows without filling up ends there, with an ``older`` cursor to carry on from.
 SCAN_BUDGET = 20_000
-Columns = Callable[[str], Any]
 
 
-def _has_url(image_id: Any, duplicate: str) -> Any:
+def _has_url(duplicate: str) -> Any:
     """An image has a URL record of that duplicate kind (the unique key on
     (image_id, url_hash, client_name) makes it one index probe an image)."""
-    return exists().where(UrlRow.image_id == image_id, UrlRow.duplicate == duplicate)
+    return exists().where(UrlRow.image_id == ImageRow.id, UrlRow.duplicate == duplicate)
 
 
-def _duplicate_filter(kind: str, col: Columns) -> Any:
-    exact = _has_url(col("id"), "exact")
-    near = or_(col("similar_to").is_not(None), _has_url(col("id"), "similar"))
+def _duplicate_filter(kind: str) -> Any:
+    exact = _has_url("exact")
+    near = or_(ImageRow.similar_to.is_not(None), _has_url("similar"))
     if kind == "exact":
         return exact
     if kind == "near":
@@ -44,76 +42,79 @@ def _duplicate_filter(kind: str, col: Columns) -> Any:
     return and_(not_(exact), not_(near))
 
 
-def _filters(query: BrowseQuery, col: Columns) -> list[Any]:
-    """The query's filters beyond the bucket, on the columns ``col`` names."""
+def _filters(query: BrowseQuery) -> list[Any]:
+    """The query's filters beyond the bucket."""
     conds: list[Any] = []
     if query.client is not None:
-        conds.append(col("client_name") == query.client)
+        conds.append(ImageRow.client_name == query.client)
     if query.content_type is not None:
-        conds.append(col("content_type") == query.content_type)
+        conds.append(ImageRow.content_type == query.content_type)
     if query.duplicate is not None:
-        conds.append(_duplicate_filter(query.duplicate, col))
+        conds.append(_duplicate_filter(query.duplicate))
     if query.min_size is not None:
-        conds.append(col("file_size") >= query.min_size)
+        conds.append(ImageRow.file_size >= query.min_size)
     if query.max_size is not None:
-        conds.append(col("file_size") <= query.max_size)
+        conds.append(ImageRow.file_size <= query.max_size)
     return conds
+
+
+def _beyond(cursor: tuple[datetime, int], upwards: bool, inclusive: bool = False) -> Any:
+    """The rows past ``cursor`` in the reading direction (and the cursor's own, ``inclusive``)."""
+    when, row_id = cursor
+    if upwards:
+        past = ImageRow.id >= row_id if inclusive else ImageRow.id > row_id
+        return and_(ImageRow.created_at >= when, or_(ImageRow.created_at > when, past))
+    past = ImageRow.id <= row_id if inclusive else ImageRow.id < row_id
+    return and_(ImageRow.created_at <= when, or_(ImageRow.created_at < when, past))
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How one page is read: ``page`` gives (id, created_at) of up to limit + 1 images;
-    ``edge`` (filtered pages) the last row the page examined and how many it examined."""
+    """How one page is read. ``edge`` (filtered pages only) finds the last row the page may
+    examine, the :data:`SCAN_BUDGET`-th past the cursor (a covering index read); ``page``
+    then gives (id, created_at) of up to limit + 1 matching images up to that row."""
 
-    page: Select[int, datetime]
-    edge: Select[datetime, int, int] | None
+    query: BrowseQuery
+    window: tuple[Any, ...]
+    edge: Select[datetime, int] | None
     upwards: bool
 
+    @property
+    def order(self) -> tuple[Any, Any]:
+        if self.upwards:
+            return ImageRow.created_at, ImageRow.id
+        return ImageRow.created_at.desc(), ImageRow.id.desc()
 
-def _window(query: BrowseQuery, upwards: bool) -> list[Any]:
-    conds: list[Any] = [ImageRow.bucket == query.bucket]
-    cursor = query.after if upwards else query.before
-    if cursor is not None:
-        when, row_id = parse_cursor(cursor)
-        if upwards:
-            conds.append(and_(ImageRow.created_at >= when, or_(ImageRow.created_at > when, ImageRow.id > row_id)))
-        else:
-            conds.append(and_(ImageRow.created_at <= when, or_(ImageRow.created_at < when, ImageRow.id < row_id)))
-    return conds
+    def page(self, edge: tuple[datetime, int] | None) -> Select[int, datetime]:
+        conds = [*self.window, *_filters(self.query)]
+        if edge is not None:
+            conds.append(_beyond(edge, not self.upwards, inclusive=True))
+        return select(ImageRow.id, ImageRow.created_at).where(*conds).order_by(*self.order).limit(self.query.limit + 1)
 
 
 def browse_plan(query: BrowseQuery) -> Plan:
     """The statements of a page: newest first (a page *after* a cursor is read upwards, oldest
-    first). Unfiltered, one indexed range read; filtered, the same range cut at
-    :data:`SCAN_BUDGET` rows, and the filters applied to those."""
+    first), one indexed range read each; a filtered page reads at most :data:`SCAN_BUDGET`
+    rows. (Cutting the range in a subquery with LIMIT instead made SQLite read all of it
+    before filtering: ~130 ms a page at a million images, against a few ms this way.)"""
     upwards = query.after is not None
-    window = _window(query, upwards)
-
-    def order(c: Columns) -> tuple[Any, Any]:
-        return (c("created_at"), c("id")) if upwards else (c("created_at").desc(), c("id").desc())
-
-    table: Columns = lambda name: getattr(ImageRow, name)  # noqa: E731
-    filters = _filters(query, table)
-    if not filters:
-        stmt = select(ImageRow.id, ImageRow.created_at).where(*window).order_by(*order(table))
-        return Plan(stmt.limit(query.limit + 1), None, upwards)
-    names = ("id", "created_at", "client_name", "content_type", "file_size", "similar_to")
-    scanned = (
-        select(*(getattr(ImageRow, n) for n in names)).where(*window).order_by(*order(table)).limit(SCAN_BUDGET)
-    ).subquery()
-    col: Columns = lambda name: scanned.c[name]  # noqa: E731
-    page = select(scanned.c.id, scanned.c.created_at).where(*_filters(query, col)).order_by(*order(col))
-    last = (scanned.c.created_at.desc(), scanned.c.id.desc()) if upwards else (scanned.c.created_at, scanned.c.id)
-    edge = select(scanned.c.created_at, scanned.c.id, func.count().over()).order_by(*last).limit(1)
-    return Plan(page.limit(query.limit + 1), edge, upwards)
+    window: list[Any] = [ImageRow.bucket == query.bucket]
+    cursor = query.after if upwards else query.before
+    if cursor is not None:
+        window.append(_beyond(parse_cursor(cursor), upwards))
+    plan = Plan(query, tuple(window), None, upwards)
+    if not _filters(query):
+        return plan
+    edge = select(ImageRow.created_at, ImageRow.id).where(*window).order_by(*plan.order)
+    return Plan(query, tuple(window), edge.offset(SCAN_BUDGET - 1).limit(1), upwards)
 
 
 def cursors(
-    query: BrowseQuery, plan: Plan, found: list[tuple[int, datetime]], more: bool, edge: Any
+    query: BrowseQuery, plan: Plan, found: list[tuple[int, datetime]], more: bool, edge: tuple[datetime, int] | None
 ) -> tuple[str | None, str | None]:
     """(newer, older) of a page whose images are ``found`` (id, created_at), newest first;
-    ``more``: an image past them matched; ``edge``: the last row examined and the count."""
-    carry_on = make_cursor(edge[0], edge[1]) if edge is not None and edge[2] >= SCAN_BUDGET else None
+    ``more``: an image past them matched; ``edge``: the last row the page could examine."""
+    carry_on = make_cursor(*edge) if edge is not None else None
     first = make_cursor(found[0][1], found[0][0]) if found else None
     last = make_cursor(found[-1][1], found[-1][0]) if found else None
     if plan.upwards:

@@ -634,9 +634,10 @@ class SqlStore:
         rows with their most recent URLs."""
         plan = browse_plan(query)
         with self.engine.connect() as conn:
-            found = [(row.id, row.created_at) for row in conn.execute(plan.page)]
-            more = len(found) > query.limit
-            edge = conn.execute(plan.edge).first() if plan.edge is not None and not more else None
+            row = conn.execute(plan.edge).first() if plan.edge is not None else None
+            edge = None if row is None else (row[0], row[1])
+            found = [(r.id, r.created_at) for r in conn.execute(plan.page(edge))]
+        more = len(found) > query.limit
         found = found[: query.limit]
         if plan.upwards:  # read oldest first from the cursor: shown newest first
             found.reverse()
