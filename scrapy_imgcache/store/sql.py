@@ -227,7 +227,7 @@ class SqlStore:
         }
         url_values = {
             "bucket": bucket, "url": url, "client_name": client_name, "lookup_time": lookup_time, "etag": etag,
-            "last_modified": last_modified,
+            "last_modified": last_modified, "created_at": now,
         }  # fmt: skip
         created = self._insert_image_and_url(values, url_values, info)
         if not self.blobs.exists(key):  # a concurrent delete removed it before our row landed
@@ -258,6 +258,7 @@ class SqlStore:
             similar_distance=similar_distance,
             similar_match=similar_match,
             duplicate=None if created else "exact",
+            first_seen=now,
         )
         return PutResult(entry, created)
 
@@ -422,7 +423,7 @@ class SqlStore:
     def _upsert_url(self, conn: Connection, **values: Any) -> None:
         values["url_hash"] = content_hash(values["url"].encode("utf-8", "surrogatepass"))
         values["client_name"] = values["client_name"][:255]
-        values["created_at"] = utcnow()
+        values.setdefault("created_at", utcnow())  # a new image's first URL: the image's own time
         refresh = {k: values[k] for k in ("lookup_time", "etag", "last_modified")}
         key = {k: values[k] for k in ("image_id", "url_hash", "client_name")}
         if self._dialect in ("sqlite", "postgresql", "mysql", "mariadb"):

@@ -135,7 +135,9 @@ def test_each_url_record_knows_when_it_was_first_seen(store):
     data = fresh_jpegs(1)[0]
     url = fresh_url()
     before = utcnow()
-    first = store.put(data, url=url, client_name="a").entry.content_hash
+    stored = store.put(data, url=url, client_name="a").entry
+    first = stored.content_hash
+    assert stored.first_seen == store.urls(first)[0].first_seen == stored.created_at  # what put() says is stored
     later = utcnow() + timedelta(days=3)
     store.record_url(first, url=url, client_name="a", lookup_time=later)
     (record,) = store.urls(first)
