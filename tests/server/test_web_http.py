@@ -151,6 +151,9 @@ def test_a_bad_upload_or_parameter_is_a_page_not_json(store: SqlStore, images):
     assert "notes.txt" in refused.text
     assert client.get("/web/browse?bucket=no%20spaces").status_code == 400
     assert client.get("/web/browse?before=garbage").status_code == 400
+    for bad in ("distance=%C2%B2", "distance=99", "min_size=%D9%A3"):  # "²", "٣": digits, but not ASCII ones
+        answer = client.get(f"/web/groups?{bad}")
+        assert answer.status_code == 400 and "text/html" in answer.headers["content-type"], bad
     assert client.get(f"/web/image/{'f' * 64}").status_code == 404
     assert "text/html" in client.get("/web/image/not-a-hash").headers["content-type"]
 

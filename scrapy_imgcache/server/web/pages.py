@@ -6,19 +6,19 @@ import time
 from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
 from ...store.base import DUPLICATE_KINDS, BrowseQuery
 from ..auth import WRITE
 from ..images import IMAGE_TYPES
 from .figures import CHART_HEIGHT, CHART_WIDTH, DAYS, GroupsKey
+from .params import Text, bucket_of, distance_of, hash_of
 from .render import WebError
 
 if TYPE_CHECKING:
     from .routes import Web
 
-Text = Annotated[str | None, Query(max_length=8192)]
 PAGE_SIZE = 60
 GROUPS_PER_PAGE = 20
 NEAR_SHOWN = 24
@@ -45,14 +45,13 @@ def _overview(router: APIRouter, web: Web) -> None:
 def _int_or_none(value: str | None, what: str, scale: int = 1) -> int | None:
     if not value:
         return None
-    if not value.isdigit() or len(value) > 15:
+    if not (value.isascii() and value.isdigit()) or len(value) > 15:
         raise WebError(400, f"{what} is a whole number.")
     return int(value) * scale
 
 
 def browse_query(params: dict[str, str | None]) -> BrowseQuery:
     """The grid's filters from its query string; a 400 page for a malformed one."""
-    from .routes import bucket_of
 
     fmt = params.get("format") or None
     if fmt is not None and fmt not in IMAGE_TYPES:
@@ -97,7 +96,6 @@ def _browse(router: APIRouter, web: Web) -> None:
 
 
 def _image(router: APIRouter, web: Web) -> None:
-    from .routes import bucket_of, distance_of, hash_of
 
     store = web.svc.store
 
@@ -131,7 +129,6 @@ def _image(router: APIRouter, web: Web) -> None:
 
 
 def _groups(router: APIRouter, web: Web) -> None:
-    from .routes import bucket_of, distance_of
 
     @router.get("/web/groups")
     def groups(

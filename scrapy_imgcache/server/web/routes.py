@@ -6,27 +6,26 @@ thread pool: the event loop never waits on a database, a disk or a decode.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, Form, Query, Request
+from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from ...store.base import BUCKET_RE, HASH_RE, MAX_DISTANCE
 from ..auth import WRITE
 from ..images import IMAGE_CSP, Service
 from .background import Background
 from .figures import GroupsKey, Overview, groups, overview
+from .pages import add as add_pages
+from .params import Text, bucket_of, hash_of, safe_next
 from .render import HERE, NeedLogin, Renderer, WebError
+from .search import add as add_search
 from .session import Session, Sessions, clear_cookie, same_origin, set_cookie
 from .thumbs import Thumbnails
 
 #: the overview is recounted at most this often (seconds); groups are kept longer
 OVERVIEW_TTL, GROUPS_TTL = 60.0, 600.0
-DEFAULT_DISTANCE = 8
-Text = Annotated[str | None, Query(max_length=8192)]
 
 
 @dataclass
@@ -58,38 +57,8 @@ class Web:
         return session
 
 
-def bucket_of(value: str | None) -> str:
-    bucket = value or ""
-    if not BUCKET_RE.match(bucket):
-        raise WebError(400, "A bucket is up to 64 of A-Z a-z 0-9 . _ -")
-    return bucket
-
-
-def distance_of(value: str | None) -> int:
-    if not value:
-        return DEFAULT_DISTANCE
-    if not value.isdigit() or int(value) > MAX_DISTANCE:
-        raise WebError(400, f"The distance is a number of bits from 0 to {MAX_DISTANCE}.")
-    return int(value)
-
-
-def hash_of(value: str) -> str:
-    if not HASH_RE.match(value):
-        raise WebError(404, "There is no such image: a content hash is 64 lowercase hex digits.")
-    return value
-
-
-def safe_next(base: str, target: str | None) -> str:
-    """Where to go after logging in: a page of this site, never another host (no open redirect)."""
-    if target and target.startswith(base + "/") and re.fullmatch(r"[A-Za-z0-9/._~?&=%+:@-]*", target):
-        return target
-    return base + "/"
-
-
 def install(app: FastAPI, svc: Service) -> Web:
     """Mount the web page on ``app`` (``/web/``, and ``/`` leading to it)."""
-    from . import pages, search
-
     sessions = Sessions(svc.keys)
     store = svc.store
     web = Web(
@@ -102,8 +71,8 @@ def install(app: FastAPI, svc: Service) -> Web:
     )
     router = APIRouter(include_in_schema=False)
     _auth(router, web)
-    pages.add(router, web)
-    search.add(router, web)
+    add_pages(router, web)
+    add_search(router, web)
     _pictures(router, web)
     app.include_router(router)
     app.mount("/web/static", StaticFiles(directory=HERE / "static"), name="web-static")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import Response
 
 from ...commands.sheet import thumbnail_uri
@@ -17,17 +17,16 @@ from ...commands.similar import Query as Target
 from ...commands.similar import cached_query, inspected, matches
 from ...errors import InvalidImage
 from ...store.base import Entry
+from .params import Text, bucket_of, distance_of, hash_of
 
 if TYPE_CHECKING:
     from .routes import Web
     from .session import Session
 
-Text = Annotated[str | None, Query(max_length=8192)]
 LIMIT = 60
 
 
 def add(router: APIRouter, web: Web) -> None:
-    from .routes import bucket_of, distance_of, hash_of
 
     store = web.svc.store
 
