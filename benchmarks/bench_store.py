@@ -127,30 +127,32 @@ URL_COLS = (
 
 def bulk_insert(store: SqlStore, values: np.ndarray) -> None:
     """Rows straight into the tables: COPY on PostgreSQL, executemany on SQLite."""
+    rows = list(synthetic_rows(values))
+    insert_rows(store, [image for image, _ in rows], [record for _, record in rows])
+
+
+def insert_rows(store: SqlStore, images: list[tuple], urls: list[tuple]) -> None:
+    """Image rows (:data:`IMAGE_COLS`) and URL rows (:data:`URL_COLS`) in bulk, ids given."""
     raw = store.engine.raw_connection()
     try:
         cur = raw.cursor()
         if store.engine.dialect.name == "postgresql":
-            with cur.copy(f"COPY imgcache_images ({IMAGE_COLS}) FROM STDIN") as images:
-                rows = list(synthetic_rows(values))
-                for image, _ in rows:
-                    images.write_row(image)
-            with cur.copy(f"COPY imgcache_urls ({URL_COLS}) FROM STDIN") as urls:
-                for _, record in rows:
-                    urls.write_row(record)
-            for table in ("imgcache_images", "imgcache_urls"):
-                cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), {len(values)})")
+            with cur.copy(f"COPY imgcache_images ({IMAGE_COLS}) FROM STDIN") as copy:
+                for image in images:
+                    copy.write_row(image)
+            with cur.copy(f"COPY imgcache_urls ({URL_COLS}) FROM STDIN") as copy:
+                for record in urls:
+                    copy.write_row(record)
+            for table, n in (("imgcache_images", len(images)), ("imgcache_urls", len(urls))):
+                cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), {max(n, 1)})")
             cur.execute("ANALYZE")
         else:
             stamp = lambda row: tuple(v.strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(v, datetime) else v for v in row)  # noqa: E731
-            rows = [(stamp(a), stamp(b)) for a, b in synthetic_rows(values)]
             cur.execute("BEGIN")
             cur.executemany(
-                f"INSERT INTO imgcache_images ({IMAGE_COLS}) VALUES ({','.join('?' * 18)})", [a for a, _ in rows]
+                f"INSERT INTO imgcache_images ({IMAGE_COLS}) VALUES ({','.join('?' * 18)})", map(stamp, images)
             )
-            cur.executemany(
-                f"INSERT INTO imgcache_urls ({URL_COLS}) VALUES ({','.join('?' * 12)})", [b for _, b in rows]
-            )
+            cur.executemany(f"INSERT INTO imgcache_urls ({URL_COLS}) VALUES ({','.join('?' * 12)})", map(stamp, urls))
             cur.execute("COMMIT")
         raw.commit()
     finally:

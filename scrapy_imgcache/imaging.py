@@ -194,3 +194,30 @@ def _fully_transparent(img: Image.Image) -> bool:
     if img.mode == "P" and "transparency" in img.info:
         return img.convert("RGBA").getchannel("A").getextrema()[1] == 0
     return False
+
+
+def thumbnail(data: bytes, size: int, max_pixels: int, lossless_alpha: bool = True) -> tuple[bytes, str] | None:
+    """A picture of the image at most ``size`` pixels a side, upright (EXIF orientation), as
+    (bytes, MIME type): JPEG, or PNG where it has transparency (``lossless_alpha``; WebP
+    otherwise, which keeps it in a fraction of the bytes). None when it cannot be decoded.
+
+    JPEGs are decoded at a reduced scale (``draft``: 1/2 to 1/8, ~5x faster for a large photo),
+    so a thumbnail never costs a full decode of a big JPEG."""
+    from PIL import ImageOps
+
+    try:
+        img = open_image(data, max_pixels)
+        img.draft("RGB", (size, size))
+        img = ImageOps.exif_transpose(img) or img
+        img.thumbnail((size, size), Image.Resampling.LANCZOS)
+        transparent = img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info)
+        out = greyscale(img).convert("RGB") if img.mode in ("LAB", "I", "I;16", "I;16B", "F") else img
+        buf = io.BytesIO()
+        if not transparent:
+            out.convert("RGB").save(buf, "JPEG", quality=85)
+            return buf.getvalue(), "image/jpeg"
+        fmt, mime = ("PNG", "image/png") if lossless_alpha else ("WEBP", "image/webp")
+        out.convert("RGBA").save(buf, fmt, **({"optimize": True} if fmt == "PNG" else {"quality": 85}))
+        return buf.getvalue(), mime
+    except Exception:  # noqa: BLE001 - an image that cannot be shown gets a placeholder
+        return None

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..hashing import DEFAULT_MAX_PIXELS
-from ..imaging import open_image
+from ..imaging import thumbnail
 
 THUMBNAIL_SIZE = 240
 MAX_URLS_SHOWN = 10
@@ -60,22 +59,11 @@ class Section:
 
 def thumbnail_uri(data: bytes, size: int = THUMBNAIL_SIZE) -> str | None:
     """A small JPEG (PNG when transparent) of the image as a ``data:`` URI; None if unreadable."""
-    from PIL import Image
-
-    try:
-        img = open_image(data, DEFAULT_MAX_PIXELS)
-        img.load()
-    except Exception:  # noqa: BLE001 - an image that cannot be shown gets a placeholder
+    made = thumbnail(data, size, DEFAULT_MAX_PIXELS)
+    if made is None:
         return None
-    img.thumbnail((size, size), Image.Resampling.LANCZOS)
-    buf = io.BytesIO()
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        img.convert("RGBA").save(buf, "PNG", optimize=True)
-        mime = "image/png"
-    else:
-        img.convert("RGB").save(buf, "JPEG", quality=85)
-        mime = "image/jpeg"
-    return f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
+    picture, mime = made
+    return f"data:{mime};base64,{base64.b64encode(picture).decode('ascii')}"
 
 
 def render_card(card: Card) -> str:

@@ -32,7 +32,7 @@ from . import (
 
 if TYPE_CHECKING:
     from ..config import ImgCacheConfig
-    from ..hashing import ImageInfo
+    from ..hashing import ImageInfo, Inspector
     from ..store.base import Entry, NearQuery, Store
 
 CONTENT_HASH = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -92,19 +92,19 @@ class Command(ImgCacheCommand):
             say(
                 f"Perceptual hash {query.perceptual_hash} ({query.algorithm}), bucket {bucket!r}, up to {distance} bits"
             )
-            matches = [] if query.flat else self._matches(store, query, distance, bucket, opts.limit)
+            found = self._matches(store, query, distance, bucket, opts.limit)
             if opts.html:
-                self._sheet(opts.html, store, query, matches, distance, bucket)
-            if not matches:
+                self._sheet(opts.html, store, query, found, distance, bucket)
+            if not found:
                 why = " (it is flat: a single colour has no meaningful perceptual hash)" if query.flat else ""
                 say(f"No cached image is within {distance} bits of the query{why}.")
                 return EXIT_NOTHING
             if opts.json:
-                for dist, sighting in matches:
+                for dist, sighting in found:
                     print_json(sighting.to_json(distance=dist))
             else:
-                print(sightings_table(matches))
-                print(f"{len(matches)} match(es).")
+                print(sightings_table(found))
+                print(f"{len(found)} match(es).")
             return EXIT_OK
         finally:
             store.close()
@@ -112,14 +112,9 @@ class Command(ImgCacheCommand):
     def _matches(
         self, store: Store, query: Query, distance: int, bucket: str, limit: int
     ) -> list[tuple[int, Sighting]]:
-        hits: list[Entry] | None = None
-        if query.kind == "content hash" and query.content_hash is not None:  # itself left out
-            hits = store.near_cached(query.content_hash, distance, bucket, limit)
-        elif query.near is not None:
-            hits = store.near(query.near, distance, bucket, limit)
-        if hits is None:
-            hits = store.similar(query.perceptual_hash, distance, bucket, limit, query.algorithm)
-        return [(h.hamming_distance or 0, Sighting.of(store, h)) for h in hits[:limit]]
+        return [
+            (h.hamming_distance or 0, Sighting.of(store, h)) for h in matches(store, query, distance, bucket, limit)
+        ]
 
     def _sheet(
         self, path: str, store: Store, query: Query, matches: list[tuple[int, Sighting]], distance: int, bucket: str
@@ -134,6 +129,35 @@ class Command(ImgCacheCommand):
         ]
         write_page(path, "imgcache: similar images", intro, [Section("Query and matches", cards)])
         print(f"Contact sheet written to {path}", file=sys.stderr)
+
+
+def matches(store: Store, query: Query, distance: int, bucket: str, limit: int) -> list[Entry]:
+    """The cached images like ``query``, best first: a cached image's near-duplicates (itself
+    left out), a decoded image's by its robust hashes and signature, else by its pHash."""
+    if query.flat:
+        return []
+    hits: list[Entry] | None = None
+    if query.kind == "content hash" and query.content_hash is not None:
+        hits = store.near_cached(query.content_hash, distance, bucket, limit)
+    elif query.near is not None:
+        hits = store.near(query.near, distance, bucket, limit)
+    if hits is None:
+        hits = store.similar(query.perceptual_hash, distance, bucket, limit, query.algorithm)
+    return hits[:limit]
+
+
+def cached_query(entry: Entry, data: bytes | None) -> Query:
+    """The query for a cached image: searched with what its record keeps."""
+    chash = entry.content_hash
+    return Query(
+        "content hash",
+        f"cached image {chash} ({human_size(entry.file_size_bytes)}, {dimensions(entry)}, seen at {entry.url})",
+        entry.perceptual_hash or "",
+        entry.hash_algorithm,
+        data=data,
+        content_hash=chash,
+        flat=entry.flat,
+    )
 
 
 def resolve(target: str, store: Store, config: ImgCacheConfig, bucket: str) -> Query:
@@ -156,15 +180,7 @@ def resolve(target: str, store: Store, config: ImgCacheConfig, bucket: str) -> Q
             raise UsageError(f"no cached image has content hash {chash} in bucket {bucket!r}", print_help=False)
         if entry.perceptual_hash is None:
             raise UsageError(f"cached image {chash} has no perceptual hash", print_help=False)
-        return Query(
-            "content hash",
-            f"cached image {chash} ({human_size(entry.file_size_bytes)}, {dimensions(entry)}, seen at {entry.url})",
-            entry.perceptual_hash,
-            entry.hash_algorithm,
-            data=store.get_bytes(chash, bucket),
-            content_hash=chash,
-            flat=entry.flat,
-        )
+        return cached_query(entry, store.get_bytes(chash, bucket))
     if PERCEPTUAL_HASH.match(target):
         phash = target.lower()
         return Query("perceptual hash", f"perceptual hash {phash}", phash, config.hash)
@@ -199,12 +215,18 @@ def fetch(url: str, timeout: float, max_bytes: int) -> bytes:
 
 def _inspected(kind: str, target: str, data: bytes, config: ImgCacheConfig) -> Query:
     from ..errors import InvalidImage
-    from ..store.base import NearQuery
 
     try:
-        info: ImageInfo = config.inspector().inspect(data)
+        return inspected(kind, target, data, config.inspector())
     except InvalidImage as exc:
         raise UsageError(f"{kind} {target} cannot be used ({exc.reason}): {exc.message}", print_help=False) from None
+
+
+def inspected(kind: str, target: str, data: bytes, inspector: Inspector) -> Query:
+    """The query for an image's bytes (InvalidImage when they are not one)."""
+    from ..store.base import NearQuery
+
+    info: ImageInfo = inspector.inspect(data)
     description = f"{kind} {target} ({info.format}, {info.width}x{info.height}, {human_size(info.size)})"
     near = NearQuery.of(info)
     return Query(kind, description, info.perceptual_hash, info.algorithm, data, info.content_hash, info.flat, near)

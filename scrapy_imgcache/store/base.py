@@ -16,7 +16,7 @@ import base64
 import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -104,6 +104,9 @@ class Entry:
     #: how this URL's record came to be: ``"exact"`` (the bytes were cached already from another
     #: URL), ``"similar"`` (a near-duplicate not stored again), or None (it brought the bytes)
     duplicate: str | None = None
+    #: when this URL's record was made: the URL was first seen with this image (``lookup_time``
+    #: is when it was last fetched or revalidated)
+    first_seen: datetime | None = None
     #: in near-duplicate results: how it matched the query (``resized``, ``cropped``,
     #: ``mirrored``, ``rotated``, ``bordered``, ``edited``; None when only the pHash said so)
     match: str | None = None
@@ -113,6 +116,7 @@ class Entry:
         data = asdict(self)
         data["lookup_time"] = self.lookup_time.isoformat()
         data["created_at"] = self.created_at.isoformat()
+        data["first_seen"] = None if self.first_seen is None else self.first_seen.isoformat()
         for name in ("match", "hamming_distance"):  # fields of search results only
             if data[name] is None:
                 del data[name]
@@ -124,6 +128,8 @@ class Entry:
         values = {k: v for k, v in data.items() if k in _ENTRY_FIELDS}
         for name in ("lookup_time", "created_at"):
             values[name] = datetime.fromisoformat(values[name])
+        if values.get("first_seen") is not None:
+            values["first_seen"] = datetime.fromisoformat(values["first_seen"])
         return cls(**values)
 
 
@@ -207,6 +213,83 @@ class Usage:
 
 
 _USAGE_COUNTS = frozenset(f.name for f in fields(Usage)) - {"bucket", "clients"}
+
+#: the duplicate kinds :class:`BrowseQuery` filters by: ``exact`` (seen at another URL too, as
+#: the same bytes), ``near`` (stored as a near-duplicate of another image, or a near-duplicate
+#: URL was recorded against it), ``none`` (neither)
+DUPLICATE_KINDS = ("exact", "near", "none")
+#: a browsing cursor: an image's creation time (microseconds since the epoch) and its row id
+CURSOR_RE = re.compile(r"^(\d{1,19})-(\d{1,19})$")
+MAX_PAGE = 500
+
+
+@dataclass(frozen=True)
+class BrowseQuery:
+    """A page of one bucket's images, newest first, filtered: by the client that stored it,
+    its content type, its duplicate kind (:data:`DUPLICATE_KINDS`) and its size in bytes.
+    ``before``/``after``: a cursor of a :class:`BrowsePage` (the older/newer page)."""
+
+    bucket: str = ""
+    client: str | None = None
+    content_type: str | None = None
+    duplicate: str | None = None
+    min_size: int | None = None
+    max_size: int | None = None
+    before: str | None = None
+    after: str | None = None
+    limit: int = 60
+
+    def __post_init__(self) -> None:
+        validate_bucket(self.bucket)
+        if self.duplicate is not None and self.duplicate not in DUPLICATE_KINDS:
+            raise ValueError(f"bad duplicate kind {self.duplicate!r}: one of {', '.join(DUPLICATE_KINDS)}")
+        for cursor in (self.before, self.after):
+            if cursor is not None:
+                parse_cursor(cursor)
+        if self.before is not None and self.after is not None:
+            raise ValueError("a page is either before or after a cursor, not both")
+        if not 1 <= self.limit <= MAX_PAGE:
+            raise ValueError(f"bad page size {self.limit!r}: 1 to {MAX_PAGE}")
+
+    def to_params(self) -> dict[str, Any]:
+        """The query as URL parameters (``GET /images/browse``), the unset ones left out."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class BrowsePage:
+    """Images newest first, and the cursors of the newer and older pages (None: there is none)."""
+
+    entries: list[Entry]
+    newer: str | None
+    older: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"images": [e.to_json() for e in self.entries], "newer": self.newer, "older": self.older}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BrowsePage:
+        return cls([Entry.from_json(e) for e in data["images"]], data.get("newer"), data.get("older"))
+
+
+def make_cursor(created_at: datetime, row_id: int) -> str:
+    moment = as_utc(created_at) - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return f"{moment // _MICROSECOND}-{row_id}"
+
+
+def parse_cursor(cursor: str) -> tuple[datetime, int]:
+    """(creation time, row id) of a cursor made by :func:`make_cursor`; ValueError if malformed."""
+    match = CURSOR_RE.match(cursor) if isinstance(cursor, str) else None
+    if match is None or int(match.group(2)) >= 2**63:  # row ids are 64-bit signed integers
+        raise ValueError(f"bad cursor {cursor!r}")
+    try:
+        moment = datetime(1970, 1, 1, tzinfo=timezone.utc) + int(match.group(1)) * _MICROSECOND
+    except OverflowError as exc:
+        raise ValueError(f"bad cursor {cursor!r}") from exc
+    return moment, int(match.group(2))
+
+
+_MICROSECOND = timedelta(microseconds=1)
 
 
 @dataclass
@@ -375,6 +458,16 @@ class Store(Protocol):
         ...
 
     def usage(self) -> list[Usage]: ...
+
+    def browse(self, query: BrowseQuery) -> BrowsePage:
+        """A page of a bucket's images (each with its most recent URL), newest first, as
+        ``query`` filters them; the cost of a page does not grow with how deep it is."""
+        ...
+
+    def daily_counts(self, bucket: str | None, days: int) -> list[tuple[date, int]]:
+        """Images stored per day (UTC) over the last ``days`` days, oldest first, days with
+        none left out; ``bucket`` None counts every bucket."""
+        ...
 
     # -- looking after it ------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -21,7 +21,18 @@ import httpx
 from .. import errors
 from ..errors import InvalidImage, StoreError
 from ..hashing import ImageInfo, Inspector
-from .base import HASH_RE, Answer, Entry, GcReport, NearQuery, PutResult, Usage, validate_bucket
+from .base import (
+    HASH_RE,
+    Answer,
+    BrowsePage,
+    BrowseQuery,
+    Entry,
+    GcReport,
+    NearQuery,
+    PutResult,
+    Usage,
+    validate_bucket,
+)
 
 if TYPE_CHECKING:
     from ..config import ImgCacheConfig
@@ -326,6 +337,16 @@ class RemoteStore:
 
     def usage(self) -> list[Usage]:
         return [Usage.from_json(u) for u in self._json("GET", "/usage") or []]
+
+    def browse(self, query: BrowseQuery) -> BrowsePage:
+        """GET /images/browse."""
+        return BrowsePage.from_json(self._json("GET", "/images/browse", params=query.to_params()) or {"images": []})
+
+    def daily_counts(self, bucket: str | None, days: int) -> list[tuple[date, int]]:
+        """GET /usage/daily."""
+        params: dict[str, Any] = {"days": days} if bucket is None else {"days": days, "bucket": bucket}
+        found = self._json("GET", "/usage/daily", params=params) or []
+        return [(date.fromisoformat(row["day"]), int(row["images"])) for row in found]
 
     def health(self) -> bool:
         """True when the service answers ``/health`` (one attempt, no retries)."""

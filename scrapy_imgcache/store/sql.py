@@ -16,7 +16,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -43,6 +43,8 @@ from ..hashing import ImageInfo, Inspector, content_hash
 from .base import (
     HASH_RE,
     Answer,
+    BrowsePage,
+    BrowseQuery,
     Entry,
     GcReport,
     NearQuery,
@@ -55,6 +57,7 @@ from .base import (
     validate_phash,
     validate_url,
 )
+from .browsing import as_date, browse_plan, cursors, daily_stmt
 from .index import (
     QUERY_SLOTS,
     SLOT_BITS,
@@ -222,7 +225,7 @@ class SqlStore:
         }
         url_values = {
             "bucket": bucket, "url": url, "client_name": client_name, "lookup_time": lookup_time, "etag": etag,
-            "last_modified": last_modified,
+            "last_modified": last_modified, "created_at": now,
         }  # fmt: skip
         # bytes first, held until the row is written: a row never points at nothing, and the
         # garbage collector never takes bytes whose row is on its way
@@ -254,6 +257,7 @@ class SqlStore:
             similar_distance=similar_distance,
             similar_match=similar_match,
             duplicate=None if created else "exact",
+            first_seen=now,
         )
         return PutResult(entry, created)
 
@@ -425,7 +429,7 @@ class SqlStore:
     def _upsert_url(self, conn: Connection, **values: Any) -> None:
         values["url_hash"] = content_hash(values["url"].encode("utf-8", "surrogatepass"))
         values["client_name"] = values["client_name"][:255]
-        values["created_at"] = utcnow()
+        values.setdefault("created_at", utcnow())  # a new image's first URL: the image's own time
         refresh = {k: values[k] for k in ("lookup_time", "etag", "last_modified")}
         key = {k: values[k] for k in ("image_id", "url_hash", "client_name")}
         if self._dialect in ("sqlite", "postgresql", "mysql", "mariadb"):
@@ -646,6 +650,28 @@ class SqlStore:
             ids = list(conn.execute(stmt).scalars())
         by_id = self._latest_by_image(ids)
         return [by_id[i] for i in ids if i in by_id], (ids[-1] if len(ids) == limit else None)
+
+    def browse(self, query: BrowseQuery) -> BrowsePage:
+        """A page by keyset pagination (see :mod:`.browsing`): one indexed range read of
+        ``limit + 1`` ids (a filtered one examines at most ``SCAN_BUDGET`` rows), then their
+        rows with their most recent URLs."""
+        plan = browse_plan(query)
+        with self.engine.connect() as conn:
+            row = conn.execute(plan.edge).first() if plan.edge is not None else None
+            edge = None if row is None else (row[0], row[1])
+            found = [(r.id, r.created_at) for r in conn.execute(plan.page(edge))]
+        more = len(found) > query.limit
+        found = found[: query.limit]
+        if plan.upwards:  # read oldest first from the cursor: shown newest first
+            found.reverse()
+        by_id = self._latest_by_image([i for i, _ in found])
+        newer, older = cursors(query, plan, found, more, edge)
+        return BrowsePage([by_id[i] for i, _ in found if i in by_id], newer, older)
+
+    def daily_counts(self, bucket: str | None, days: int) -> list[tuple[date, int]]:
+        stmt, _since = daily_stmt(bucket, self.buckets() if bucket is None else [], days)
+        with self.engine.connect() as conn:
+            return [(as_date(day), int(n)) for day, n in conn.execute(stmt)]
 
     def buckets(self) -> list[str]:
         with self.engine.connect() as conn:

@@ -50,6 +50,7 @@ def entry_columns(urls: Any = UrlRow) -> tuple[Any, ...]:
         ImageRow.similar_distance,
         ImageRow.similar_match,
         urls.duplicate,
+        urls.created_at.label("first_seen"),
     )
 
 
