@@ -269,6 +269,18 @@ def crawl(project: Path, spider: str, *args: str, **spider_args: str) -> Crawl:
     return finish_crawl(*start_crawl(project, spider, *args, **spider_args))
 
 
+def start_up_error(result: Crawl, site: Site) -> str:
+    """What a crawl that cannot use its cache must show: one ERROR line (returned), no traceback,
+    no other component's error, not a single request, and the finish reason saying why."""
+    errors = [line for line in result.log.splitlines() if " ERROR: " in line or " CRITICAL: " in line]
+    assert len(errors) == 1, result.log[-4000:]
+    for noise in ("Traceback", "Task exception", "Error caught on signal handler"):
+        assert noise not in result.log, noise
+    assert result.stats["finish_reason"] == "imgcache_unavailable"
+    assert site.hits["/p"] == 0 and result.items == []
+    return errors[0]
+
+
 def cache_settings(tmp_path: Path, **extra: object) -> dict[str, object]:
     """A crawl's settings with its cache in ``tmp_path`` (cache.sqlite3, files/)."""
     return {
