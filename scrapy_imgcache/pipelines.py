@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar, cast
 
 from scrapy.exceptions import DropItem, NotConfigured
 from scrapy.pipelines.images import ImagesPipeline
@@ -66,6 +66,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: ImagesPipeline hooks this pipeline does not call, because it keeps each image's original
 #: bytes instead of re-encoding them as JPEG; a subclass overriding one is refused at start
@@ -110,6 +111,20 @@ class _NoFilesStore:
         return {}
 
 
+def _cached(method: F) -> F:
+    """``method`` while the cache is on; with ``IMGCACHE_ENABLED = False``, ImagesPipeline's own
+    (nothing where it has none), so a project's subclass runs as the pipeline it was written on."""
+    plain = getattr(ImagesPipeline, method.__name__, None)
+
+    @functools.wraps(method)
+    def either(self: ImgCachePipeline, *args: Any, **kwargs: Any) -> Any:
+        if self.cache_on:
+            return method(self, *args, **kwargs)
+        return None if plain is None else plain(self, *args, **kwargs)
+
+    return cast(F, either)
+
+
 class ImgCachePipeline(ImagesPipeline):
     STORE_SCHEMES: ClassVar[dict[str, Any]] = dict.fromkeys((*VIEW_SCHEMES, "imgcache"), _NoFilesStore)
     #: completed results remembered per URL within a crawl, so that items sharing an image
@@ -142,8 +157,11 @@ class ImgCachePipeline(ImagesPipeline):
         if crawler is None:
             raise TypeError(f"{type(self).__name__} is built with from_crawler(crawler)")
         self.ctx = ImgCacheContext.of(crawler)
-        if not self.ctx.config.enabled:
-            raise NotConfigured  # no args: Scrapy says nothing; the add-on logs one INFO line
+        #: False: IMGCACHE_ENABLED is False, and this is Scrapy's ImagesPipeline (see _cached)
+        self.cache_on = self.ctx.config.enabled
+        if not self.cache_on:
+            self._without_cache(store_uri, crawler)
+            return
         view_uri = str(store_uri or "")
         super().__init__(view_uri or "imgcache://", crawler=crawler)
         self.config = self.ctx.config
@@ -151,6 +169,20 @@ class ImgCachePipeline(ImagesPipeline):
         self.thumbnailer = Thumbnailer(self)
         self.ctx.check(self._refused_options(view_uri))
         logging.getLogger("scrapy.pipelines.media").addFilter(_MEDIA_LOG_FILTER)
+
+    def _without_cache(self, store_uri: Any, crawler: Crawler) -> None:
+        """``IMGCACHE_ENABLED = False``: ImagesPipeline, with its own files stores; without
+        ``IMAGES_STORE`` that is off (``NotConfigured``), and so is this pipeline. One INFO line."""
+        name = type(self).__name__
+        if not store_uri:
+            off = "so %s is off, as Scrapy's ImagesPipeline is without IMAGES_STORE"
+            logger.info("imgcache: IMGCACHE_ENABLED is False and IMAGES_STORE is not set, " + off, name)
+            raise NotConfigured  # no args: Scrapy says nothing more
+        logger.info(
+            "imgcache: IMGCACHE_ENABLED is False, so %s runs as Scrapy's ImagesPipeline, without the cache", name
+        )
+        self.STORE_SCHEMES = ImagesPipeline.STORE_SCHEMES  # type: ignore[misc]  # the files stores, not the cache's
+        super().__init__(store_uri, crawler=crawler)
 
     def _problem(self, message: str) -> None:
         self.ctx.check(message)
@@ -176,6 +208,7 @@ class ImgCachePipeline(ImagesPipeline):
 
     # -- the crawl -------------------------------------------------------------------------
 
+    @_cached
     def open_spider(self, spider: Spider | None = None) -> Any:
         if spider is None:
             super().open_spider()
@@ -191,14 +224,17 @@ class ImgCachePipeline(ImagesPipeline):
                 self.ctx.check(str(exc))
                 await self.ctx.open()  # reports the problem and stops the crawl
 
+    @_cached
     def close_spider(self, spider: Spider | None = None) -> Any:
         return component_result(self.ctx.release())
 
+    @_cached
     def process_item(self, item: Any, spider: Spider | None = None) -> Any:
         if self.ctx.failed is not None:
             raise DropItem(f"the image cache cannot be used: {self.ctx.failed}")
         return super().process_item(item) if spider is None else super().process_item(item, spider)
 
+    @_cached
     def media_to_download(  # type: ignore[override]  # a coroutine where Scrapy awaits one
         self, request: Request, info: SpiderInfo, *, item: Any = None
     ) -> Deferred[Any] | Coroutine[Any, Any, Any]:
@@ -256,6 +292,7 @@ class ImgCachePipeline(ImagesPipeline):
     def _too_small(self, entry: Entry) -> ImageTooSmall:
         return ImageTooSmall(f"Image too small ({entry.width}x{entry.height} < {self.min_width}x{self.min_height})")
 
+    @_cached
     def media_downloaded(  # type: ignore[override]  # a Deferred: Scrapy 2.13 awaits nothing else
         self, response: Response, request: Request, info: SpiderInfo, *, item: Any = None
     ) -> Deferred[dict[str, Any]] | Coroutine[Any, Any, dict[str, Any]]:
@@ -311,6 +348,7 @@ class ImgCachePipeline(ImagesPipeline):
         except (StoreError, OSError) as exc:  # the store, the cache's files or IMAGES_STORE failed
             self._failed("store_error", request, f"{type(exc).__name__}: {exc}", referer, error=True)
 
+    @_cached
     def media_failed(self, failure: Failure, request: Request, info: SpiderInfo) -> Any:
         if isinstance(failure.value, ImageFailed):  # media_downloaded refused it, and said so
             raise failure.value
@@ -374,6 +412,7 @@ class ImgCachePipeline(ImagesPipeline):
 
     # -- hooks ImgCachePipeline replaces (see REPLACED_HOOKS) ------------------------------
 
+    @_cached
     def file_path(
         self, request: Request, response: Response | None = None, info: SpiderInfo | None = None, *, item: Any = None
     ) -> str:
@@ -385,6 +424,7 @@ class ImgCachePipeline(ImagesPipeline):
             return path.rsplit(".", 1)[0] + "." + entry.path.rsplit(".", 1)[-1]
         return path
 
+    @_cached
     def item_completed(self, results: list[Any], item: Any, info: SpiderInfo) -> Any:
         """ImagesPipeline's, after ``IMGCACHE_ON_SIMILAR = "drop"`` had its say."""
         drop_near_duplicates(self, results)
@@ -394,7 +434,7 @@ class ImgCachePipeline(ImagesPipeline):
 def drop_near_duplicates(pipeline: ImgCachePipeline, results: list[Any]) -> None:
     """``DropItem`` when an image of the item is a near-duplicate of an image another item
     brought (two near-identical photos of one item do not drop it)."""
-    if pipeline.config.on_similar != "drop":
+    if not pipeline.cache_on or pipeline.config.on_similar != "drop":
         return
     images = [r for ok, r in results if ok]
     for r in images:

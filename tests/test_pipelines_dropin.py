@@ -164,3 +164,52 @@ def test_transparent_images_are_thumbnailed_on_white_as_imagespipeline_does(site
     (png,) = [i for i in result.images if i["url"].endswith("b.png")]
     thumb = Image.open(tmp_path / "images" / png["thumbs"]["small"])
     assert thumb.format == "JPEG" and thumb.getpixel((2, thumb.height // 2)) == (255, 255, 255)
+
+
+def imgcache_lines(result: Crawl) -> list[str]:
+    return [line for line in result.log.splitlines() if "[scrapy_imgcache" in line]
+
+
+@pytest.mark.parametrize("addon", [True, False], ids=["addon", "no-addon"])
+def test_disabled_the_subclass_runs_as_a_plain_imagespipeline(site, tmp_path, addon):
+    """IMGCACHE_ENABLED = False removed the project's own pipeline: its item_completed never ran."""
+    site.image("/img/front/a.jpg", encode(distinct_images(1)[0]))
+    site.image("/img/side/b.png", transparent_png(), "image/png")
+    site.page("/p1", ["/img/front/a.jpg", "/img/side/b.png"])
+    store = tmp_path / "images"
+    extra = {} if addon else {"ADDONS": {}}
+    project = make_project(
+        tmp_path / "proj",
+        {
+            **extra,
+            "IMGCACHE_ENABLED": False,
+            "IMGCACHE_URL": f"sqlite:///{tmp_path / 'cache.sqlite3'}",
+            "IMAGES_STORE": str(store),
+            "ITEM_PIPELINES": {"tests.crawl_spiders.CachedDocsPipeline": 1},
+        },
+    )
+    result = crawl(project, "pages", start=site.url("/p1"))
+    assert result.returncode == 0, result.log[-3000:]
+    (item,) = result.items
+    assert len(item["image_paths"]) == 2  # the subclass's own item_completed ran
+    for path in item["image_paths"]:  # written by ImagesPipeline: re-encoded as JPEG
+        assert Image.open(store / path).format == "JPEG", path
+    assert file_stats(result)["file_status_count/downloaded"] == 2
+    assert not (tmp_path / "cache.sqlite3").exists() and not any(k.startswith("imgcache/") for k in result.stats)
+    (line,) = imgcache_lines(result)
+    assert " INFO: " in line and "IMGCACHE_ENABLED is False" in line and "DocsPipeline" in line
+    assert " WARNING: " not in result.log and " ERROR: " not in result.log
+
+
+def test_disabled_without_images_store_the_subclass_is_off_as_imagespipeline_would_be(site, tmp_path):
+    site.image("/img/front/a.jpg", encode(distinct_images(1)[0]))
+    site.page("/p1", ["/img/front/a.jpg"])
+    project = make_project(
+        tmp_path / "proj",
+        {"IMGCACHE_ENABLED": False, "ITEM_PIPELINES": {"tests.crawl_spiders.CachedDocsPipeline": 1}},
+    )
+    result = crawl(project, "pages", start=site.url("/p1"))
+    assert result.returncode == 0, result.log[-3000:]
+    assert "image_paths" not in result.items[0] and site.image_hits == 0
+    (line,) = imgcache_lines(result)
+    assert " INFO: " in line and "IMAGES_STORE is not set" in line and "DocsPipeline" in line
