@@ -331,6 +331,8 @@ class WriteTransaction:
             try:
                 return self._begin()
             except OperationalError as exc:  # locked at BEGIN IMMEDIATE past the busy timeout
+                if "locked" not in str(exc.orig):  # the database is gone, or full: not worth waiting for
+                    raise
                 last = exc
                 time.sleep(0.05 * (attempt + 1))
         raise StoreError(f"database busy: {last}")
