@@ -11,6 +11,7 @@ import hashlib
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate, parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,6 +33,8 @@ class Route:
     headers: dict[str, str] = field(default_factory=dict)
     #: > 0: stream this many bytes (the body repeated) with no Content-Length
     stream: int = 0
+    #: called before answering, in the server's thread (tests: act when a page is asked for, or hold it)
+    before: Callable[[], None] | None = None
 
     @property
     def etag(self) -> str:
@@ -109,6 +112,8 @@ class Site:
                     site.requests[path].append(dict(self.headers.items()))
                 if route is None:
                     return self._send(404, b"not found", "text/plain")
+                if route.before is not None:
+                    route.before()
                 if route.delay:
                     time.sleep(route.delay)
                 if route.hold is not None:

@@ -26,7 +26,9 @@ class Addon:
         from .pipelines import ImgCachePipeline
 
         if not enabled(settings):
-            logger.info("imgcache: IMGCACHE_ENABLED is False; the image cache is off")
+            if not _configured(settings.getdict("ITEM_PIPELINES"), ImgCachePipeline, enabled_only=True):
+                logger.info("imgcache: IMGCACHE_ENABLED is False; the image cache is off")
+            # (else the project's own pipeline says it, as it runs as Scrapy's ImagesPipeline)
             return
         assert isinstance(settings, BaseSettings)
         for name, component, priority in (
@@ -37,11 +39,14 @@ class Addon:
                 settings.set_in_component_priority_dict(name, component, priority)
 
 
-def _configured(components: dict[Any, Any], base: type) -> bool:
-    """Whether ``components`` lists ``base`` or a subclass of it, under any priority or ``None``."""
+def _configured(components: dict[Any, Any], base: type, enabled_only: bool = False) -> bool:
+    """Whether ``components`` lists ``base`` or a subclass of it, under any priority or ``None``
+    (``enabled_only``: under a priority)."""
     from scrapy.utils.misc import load_object
 
-    for key in components:
+    for key, priority in components.items():
+        if enabled_only and priority is None:
+            continue
         try:
             found = load_object(key) if isinstance(key, str) else key
         except (ImportError, NameError, ValueError):

@@ -154,6 +154,8 @@ class ImgCacheContext:
         self._ingestor: Ingestor | None = None
         self._users = 0
         self._reported = False
+        #: ImgCacheMiddleware is enabled (without it the pipeline says, at open, what it leaves out)
+        self.middleware_on = False
         #: spider_opened has been sent: a handler connected now would never run
         self._spider_opened = False
         crawler.signals.connect(self._note_spider_opened, signal=signals.spider_opened)

@@ -8,8 +8,12 @@ prefixed ones too), per-URL download sharing within a crawl, and Scrapy's file s
 
 What changes is where images come from and go:
 - a URL the cache knows and that was seen within the expiry is answered from the cache,
-  without the network (status ``uptodate``); an expired one is revalidated by the
-  middleware with a conditional request (a 304 gives status ``cached``);
+  without the network (status ``uptodate``); an expired one is revalidated with a
+  conditional request (a 304 gives status ``cached``); an image ``IMAGES_MIN_*`` refuses
+  fails from the cache too. The pipeline does all that itself: ``ImgCacheMiddleware`` only
+  adds the caching of image requests a spider makes itself (:mod:`.fetching`);
+- when the store fails, ``IMGCACHE_ON_STORE_ERROR`` decides: the image fails, or is kept
+  uncached (``cache: "error"``);
 - a downloaded image is stored once per distinct content (BLAKE2b), in its original format,
   with every URL it was seen at; near-duplicates follow ``IMGCACHE_ON_SIMILAR``;
 - ``IMAGES_STORE``, when set, is a view of the cache: each image also exists at
@@ -26,37 +30,42 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from scrapy.exceptions import DropItem, NotConfigured
+from scrapy.http import Response
 from scrapy.pipelines.images import ImagesPipeline
-from scrapy.utils.defer import deferred_from_coro
+from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from scrapy.utils.request import referer_str
 
 from .context import ImgCacheContext, component_result, in_thread
 from .errors import ImageTooSmall, InvalidImage, StoreError
-from .ingest import Outcome, checksum, ingest_response
-from .middleware import (
+from .fetching import (
     META_ENTRY,
     META_KEY,
-    META_LOOKED_UP,
     META_MAX_AGE,
     META_PIPELINE,
     META_STATUS,
+    META_STORE_ERROR,
     RESPONSE_FLAG,
-    cut_at_maxsize,
+    STORE_ERROR,
+    ImageFailed,
+    answer_304,
+    ask_origin,
+    count_download,
+    fail_image,
+    fresh_since,
+    not_modified,
+    quiet_reported_failures,
+    store_failed,
 )
+from .ingest import Outcome, checksum, ingest_response
+from .middleware import cut_at_maxsize
 from .view import ImagesStoreView, Thumbnailer
-
-try:  # Scrapy >= 2.14 moved it; the old name still works there, with a warning
-    from scrapy.pipelines.media import FileException
-except ImportError:  # pragma: no cover - depends on the Scrapy version
-    from scrapy.pipelines.files import FileException  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
     from scrapy import Request, Spider
     from scrapy.crawler import Crawler
-    from scrapy.http import Response
     from scrapy.pipelines.media import MediaPipeline
     from twisted.internet.defer import Deferred
     from twisted.python.failure import Failure
@@ -67,6 +76,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: ImagesPipeline hooks this pipeline does not call, because it keeps each image's original
 #: bytes instead of re-encoding them as JPEG; a subclass overriding one is refused at start
@@ -75,26 +85,7 @@ REPLACED_HOOKS = ("get_images", "image_downloaded", "file_downloaded")
 VIEW_SCHEMES = ("", "file", "s3", "gs", "gcs", "ftp", "memory")
 
 
-class ImageFailed(FileException):
-    """One image of an item failed, and has been logged once with its reason (the stat key)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class _AlreadyReported(logging.Filter):
-    """Scrapy's media pipeline logs every failed download again, with a traceback; failures
-    this pipeline has reported in one line already are left out of that."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        for candidate in (record.exc_info[1] if record.exc_info else None, getattr(record.msg, "value", None)):
-            if isinstance(candidate, ImageFailed):
-                return False
-        return True
-
-
-_MEDIA_LOG_FILTER = _AlreadyReported()
+__all__ = ["REPLACED_HOOKS", "ImageFailed", "ImgCachePipeline"]
 
 
 class _NoFilesStore:
@@ -109,6 +100,20 @@ class _NoFilesStore:
 
     def stat_file(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return {}
+
+
+def _cached(method: F) -> F:
+    """``method`` while the cache is on; with ``IMGCACHE_ENABLED = False``, ImagesPipeline's own
+    (nothing where it has none), so a project's subclass runs as the pipeline it was written on."""
+    plain = getattr(ImagesPipeline, method.__name__, None)
+
+    @functools.wraps(method)
+    def either(self: ImgCachePipeline, *args: Any, **kwargs: Any) -> Any:
+        if self.cache_on:
+            return method(self, *args, **kwargs)
+        return None if plain is None else plain(self, *args, **kwargs)
+
+    return cast(F, either)
 
 
 class ImgCachePipeline(ImagesPipeline):
@@ -143,15 +148,32 @@ class ImgCachePipeline(ImagesPipeline):
         if crawler is None:
             raise TypeError(f"{type(self).__name__} is built with from_crawler(crawler)")
         self.ctx = ImgCacheContext.of(crawler)
-        if not self.ctx.config.enabled:
-            raise NotConfigured  # no args: Scrapy says nothing; the add-on logs one INFO line
+        #: False: IMGCACHE_ENABLED is False, and this is Scrapy's ImagesPipeline (see _cached)
+        self.cache_on = self.ctx.config.enabled
+        if not self.cache_on:
+            self._without_cache(store_uri, crawler)
+            return
         view_uri = str(store_uri or "")
         super().__init__(view_uri or "imgcache://", crawler=crawler)
         self.config = self.ctx.config
         self.view = ImagesStoreView.open(view_uri, crawler.settings, self._problem) if view_uri else None
         self.thumbnailer = Thumbnailer(self)
         self.ctx.check(self._refused_options(view_uri))
-        logging.getLogger("scrapy.pipelines.media").addFilter(_MEDIA_LOG_FILTER)
+        quiet_reported_failures()
+
+    def _without_cache(self, store_uri: Any, crawler: Crawler) -> None:
+        """``IMGCACHE_ENABLED = False``: ImagesPipeline, with its own files stores; without
+        ``IMAGES_STORE`` that is off (``NotConfigured``), and so is this pipeline. One INFO line."""
+        name = type(self).__name__
+        if not store_uri:
+            off = "so %s is off, as Scrapy's ImagesPipeline is without IMAGES_STORE"
+            logger.info("imgcache: IMGCACHE_ENABLED is False and IMAGES_STORE is not set, " + off, name)
+            raise NotConfigured  # no args: Scrapy says nothing more
+        logger.info(
+            "imgcache: IMGCACHE_ENABLED is False, so %s runs as Scrapy's ImagesPipeline, without the cache", name
+        )
+        self.STORE_SCHEMES = ImagesPipeline.STORE_SCHEMES  # type: ignore[misc]  # the files stores, not the cache's
+        super().__init__(store_uri, crawler=crawler)
 
     def _problem(self, message: str) -> None:
         self.ctx.check(message)
@@ -177,6 +199,7 @@ class ImgCachePipeline(ImagesPipeline):
 
     # -- the crawl -------------------------------------------------------------------------
 
+    @_cached
     def open_spider(self, spider: Spider | None = None) -> Any:
         if spider is None:
             super().open_spider()
@@ -185,21 +208,33 @@ class ImgCachePipeline(ImagesPipeline):
         return component_result(self._open())
 
     async def _open(self) -> None:
-        if await self.ctx.open() and self.view is not None:
+        if not await self.ctx.open():
+            return
+        if self.view is not None:
             try:
                 await in_thread(self.view.probe)
             except StoreError as exc:
                 self.ctx.check(str(exc))
                 await self.ctx.open()  # reports the problem and stops the crawl
+                return
+        if not self.ctx.middleware_on:
+            logger.info(
+                "imgcache: %s answers, revalidates and stores its own images; without ImgCacheMiddleware "
+                "(the add-on enables it) image requests the spider makes itself are not cached",
+                type(self).__name__,
+            )
 
+    @_cached
     def close_spider(self, spider: Spider | None = None) -> Any:
         return component_result(self.ctx.release())
 
+    @_cached
     def process_item(self, item: Any, spider: Spider | None = None) -> Any:
         if self.ctx.failed is not None:
             raise DropItem(f"the image cache cannot be used: {self.ctx.failed}")
         return super().process_item(item) if spider is None else super().process_item(item, spider)
 
+    @_cached
     def media_to_download(  # type: ignore[override]  # a coroutine where Scrapy awaits one
         self, request: Request, info: SpiderInfo, *, item: Any = None
     ) -> Deferred[Any] | Coroutine[Any, Any, Any]:
@@ -224,78 +259,93 @@ class ImgCachePipeline(ImagesPipeline):
                 del info.downloaded[fingerprint]
 
     async def _from_cache(self, request: Request, info: SpiderInfo, item: Any) -> dict[str, Any] | None:
+        """A fresh cached URL is answered from the cache (or, too small for IMAGES_MIN_*, fails
+        there): no request. A stale one goes out with its validators, a miss as it is."""
         try:
-            found = await self.ctx.answer(request.url, _since(request.meta[META_MAX_AGE]))
-        except StoreError as exc:  # the middleware and media_downloaded decide what follows
-            logger.warning("imgcache: cannot look %s up in the cache: %s", request.url, exc)
+            found = await self.ctx.answer(request.url, fresh_since(request.meta[META_MAX_AGE]))
+        except StoreError as exc:
+            store_failed(self.ctx, request, exc)  # "continue": downloaded, and nothing more asked
             return None
-        if found is None or found.body is None:  # a miss, or stale: the middleware need not ask again
-            request.meta[META_LOOKED_UP] = request.url
-            if found is not None:
-                request.meta[META_ENTRY] = found.entry
-            return None
-        if not self._large_enough(found.entry):
-            return None  # the middleware answers it from the cache, and media_downloaded refuses it
-        try:
-            result = await in_thread(self._result, request, None, found.entry, found.body, None, "hit", item, info)
-        except (StoreError, OSError) as exc:
-            logger.warning("imgcache: %s answered from the cache, but IMAGES_STORE failed: %s", request.url, exc)
+        if found is None or found.body is None:
+            ask_origin(self.ctx, request, None if found is None else found.entry)
             return None
         self.ctx.inc("hit")
         self._count("uptodate", request, info)
-        return result
+        self._check_size(found.entry, request)
+        return await self._in_thread_or_fail(
+            request, self._result, request, None, found.entry, found.body, None, "hit", item, info
+        )
 
     def _large_enough(self, entry: Entry) -> bool:
         return (entry.width or 0) >= self.min_width and (entry.height or 0) >= self.min_height
 
-    def _check_size(self, entry: Entry, request: Request, referer: str | None) -> None:
+    def _check_size(self, entry: Entry, request: Request) -> None:
         """IMAGES_MIN_WIDTH/HEIGHT, as ImagesPipeline applies them (to cache hits too)."""
         if not self._large_enough(entry):
             too_small = self._too_small(entry)
-            self._failed(too_small.reason, request, too_small.message, referer)
+            fail_image(self.ctx, too_small.reason, request, too_small.message)
 
     def _too_small(self, entry: Entry) -> ImageTooSmall:
         return ImageTooSmall(f"Image too small ({entry.width}x{entry.height} < {self.min_width}x{self.min_height})")
 
+    @_cached
     def media_downloaded(  # type: ignore[override]  # a Deferred: Scrapy 2.13 awaits nothing else
         self, response: Response, request: Request, info: SpiderInfo, *, item: Any = None
     ) -> Deferred[dict[str, Any]] | Coroutine[Any, Any, dict[str, Any]]:
         return _awaitable(self._downloaded(response, request, info, item))
 
     async def _downloaded(self, response: Response, request: Request, info: SpiderInfo, item: Any) -> dict[str, Any]:
-        referer = referer_str(request)
+        response, sent = await self._answered_304(response, response.request or request)
+        if META_STORE_ERROR in sent.meta:  # (the request that went out: a redirect's is a copy)
+            request.meta.setdefault(META_STORE_ERROR, sent.meta[META_STORE_ERROR])
         if response.status != 200:
-            self._failed("http_error", request, f"HTTP {response.status}", referer)
+            fail_image(self.ctx, "http_error", request, f"HTTP {response.status}")
         if not response.body:
-            self._failed("empty", request, "empty body", referer)
-        entry: Entry | None = request.meta.get(META_ENTRY)
-        answered = RESPONSE_FLAG in response.flags and entry is not None  # by the middleware, from the cache
+            fail_image(self.ctx, "empty", request, "empty body")
+        entry: Entry | None = sent.meta.get(META_ENTRY)
+        answered = RESPONSE_FLAG in response.flags and entry is not None  # from the cache, after a 304 or a hit
         self._count("cached" if answered else "downloaded", request, info)  # as FilesPipeline counts
         if answered:
             assert entry is not None
-            self._check_size(entry, request, referer)
-            status = request.meta.get(META_STATUS, "hit")
+            self._check_size(entry, request)
+            status = sent.meta.get(META_STATUS, "hit")
             return await self._in_thread_or_fail(
-                request, referer, self._result, request, response, entry, response.body, None, status, item, info
+                request, self._result, request, response, entry, response.body, None, status, item, info
             )
+        count_download(self.ctx, sent, response)
         # one thread hop for all the blocking work of a download: store it, then place it
-        return await self._in_thread_or_fail(request, referer, self._store_and_place, response, request, item, info)
+        return await self._in_thread_or_fail(request, self._store_and_place, response, request, item, info)
+
+    async def _answered_304(self, response: Response, sent: Request) -> tuple[Response, Request]:
+        """A 304 to the validators this pipeline sent (without the middleware, which answers them
+        first): the cached image, or, when the store could not give it, the image downloaded."""
+        stale = not_modified(sent, response)
+        if stale is None:
+            return response, sent
+        answer = await answer_304(self.ctx, sent, response, stale)
+        if isinstance(answer, Response):
+            return answer, sent
+        engine = self.crawler.engine
+        assert engine is not None
+        if hasattr(engine, "download_async"):  # Scrapy >= 2.14
+            downloaded: Response = await engine.download_async(answer)
+        else:  # pragma: no cover - depends on the Scrapy version
+            downloaded = await maybe_deferred_to_future(engine.download(answer))
+        return downloaded, downloaded.request or answer
 
     def _store_and_place(self, response: Response, request: Request, item: Any, info: SpiderInfo) -> dict[str, Any]:
-        try:
-            outcome: Outcome | None = ingest_response(
-                self.ctx.ingestor,
-                response,
-                self.ctx.client_name(),
-                also=[*request.meta.get("redirect_urls", ()), request.url],
-                checksum=True,
-            )
-        except StoreError as exc:
-            if self.config.on_store_error == "fail":
-                raise
-            self.ctx.inc("store_error")
-            logger.warning("imgcache: store unavailable, %s kept uncached: %s", request.url, exc)
-            outcome = None
+        outcome: Outcome | None = None
+        if META_STORE_ERROR not in request.meta:  # else it goes on uncached: nothing more asked of the store
+            try:
+                outcome = ingest_response(
+                    self.ctx.ingestor,
+                    response,
+                    self.ctx.client_name(),
+                    also=[*(response.request or request).meta.get("redirect_urls", ()), request.url],
+                    checksum=True,
+                )
+            except StoreError as exc:
+                store_failed(self.ctx, request, exc)
         if outcome is not None:  # cached whatever its size; this pipeline may still refuse it
             self.ctx.count(outcome)
             if not self._large_enough(outcome.entry):
@@ -303,33 +353,22 @@ class ImgCachePipeline(ImagesPipeline):
         entry = outcome.entry if outcome is not None else None
         return self._result(request, response, entry, response.body, outcome, "miss", item, info)
 
-    async def _in_thread_or_fail(self, request: Request, referer: str | None, func: Callable[..., T], *args: Any) -> T:
+    async def _in_thread_or_fail(self, request: Request, func: Callable[..., T], *args: Any) -> T:
         """``func(*args)`` in a thread; what it refuses fails this image, logged once."""
         try:
             return await in_thread(func, *args)
         except InvalidImage as exc:
-            self._failed(exc.reason, request, exc.message, referer)
-        except (StoreError, OSError) as exc:  # the store, the cache's files or IMAGES_STORE failed
-            self._failed("store_error", request, f"{type(exc).__name__}: {exc}", referer, error=True)
+            fail_image(self.ctx, exc.reason, request, exc.message)
+        except (StoreError, OSError) as exc:  # IMAGES_STORE or its thumbnails failed
+            fail_image(self.ctx, STORE_ERROR, request, f"{type(exc).__name__}: {exc}", error=True)
 
+    @_cached
     def media_failed(self, failure: Failure, request: Request, info: SpiderInfo) -> Any:
         if isinstance(failure.value, ImageFailed):  # media_downloaded refused it, and said so
             raise failure.value
         if failure.value is not None and cut_at_maxsize(failure.value):
-            self._failed("too_many_bytes", request, f"over {self.ctx.download_maxsize} bytes", referer_str(request))
-        self._failed(
-            "download_error", request, f"{type(failure.value).__name__}: {failure.value}", referer_str(request)
-        )
-
-    def _failed(
-        self, reason: str, request: Request, message: str, referer: str | None, error: bool = False
-    ) -> NoReturn:
-        """Log one line tagged with the reason, count it (``imgcache/invalid/<reason>``; a
-        store failure as ``imgcache/store_error``), and fail this image (not the item)."""
-        self.ctx.inc("store_error" if reason == "store_error" else f"invalid/{reason}")
-        log = logger.error if error else logger.warning
-        log("Image (%s): %s referred in <%s>: %s", reason, request.url, referer, message)
-        raise ImageFailed(reason)
+            fail_image(self.ctx, "too_many_bytes", request, f"over {self.ctx.download_maxsize} bytes")
+        fail_image(self.ctx, "download_error", request, f"{type(failure.value).__name__}: {failure.value}")
 
     def _count(self, status: str, request: Request, info: SpiderInfo) -> None:
         """Scrapy's own file stats and its debug line, as FilesPipeline gives them."""
@@ -375,6 +414,7 @@ class ImgCachePipeline(ImagesPipeline):
 
     # -- hooks ImgCachePipeline replaces (see REPLACED_HOOKS) ------------------------------
 
+    @_cached
     def file_path(
         self, request: Request, response: Response | None = None, info: SpiderInfo | None = None, *, item: Any = None
     ) -> str:
@@ -386,6 +426,7 @@ class ImgCachePipeline(ImagesPipeline):
             return path.rsplit(".", 1)[0] + "." + entry.path.rsplit(".", 1)[-1]
         return path
 
+    @_cached
     def item_completed(self, results: list[Any], item: Any, info: SpiderInfo) -> Any:
         """ImagesPipeline's, after ``IMGCACHE_ON_SIMILAR = "drop"`` had its say."""
         drop_near_duplicates(self, results)
@@ -395,7 +436,7 @@ class ImgCachePipeline(ImagesPipeline):
 def drop_near_duplicates(pipeline: ImgCachePipeline, results: list[Any]) -> None:
     """``DropItem`` when an image of the item is a near-duplicate of an image another item
     brought (two near-identical photos of one item do not drop it)."""
-    if pipeline.config.on_similar != "drop":
+    if not pipeline.cache_on or pipeline.config.on_similar != "drop":
         return
     images = [r for ok, r in results if ok]
     for r in images:
@@ -459,11 +500,3 @@ _AWAITS_COROUTINES = _awaits_coroutines()
 
 def _awaitable(coro: Coroutine[Any, Any, T]) -> Deferred[T] | Coroutine[Any, Any, T]:
     return coro if _AWAITS_COROUTINES else deferred_from_coro(coro)
-
-
-def _since(max_age: float) -> Any:
-    from datetime import datetime, timedelta, timezone
-
-    if max_age <= 0:
-        return datetime.max.replace(tzinfo=timezone.utc)
-    return datetime.now(timezone.utc) - timedelta(seconds=max_age)

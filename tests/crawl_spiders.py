@@ -95,6 +95,31 @@ class FetchSpider(scrapy.Spider):
         }
 
 
+class PageImagesSpider(scrapy.Spider):
+    """Pages → a request for each of their <img> (not through the pipeline: the middleware alone
+    caches them), and an item for each image response; follows links."""
+
+    name = "pageimages"
+
+    def __init__(self, start: str = "", **kw):
+        super().__init__(**kw)
+        self.start_urls = [u for u in start.split(",") if u]
+
+    def parse(self, response):
+        for src in response.css("img::attr(src)").getall():
+            yield response.follow(src, self.image, meta={"imgcache": True})
+        for href in response.css("a::attr(href)").getall():
+            yield response.follow(href, self.parse)
+
+    def image(self, response):
+        yield {
+            "url": response.url,
+            "size": len(response.body),
+            "cache": response.meta.get("imgcache_status"),
+            "store_error": response.meta.get("imgcache_store_error"),
+        }
+
+
 class Heartbeat:
     """Ticks on the reactor every 5 ms; the largest gap shows whether anything blocked it."""
 
@@ -123,6 +148,39 @@ class Heartbeat:
         if self.loop.running:
             self.loop.stop()
         self.crawler.stats.set_value("test/heartbeat_max_gap_ms", round(self.max_gap * 1000, 1))
+
+
+class SqliteFull:
+    """While the file ``IMGCACHE_TEST_FULL`` names exists, the crawl's SQLite database cannot grow:
+    each connection, as it is taken from its pool, gets ``PRAGMA max_page_count`` set to the
+    database's size, so a write that needs a new page fails as on a full disk ("database or disk
+    is full"); reads go on. (The pragma belongs to one connection: set from another process it
+    would limit nothing, so it is set here, in the crawl's own.)"""
+
+    def __init__(self, crawler):
+        from scrapy.exceptions import NotConfigured
+        from sqlalchemy import event
+        from sqlalchemy.pool import Pool
+
+        self.flag = crawler.settings.get("IMGCACHE_TEST_FULL")
+        if not self.flag:
+            raise NotConfigured
+        event.listen(Pool, "checkout", self.checkout)
+
+    @classmethod
+    def from_crawler(cls, crawler):
+        return cls(crawler)
+
+    def checkout(self, dbapi_conn, record, proxy):
+        import os
+        import sqlite3
+
+        full = os.path.exists(self.flag)
+        if not isinstance(dbapi_conn, sqlite3.Connection) or record.info.get("full", False) == full:
+            return
+        pages = dbapi_conn.execute("PRAGMA page_count").fetchone()[0] if full else 2**32 - 2
+        dbapi_conn.execute(f"PRAGMA max_page_count = {pages}")
+        record.info["full"] = full
 
 
 class SmallMemoryPipeline(ImgCachePipeline):

@@ -260,13 +260,30 @@ def start_crawl(project: Path, spider: str, *args: str, **spider_args: str) -> t
 
 def finish_crawl(proc: subprocess.Popen[str], items: Path, stats: Path, timeout: float = 180) -> Crawl:
     out, _ = proc.communicate(timeout=timeout)
+    return crawl_result(proc.returncode, items, stats, out)
+
+
+def crawl_result(returncode: int, items: Path, stats: Path, log: str) -> Crawl:
+    """A finished crawl: its items and stats as it wrote them, and its log."""
     loaded = [json.loads(line) for line in items.read_text().splitlines()] if items.exists() else []
     st = json.loads(stats.read_text()) if stats.exists() else {}
-    return Crawl(loaded, st, proc.returncode, out)
+    return Crawl(loaded, st, returncode, log)
 
 
 def crawl(project: Path, spider: str, *args: str, **spider_args: str) -> Crawl:
     return finish_crawl(*start_crawl(project, spider, *args, **spider_args))
+
+
+def start_up_error(result: Crawl, site: Site) -> str:
+    """What a crawl that cannot use its cache must show: one ERROR line (returned), no traceback,
+    no other component's error, not a single request, and the finish reason saying why."""
+    errors = [line for line in result.log.splitlines() if " ERROR: " in line or " CRITICAL: " in line]
+    assert len(errors) == 1, result.log[-4000:]
+    for noise in ("Traceback", "Task exception", "Error caught on signal handler"):
+        assert noise not in result.log, noise
+    assert result.stats["finish_reason"] == "imgcache_unavailable"
+    assert site.hits["/p"] == 0 and result.items == []
+    return errors[0]
 
 
 def cache_settings(tmp_path: Path, **extra: object) -> dict[str, object]:
@@ -429,6 +446,105 @@ def wait_for_port(port: int, what: str, timeout: float = 30) -> None:
         except OSError:
             time.sleep(0.1)
     pytest.fail(f"{what} did not start")
+
+
+class TcpProxy:
+    """A TCP forwarder on 127.0.0.1 in front of a real server (a database), that an outage cuts:
+    :meth:`down` resets every open connection (RST) and resets each new one as it is accepted,
+    until :meth:`up`. It runs its own asyncio loop in a thread."""
+
+    def __init__(self, target_port: int) -> None:
+        import asyncio
+        import threading
+
+        self.target_port = target_port
+        self.port = 0
+        self.is_down = False
+        #: connections reset while down
+        self.refused = 0
+        self._open: set[Any] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def start(self) -> TcpProxy:
+        import asyncio
+
+        self._thread.start()
+        self._server = self._call(asyncio.start_server(self._accept, "127.0.0.1", 0))
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def down(self) -> None:
+        self._call(self._cut())
+
+    def up(self) -> None:
+        self._call(self._restore())
+
+    def stop(self) -> None:
+        self._call(self._close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+
+    def _call(self, coro: Any) -> Any:
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=60)
+
+    async def _cut(self) -> None:
+        self.is_down = True
+        for writer in list(self._open):
+            _reset(writer)
+
+    async def _restore(self) -> None:
+        self.is_down = False
+
+    async def _close(self) -> None:
+        await self._cut()
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _accept(self, reader: Any, writer: Any) -> None:
+        import asyncio
+
+        if self.is_down:
+            self.refused += 1
+            _reset(writer)
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            _reset(writer)
+            return
+        pair = {writer, up_writer}
+        self._open |= pair
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            self._open -= pair
+
+
+async def _pipe(reader: Any, writer: Any) -> None:
+    """Bytes one way until either side goes; then both ends close."""
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except OSError:  # reset: by the other end, or by an outage
+        pass
+    finally:
+        writer.close()
+
+
+def _reset(writer: Any) -> None:
+    """Close with a RST (SO_LINGER 0), as a server that dies or a firewall does."""
+    import socket
+    import struct
+
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
 
 
 @dataclass

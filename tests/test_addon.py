@@ -67,3 +67,15 @@ def test_disabled_adds_nothing_and_says_so_once(caplog):
     assert [r.getMessage() for r in caplog.records if r.name.startswith("scrapy_imgcache")] == [
         "imgcache: IMGCACHE_ENABLED is False; the image cache is off"
     ]
+
+
+def test_disabled_leaves_the_line_to_a_pipeline_the_project_lists(caplog):
+    """The project's own pipeline says what it does without the cache (it runs as ImagesPipeline):
+    one line, not two."""
+    with caplog.at_level(logging.INFO, logger="scrapy_imgcache"):
+        settings = settings_with(IMGCACHE_ENABLED=False, ITEM_PIPELINES={"tests.crawl_spiders.CachedDocsPipeline": 1})
+    assert components(settings, "ITEM_PIPELINES") == {"tests.crawl_spiders.CachedDocsPipeline": 1}
+    assert [r for r in caplog.records if r.name.startswith("scrapy_imgcache")] == []
+    with caplog.at_level(logging.INFO, logger="scrapy_imgcache"):  # listed but turned off: the add-on says it
+        settings_with(IMGCACHE_ENABLED=False, ITEM_PIPELINES={"tests.crawl_spiders.CachedDocsPipeline": None})
+    assert len([r for r in caplog.records if r.name.startswith("scrapy_imgcache")]) == 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from scrapy_imgcache import middleware
+from scrapy_imgcache import fetching
 from scrapy_imgcache.config import DEFAULTS
 from scrapy_imgcache.pipelines import _cache_fields
 
@@ -67,7 +67,7 @@ def test_every_stat_key_is_documented():
 
 def test_every_request_meta_key_is_documented():
     meta = (REFERENCE / "meta.md").read_text()
-    keys = {value for name, value in vars(middleware).items() if name.startswith("META_")}
+    keys = {value for name, value in vars(fetching).items() if name.startswith("META_")}
     assert len(keys) >= 6
     for key in keys:
         assert f"| `{key}` |" in meta, key

@@ -13,8 +13,6 @@ from PIL import Image, ImageOps
 from scrapy_imgcache.hashing import Inspector
 from tests.helpers import (
     PLAIN_REACTOR,
-    Crawl,
-    Site,
     blob_files,
     cache_settings,
     crawl,
@@ -29,6 +27,7 @@ from tests.helpers import (
     open_cache,
     png_bomb,
     start_crawl,
+    start_up_error,
 )
 
 pytestmark = pytest.mark.scrapy_api
@@ -263,18 +262,6 @@ def test_disabled_is_one_info_line(site, tmp_path):
     mine = [line for line in result.log.splitlines() if "[scrapy_imgcache" in line]
     assert len(mine) == 1 and " INFO: " in mine[0] and "IMGCACHE_ENABLED is False" in mine[0]
     assert "WARNING" not in result.log
-
-
-def start_up_error(result: Crawl, site: Site) -> str:
-    """What a crawl that cannot use its cache must show: one ERROR line (returned), no traceback,
-    no other component's error, not a single request, and the finish reason saying why."""
-    errors = [line for line in result.log.splitlines() if " ERROR: " in line or " CRITICAL: " in line]
-    assert len(errors) == 1, result.log[-4000:]
-    for noise in ("Traceback", "Task exception", "Error caught on signal handler"):
-        assert noise not in result.log, noise
-    assert result.stats["finish_reason"] == "imgcache_unavailable"
-    assert site.hits["/p"] == 0 and result.items == []
-    return errors[0]
 
 
 @pytest.mark.parametrize(

@@ -149,8 +149,10 @@ def test_the_documented_pipeline_switched_by_its_base_class(site, tmp_path, requ
         for path in item["image_paths"]:
             assert (fresh_store / path).read_bytes() == (cached_store / path).read_bytes()
     assert sorted(p.relative_to(fresh_store) for p in (fresh_store / "thumbs").rglob("*.jpg")) == stock_thumbs
-    assert again.stats.get("file_status_count/uptodate", 0) == (4 if redirects else 3)
-    assert "file_status_count/downloaded" not in again.stats
+    # the tiny image too: answered from the cache, without a request, and refused there by IMAGES_MIN_*
+    assert again.stats.get("file_status_count/uptodate", 0) == (5 if redirects else 4)
+    assert "file_status_count/downloaded" not in again.stats and "file_status_count/cached" not in again.stats
+    assert site.hits["/img/top/tiny.jpg"] == 0
 
 
 def test_transparent_images_are_thumbnailed_on_white_as_imagespipeline_does(site, tmp_path):
@@ -164,3 +166,102 @@ def test_transparent_images_are_thumbnailed_on_white_as_imagespipeline_does(site
     (png,) = [i for i in result.images if i["url"].endswith("b.png")]
     thumb = Image.open(tmp_path / "images" / png["thumbs"]["small"])
     assert thumb.format == "JPEG" and thumb.getpixel((2, thumb.height // 2)) == (255, 255, 255)
+
+
+def imgcache_lines(result: Crawl) -> list[str]:
+    return [line for line in result.log.splitlines() if "[scrapy_imgcache" in line]
+
+
+@pytest.mark.parametrize("addon", [True, False], ids=["addon", "no-addon"])
+def test_disabled_the_subclass_runs_as_a_plain_imagespipeline(site, tmp_path, addon):
+    """IMGCACHE_ENABLED = False removed the project's own pipeline: its item_completed never ran."""
+    site.image("/img/front/a.jpg", encode(distinct_images(1)[0]))
+    site.image("/img/side/b.png", transparent_png(), "image/png")
+    site.page("/p1", ["/img/front/a.jpg", "/img/side/b.png"])
+    store = tmp_path / "images"
+    extra = {} if addon else {"ADDONS": {}}
+    project = make_project(
+        tmp_path / "proj",
+        {
+            **extra,
+            "IMGCACHE_ENABLED": False,
+            "IMGCACHE_URL": f"sqlite:///{tmp_path / 'cache.sqlite3'}",
+            "IMAGES_STORE": str(store),
+            "ITEM_PIPELINES": {"tests.crawl_spiders.CachedDocsPipeline": 1},
+        },
+    )
+    result = crawl(project, "pages", start=site.url("/p1"))
+    assert result.returncode == 0, result.log[-3000:]
+    (item,) = result.items
+    assert len(item["image_paths"]) == 2  # the subclass's own item_completed ran
+    for path in item["image_paths"]:  # written by ImagesPipeline: re-encoded as JPEG
+        assert Image.open(store / path).format == "JPEG", path
+    assert file_stats(result)["file_status_count/downloaded"] == 2
+    assert not (tmp_path / "cache.sqlite3").exists() and not any(k.startswith("imgcache/") for k in result.stats)
+    (line,) = imgcache_lines(result)
+    assert " INFO: " in line and "IMGCACHE_ENABLED is False" in line and "DocsPipeline" in line
+    assert " WARNING: " not in result.log and " ERROR: " not in result.log
+
+
+def test_disabled_without_images_store_the_subclass_is_off_as_imagespipeline_would_be(site, tmp_path):
+    site.image("/img/front/a.jpg", encode(distinct_images(1)[0]))
+    site.page("/p1", ["/img/front/a.jpg"])
+    project = make_project(
+        tmp_path / "proj",
+        {"IMGCACHE_ENABLED": False, "ITEM_PIPELINES": {"tests.crawl_spiders.CachedDocsPipeline": 1}},
+    )
+    result = crawl(project, "pages", start=site.url("/p1"))
+    assert result.returncode == 0, result.log[-3000:]
+    assert "image_paths" not in result.items[0] and site.image_hits == 0
+    (line,) = imgcache_lines(result)
+    assert " INFO: " in line and "IMAGES_STORE is not set" in line and "DocsPipeline" in line
+
+
+@pytest.mark.parametrize("middleware", [False, True], ids=["base-class-only", "with-middleware"])
+def test_the_base_class_switch_alone_revalidates_and_refuses_small_images_from_the_cache(site, tmp_path, middleware):
+    """With only the base class switched (no add-on, so no middleware), every stale image was
+    downloaded again instead of revalidated (65 full downloads instead of 63 304s), and an
+    image IMAGES_MIN_* refuses was downloaded again every crawl. With the middleware too, the
+    same: each image asked once, a 304 handled once."""
+    *photos, small = distinct_images(7)
+    paths = [f"/img/front/p{n}.jpg" for n in range(len(photos))]
+    for path, img in zip(paths, photos, strict=True):
+        site.image(path, encode(img))
+    site.image("/img/top/tiny.jpg", encode(small.resize((40, 30))))
+    site.page("/p1", [*paths[:3], "/img/top/tiny.jpg"], ["/p2"])
+    site.page("/p2", paths[3:])
+    images = [*paths, "/img/top/tiny.jpg"]
+    own = {
+        "ADDONS": {},
+        "ITEM_PIPELINES": {"tests.crawl_spiders.CachedDocsPipeline": 1},
+        "DOWNLOADER_MIDDLEWARES": {"scrapy_imgcache.middleware.ImgCacheMiddleware": 585} if middleware else {},
+        "IMGCACHE_URL": f"sqlite:///{tmp_path / 'cache.sqlite3'}",
+        "IMGCACHE_FILES_STORE": str(tmp_path / "cache-files"),
+        "IMAGES_STORE": str(tmp_path / "images"),
+        "IMAGES_MIN_WIDTH": 100,
+        "IMAGES_MIN_HEIGHT": 80,
+        "IMGCACHE_EXPIRES": 0,
+    }
+    project = make_project(tmp_path / "proj", own)
+    first = crawl(project, "pages", start=site.url("/p1"))
+    assert first.returncode == 0, first.log[-3000:]
+    assert first.stat("stored") == 7 and first.stat("invalid/too_small") == 1 and first.stat("miss") == 7
+    site.reset_counts()
+
+    second = crawl(project, "pages", start=site.url("/p1"))
+    assert second.returncode == 0, second.log[-3000:]
+    assert {path: site.not_modified[path] for path in images} == dict.fromkeys(images, 1)  # counted at the server
+    assert site.image_bytes == 0 and all(site.hits[path] == 1 for path in images)
+    assert all(r.get("If-None-Match") for path in images for r in site.requests[path])
+    assert second.stat("revalidated") == 7 and second.stat("invalid/too_small") == 1
+    assert second.stats["file_status_count/cached"] == 7 and "file_status_count/downloaded" not in second.stats
+    assert sorted(p for item in second.items for p in item["image_paths"]) == sorted(
+        p for item in first.items for p in item["image_paths"]
+    )
+    without = [line for line in second.log.splitlines() if "without ImgCacheMiddleware" in line]
+    assert len(without) == (0 if middleware else 1) and all(" INFO: " in line for line in without)
+
+    site.reset_counts()  # within the expiry: answered, and the small image refused, without a request
+    fresh = crawl(make_project(tmp_path / "fresh", {**own, "IMGCACHE_EXPIRES": 3600}), "pages", start=site.url("/p1"))
+    assert fresh.returncode == 0, fresh.log[-3000:]
+    assert site.image_hits == 0 and fresh.stat("hit") == 7 and fresh.stat("invalid/too_small") == 1

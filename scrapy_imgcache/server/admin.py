@@ -1,16 +1,24 @@
-"""The service's own routes: liveness, Prometheus metrics, usage figures and garbage collection."""
+"""The service's own routes: liveness, what a key may do, Prometheus metrics, usage figures and
+garbage collection."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
+from .auth import HEADER, WRITE
 from .common import errors, parse_time
 from .images import Service
+
+
+class ScopeOut(BaseModel):
+    scope: Literal["read", "write"]
+    keys_required: bool
 
 
 def admin_router(svc: Service) -> APIRouter:
@@ -22,6 +30,18 @@ def admin_router(svc: Service) -> APIRouter:
     async def health() -> dict[str, str]:
         """Liveness: always open, never touches the store."""
         return {"status": "ok"}
+
+    @router.get("/auth/whoami", dependencies=svc.readers, response_model=ScopeOut, responses=errors(401))
+    async def whoami(request: Request) -> ScopeOut:
+        """What the caller's key may do (an extension): ``scope`` ``read`` or ``write``, and whether
+        the service requires keys at all (without keys anyone may write). A missing or unknown key
+        is a 401, as everywhere. A crawler asks at start, so that a key that cannot store stops
+        it there instead of failing every image."""
+        keys = svc.keys
+        if not keys.enabled:
+            return ScopeOut(scope="write", keys_required=False)
+        writes = keys.scope_of(request.headers.get(HEADER)) == WRITE  # else read: the dependency let it in
+        return ScopeOut(scope="write" if writes else "read", keys_required=True)
 
     @router.get("/metrics", dependencies=svc.readers, response_class=Response, responses=text)
     async def prometheus() -> Response:

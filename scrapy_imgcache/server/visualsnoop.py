@@ -33,7 +33,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 
@@ -311,9 +311,11 @@ class Api:
             return answer(exc.http_status, exc.message, error=exc.reason)
         except ConfigError as exc:  # e.g. an encrypted secret and no server key
             return answer(500, f"server misconfigured: {exc}")
-        except StoreError as exc:  # e.g. the collection stayed locked by other changes
+        except StoreError as exc:  # the database is down (raised by the store), or the collection stayed locked
+            if isinstance(exc.__cause__, SQLAlchemyError):  # the driver's message (hosts, values): not for clients
+                return answer(503, f"the store cannot be reached: {type(exc.__cause__).__name__}")
             return answer(503, f"the store cannot be used now: {exc}")
-        except (OperationalError, InterfaceError) as exc:  # the database is down
+        except (OperationalError, InterfaceError) as exc:  # the database is down (a query of the collections')
             return answer(503, f"the store cannot be reached: {type(exc).__name__}")
 
     def adding(self, image_id: str | None, overwrite: bool) -> Work:

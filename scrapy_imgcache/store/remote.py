@@ -87,14 +87,22 @@ class RemoteStore:
 
     @classmethod
     def from_config(cls, config: ImgCacheConfig, create: bool = True) -> RemoteStore:
-        """The service ``IMGCACHE_URL`` names, with ``IMGCACHE_API_KEY``, ``_TIMEOUT`` and ``_RETRIES``."""
-        return cls(
+        """The service ``IMGCACHE_URL`` names, with ``IMGCACHE_API_KEY``, ``_TIMEOUT`` and ``_RETRIES``,
+        checked as :meth:`check_access` does (``create``: the caller stores images, so the key
+        must be allowed to write), so a crawl that could not use it stops at its start."""
+        store = cls(
             config.url,
             inspector=config.inspector(),
             api_key=config.api_key,
             timeout=config.timeout,
             retries=config.retries,
         )
+        try:
+            store.check_access(write=create)
+        except BaseException:
+            store.close()
+            raise
+        return store
 
     def __repr__(self) -> str:
         return f"RemoteStore({self.url!r})"
@@ -348,6 +356,22 @@ class RemoteStore:
         found = self._json("GET", "/usage/daily", params=params) or []
         return [(date.fromisoformat(row["day"]), int(row["images"])) for row in found]
 
+    def check_access(self, write: bool) -> None:
+        """The service answers ``/health``, takes the key, and (``write``) lets it store, or a
+        :class:`StoreError` says which does not (two requests). A service without
+        ``GET /auth/whoami`` (another implementation of the API) is not asked about the key."""
+        health = self._request("GET", "/health")
+        if health.status_code != 200 or _body(health) != {"status": "ok"}:
+            raise StoreError(
+                f"{self.url} is not an imgcache service: GET /health answered {health.status_code} {_detail(health)}"
+            )
+        granted = _body(self._request("GET", "/auth/whoami"))  # a key refused: StoreError (check IMGCACHE_API_KEY)
+        if write and isinstance(granted, dict) and granted.get("scope") == "read":
+            raise StoreError(
+                f"imgcache service at {self.url}: the key in IMGCACHE_API_KEY may read but not store images, "
+                "which a crawl does: use a write key"
+            )
+
     def health(self) -> bool:
         """True when the service answers ``/health`` (one attempt, no retries)."""
         try:
@@ -355,6 +379,14 @@ class RemoteStore:
             return answer == {"status": "ok"}
         except (httpx.HTTPError, ValueError):
             return False
+
+
+def _body(resp: httpx.Response) -> Any:
+    """The JSON answer, or None when it is not JSON."""
+    try:
+        return resp.json()
+    except ValueError:
+        return None
 
 
 def _error_of(resp: httpx.Response) -> tuple[str, str]:

@@ -207,7 +207,7 @@ def ensure_schema(engine: Engine, create: bool = True) -> None:
     try:
         revision = current_revision(engine)
     except (OperationalError, InterfaceError) as exc:
-        raise StoreError(f"cannot reach the database at {engine.url!r}: {_reason(exc)}") from exc
+        raise StoreError(f"cannot reach the database at {engine.url!r}: {driver_reason(exc)}") from exc
     if revision == HEAD:
         return
     if revision is None and not create:
@@ -221,7 +221,7 @@ def ensure_schema(engine: Engine, create: bool = True) -> None:
         raise
     except SQLAlchemyError as exc:
         raise StoreError(
-            f"creating or migrating the cache schema at {engine.url!r} to revision {HEAD} failed: {_reason(exc)}"
+            f"creating or migrating the cache schema at {engine.url!r} to revision {HEAD} failed: {driver_reason(exc)}"
         ) from exc
 
 
@@ -249,7 +249,7 @@ def alembic_config(conn: Connection) -> Config:
     return cfg
 
 
-def _reason(exc: SQLAlchemyError) -> str:
+def driver_reason(exc: SQLAlchemyError) -> str:
     return " ".join(str(getattr(exc, "orig", None) or exc).split())
 
 
@@ -331,6 +331,8 @@ class WriteTransaction:
             try:
                 return self._begin()
             except OperationalError as exc:  # locked at BEGIN IMMEDIATE past the busy timeout
+                if "locked" not in str(exc.orig):  # the database is gone, or full: not worth waiting for
+                    raise
                 last = exc
                 time.sleep(0.05 * (attempt + 1))
         raise StoreError(f"database busy: {last}")

@@ -82,6 +82,18 @@ def test_read_key_reads_but_cannot_write(keyed):
     assert call(keyed, "GET", f"/images/meta/{chash}", READ_KEY).status_code == 200
 
 
+def test_whoami_says_what_a_key_may_do(keyed, tmp_path):
+    assert call(keyed, "GET", "/auth/whoami", WRITE_KEY).json() == {"scope": "write", "keys_required": True}
+    assert call(keyed, "GET", "/auth/whoami", ENV_WRITE_KEY).json()["scope"] == "write"
+    assert call(keyed, "GET", "/auth/whoami", READ_KEY).json() == {"scope": "read", "keys_required": True}
+    for key in (None, "not-a-configured-key-at-all"):
+        refused = call(keyed, "GET", "/auth/whoami", key)
+        assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+    with imgcache_server(f"sqlite:///{tmp_path / 'open.sqlite3'}", tmp_path) as open_server:
+        for key in (None, READ_KEY):  # no keys: anyone may write, whatever they send
+            assert call(open_server, "GET", "/auth/whoami", key).json() == {"scope": "write", "keys_required": False}
+
+
 def test_health_and_schema_stay_open(keyed):
     assert call(keyed, "GET", "/health").json() == {"status": "ok"}
     schema = call(keyed, "GET", "/openapi.json").json()

@@ -32,7 +32,7 @@ CHECKS = [
     negative_data_rejection,
 ]
 #: the imgcache contract; routers mounted under /api/v1 have tests of their own
-OWN_PATHS = r"^/(images|serve|health|metrics|usage|admin)"
+OWN_PATHS = r"^/(images|serve|health|auth|metrics|usage|admin)"
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,7 @@ def fuzzed(tmp_path_factory) -> Iterator[LiveServer]:
 
 OPERATIONS = [
     ("GET", "/health"),
+    ("GET", "/auth/whoami"),
     ("GET", "/metrics"),
     ("GET", "/usage"),
     ("GET", "/usage/daily"),
@@ -78,7 +79,7 @@ def test_every_operation_is_fuzzed(api_schema):
     assert {(m, p) for m, p in found if re.match(OWN_PATHS, p)} == set(OPERATIONS)
 
 
-PARAMETERLESS = {"/health", "/metrics", "/usage"}  # nothing to make invalid
+PARAMETERLESS = {"/health", "/auth/whoami", "/metrics", "/usage"}  # nothing to make invalid
 
 
 @pytest.mark.parametrize(

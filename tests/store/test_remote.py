@@ -213,6 +213,12 @@ def test_api_keys(tmp_path):
         reader = RemoteStore(server.url, api_key=READ_KEY)
         anonymous = RemoteStore(server.url)
         try:
+            writer.check_access(write=True)
+            reader.check_access(write=False)
+            with pytest.raises(StoreError, match="may read but not store images"):
+                reader.check_access(write=True)
+            with pytest.raises(StoreError, match=r"refused GET /auth/whoami: 401.*IMGCACHE_API_KEY"):
+                anonymous.check_access(write=False)
             entry = writer.put(data, url=fresh_url(), client_name="s").entry
             assert reader.get_bytes(entry.content_hash) == data
             with pytest.raises(StoreError, match=r"403.*IMGCACHE_API_KEY"):
@@ -267,6 +273,20 @@ class _Flaky(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args: object) -> None:
         pass
+
+
+def test_a_service_that_is_not_an_imgcache_service_is_refused_at_open():
+    """Anything that answers HTTP is not a cache: /health must say so."""
+    handler = type("Flaky", (_Flaky,), {"failures": 0, "seen": 0})  # a 404 for everything
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}"
+        with pytest.raises(StoreError, match=f"{url} is not an imgcache service: GET /health answered 404"):
+            ImgCacheConfig.from_settings({"IMGCACHE_URL": url}).open_store()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.mark.parametrize(("failures", "retries", "succeeds"), [(2, 2, True), (3, 2, False)])

@@ -534,3 +534,39 @@ def test_storing_and_deleting_one_image_at_once_never_fails(db_url, tmp_path):
         assert store.record_url("0" * 64, url="https://race.example/x.jpg", client_name="c") is None
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    "kind", [pytest.param("postgresql", marks=pytest.mark.postgres), pytest.param("mysql", marks=pytest.mark.mysql)]
+)
+def test_a_database_that_goes_away_is_a_store_error_and_the_store_recovers(tmp_path, kind, request):
+    """A reset connection and a refused one came out as the driver's own errors, which no caller
+    handled (the crawl's images vanished as tracebacks); reads, writes and the pools recover."""
+    from sqlalchemy.engine import make_url
+
+    from scrapy_imgcache.errors import StoreError
+    from tests.helpers import TcpProxy
+
+    url = make_url(request.getfixturevalue("postgres_url" if kind == "postgresql" else "mysql_url"))
+    proxy = TcpProxy(url.port or 0).start()
+    store = SqlStore(url.set(port=proxy.port).render_as_string(hide_password=False), str(tmp_path / "files"))
+    try:
+        first = put(store, JPEGS[0], "https://a.example/1.jpg")
+        assert store.lookup("https://a.example/1.jpg") is not None  # a pooled connection of each kind
+        proxy.down()
+        for call in (
+            lambda: store.lookup("https://a.example/1.jpg"),
+            lambda: store.get_bytes(first.entry.content_hash),
+            lambda: put(store, JPEGS[1], "https://a.example/2.jpg"),
+            lambda: store.record_url(first.entry.content_hash, url="https://a.example/3.jpg", client_name="s"),
+        ):
+            with pytest.raises(StoreError, match="the database failed: "):
+                call()
+        assert proxy.refused > 0
+        proxy.up()
+        assert store.lookup("https://a.example/1.jpg").content_hash == first.entry.content_hash
+        assert put(store, JPEGS[1], "https://a.example/2.jpg").created
+        assert store.get_bytes(first.entry.content_hash) == JPEGS[0]
+    finally:
+        store.close()
+        proxy.stop()
