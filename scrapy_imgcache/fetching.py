@@ -159,8 +159,9 @@ async def answer_304(ctx: ImgCacheContext, request: Request, response: Response,
         store_failed(ctx, request, exc)
         body = None
     if body is None:
-        if META_STORE_ERROR not in request.meta:
+        if META_STORE_ERROR not in request.meta:  # gone, or deleted for not matching their hash
             logger.warning("imgcache: bytes of %s are missing from the cache; downloading", request.url)
+            ctx.inc("damaged")
         return _download_again(request)
     ctx.inc("revalidated")
     return cached_response(request, entry, "revalidated", body)
