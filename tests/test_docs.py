@@ -123,7 +123,7 @@ def test_the_server_and_commands_docs_agree_on_which_commands_need_the_database(
     from importlib.metadata import entry_points
 
     needing = {e.name for e in entry_points(group="scrapy.commands") if getattr(e.load(), "needs_database", False)}
-    assert needing == {"imgcache-serve", "imgcache-collections"}
+    assert needing == {"imgcache-serve", "imgcache-collections", "imgcache-verify"}
     for name in ("server.md", "commands.md"):
         text = " ".join((REPO / "docs" / name).read_text().split())
         (sentence,) = [s for s in re.split(r"(?<=[.;])\s", text) if "need the database itself" in s]
