@@ -260,6 +260,71 @@ def _default_sigterm() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def _distinct_photos(
+    pool: Any, cls: SizeClass, n: int, min_distance: int, tmp: Path
+) -> tuple[list[str], list[str], np.ndarray, int]:
+    """The class's first ``n`` candidates at least ``min_distance`` pHash bits from each other,
+    written to ``tmp``: their files, formats and pHashes, and how many candidates were tried."""
+    files: list[str] = []
+    formats: list[str] = []
+    hashes = np.zeros(0, dtype=np.uint64)
+    seed, tried = 0, 0
+    while len(files) < n:
+        batch = [(cls.name, s) for s in range(seed, seed + 64)]
+        seed += 64
+        for _, phash, data, fmt in pool.map(_candidate, batch, chunksize=4):
+            tried += 1
+            if len(files) == n:
+                break
+            value = np.uint64(phash)
+            if min_distance and len(hashes) and int(_popcount(hashes ^ value).min()) < min_distance:
+                continue
+            file = f"d{len(files):05d}.{EXTENSIONS[fmt]}"
+            (tmp / file).write_bytes(data)
+            files.append(file)
+            formats.append(fmt)
+            hashes = np.append(hashes, value)
+    return files, formats, hashes, tried
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _near_duplicates(
+    pool: Any, cls: SizeClass, tmp: Path, files: list[str], formats: list[str], rng: np.random.Generator
+) -> tuple[list[int], list[str], list[str]]:
+    """The class's near-duplicates, written to ``tmp``: the photo each is of, its kind, its file."""
+    n = len(files)
+    n_near = round(n * cls.near_share)
+    kinds = VARIED_KINDS if cls.near_style == "varied" else NEAR_KINDS
+    near_kinds = [kinds[k % len(kinds)] for k in range(n_near)]
+    if cls.near_style == "varied":  # photos drawn with repeats: some have several copies, some none
+        near_of = [int(i) for i in rng.integers(n, size=n_near)]
+        jobs = [(cls.name, (tmp / files[i]).read_bytes(), formats[i], near_kinds[k], k) for k, i in enumerate(near_of)]
+        results = pool.map(_varied, jobs, chunksize=4)
+        seen = {_digest((tmp / f).read_bytes()) for f in files}
+        for k, job in enumerate(jobs):
+            retry = 0
+            # one photo drawn twice for one kind with the same parameters (a recompression at
+            # the same quality) gives the same bytes: that copy is drawn again with another seed
+            while _digest(results[k][0]) in seen:
+                retry += 1
+                results[k] = _varied((*job[:4], k + 100_000 * retry))
+            seen.add(_digest(results[k][0]))
+    else:
+        near_of = [int(i) for i in rng.choice(n, n_near, replace=False)]
+        jobs_classic = [
+            (cls.name, (tmp / files[i]).read_bytes(), formats[i], near_kinds[k]) for k, i in enumerate(near_of)
+        ]
+        results = pool.map(_near, jobs_classic, chunksize=4)
+    near_files = []
+    for k, (data, fmt) in enumerate(results):
+        near_files.append(f"n{k:05d}.{EXTENSIONS[fmt]}")
+        (tmp / near_files[-1]).write_bytes(data)
+    return near_of, near_kinds, near_files
+
+
 def build(cls: SizeClass, n: int, min_distance: int = 12) -> Path:
     """The site of ``n`` distinct photos of class ``cls`` (built once, in parallel, then cached)."""
     name = f"crawl-v{VERSION}-{cls.name}-{n}-d{min_distance}"
@@ -270,55 +335,14 @@ def build(cls: SizeClass, n: int, min_distance: int = 12) -> Path:
     t0 = time.perf_counter()
     tmp = OUT / f".{name}-{uuid.uuid4().hex[:6]}"
     tmp.mkdir(parents=True)
-    files: list[str] = []
-    formats: list[str] = []
-    hashes = np.zeros(0, dtype=np.uint64)
-    seed, tried = 0, 0
     # the workers are forked from a run whose SIGTERM handler raises SystemExit: a worker taking
     # that at Pool.terminate() while it holds the task queue's lock left its sibling blocked on
     # the lock for ever (the run hung after building); workers get the default handler back
     with multiprocessing.Pool(os.cpu_count() or 2, initializer=_default_sigterm) as pool:
-        while len(files) < n:
-            batch = [(cls.name, s) for s in range(seed, seed + 64)]
-            seed += 64
-            for _, phash, data, fmt in pool.map(_candidate, batch, chunksize=4):
-                tried += 1
-                if len(files) == n:
-                    break
-                value = np.uint64(phash)
-                if min_distance and len(hashes) and int(_popcount(hashes ^ value).min()) < min_distance:
-                    continue
-                file = f"d{len(files):05d}.{EXTENSIONS[fmt]}"
-                (tmp / file).write_bytes(data)
-                files.append(file)
-                formats.append(fmt)
-                hashes = np.append(hashes, value)
+        files, formats, hashes, tried = _distinct_photos(pool, cls, n, min_distance, tmp)
         rng = np.random.default_rng(12345)
-        n_exact, n_near = round(n * cls.exact_share), round(n * cls.near_share)
-        exact_of = rng.choice(n, n_exact, replace=False)
-        kinds = VARIED_KINDS if cls.near_style == "varied" else NEAR_KINDS
-        near_kinds = [kinds[k % len(kinds)] for k in range(n_near)]
-        if cls.near_style == "varied":  # photos drawn with repeats: some have several copies, some none
-            near_of = rng.integers(n, size=n_near)
-            results = pool.map(
-                _varied,
-                [
-                    (cls.name, (tmp / files[i]).read_bytes(), formats[i], near_kinds[k], k)
-                    for k, i in enumerate(near_of)
-                ],
-                chunksize=4,
-            )
-        else:
-            near_of = rng.choice(n, n_near, replace=False)
-            results = pool.map(
-                _near,
-                [(cls.name, (tmp / files[i]).read_bytes(), formats[i], near_kinds[k]) for k, i in enumerate(near_of)],
-                chunksize=4,
-            )
-        near_files = []
-        for k, (data, fmt) in enumerate(results):
-            near_files.append(f"n{k:05d}.{EXTENSIONS[fmt]}")
-            (tmp / near_files[-1]).write_bytes(data)
+        exact_of = [int(i) for i in rng.choice(n, round(n * cls.exact_share), replace=False)]
+        near_of, near_kinds, near_files = _near_duplicates(pool, cls, tmp, files, formats, rng)
     _check_distinct(tmp, files + near_files)
 
     def path(kind: str, k: int, file: str) -> str:
@@ -329,20 +353,12 @@ def build(cls: SizeClass, n: int, min_distance: int = 12) -> Path:
     for i, file in enumerate(files):
         routes.append({"path": path("d", i, file), "file": file, "kind": "distinct", "of": i})
     for k, i in enumerate(exact_of):
-        file = files[int(i)]
-        routes.append({"path": path("e", k, file), "file": file, "kind": "exact", "of": int(i)})
+        routes.append({"path": path("e", k, files[i]), "file": files[i], "kind": "exact", "of": i})
     for k, i in enumerate(near_of):
         file = near_files[k]
-        routes.append(
-            {"path": path("n", k, file), "file": file, "kind": "near", "of": int(i), "variant": near_kinds[k]}
-        )
+        routes.append({"path": path("n", k, file), "file": file, "kind": "near", "of": i, "variant": near_kinds[k]})
     order = rng.permutation(len(routes))
     pages = [[routes[j]["path"] for j in order[s : s + PER_PAGE]] for s in range(0, len(order), PER_PAGE)]
-    served = [(tmp / r["file"]).stat().st_size for r in routes]
-    by_format: dict[str, list[int]] = {}
-    for fmt, file in zip(formats, files, strict=True):
-        by_format.setdefault(fmt, []).append((tmp / file).stat().st_size)
-    dims = [Image.open(tmp / f).size for f in files]
     manifest = {
         "class": cls.name,
         "describe": cls.describe(),
@@ -352,13 +368,7 @@ def build(cls: SizeClass, n: int, min_distance: int = 12) -> Path:
         "candidates_tried": tried,
         "routes": routes,
         "pages": pages,
-        "kinds": dict(Counter(r["kind"] for r in routes)),
-        "formats": dict(Counter(formats)),
-        "mean_bytes": statistics.mean(served),
-        "mean_bytes_distinct": {fmt: statistics.mean(v) for fmt, v in by_format.items()},
-        "total_bytes": sum(served),
-        "mean_megapixels": statistics.mean(w * h for w, h in dims) / 1e6,
-        "long_side": [min(max(d) for d in dims), max(max(d) for d in dims)],
+        **_sizes(tmp, routes, files, formats),
         "pairwise_min_distance": _pairwise_min(hashes),
         "build_seconds": time.perf_counter() - t0,
     }
@@ -366,6 +376,24 @@ def build(cls: SizeClass, n: int, min_distance: int = 12) -> Path:
     tmp.rename(folder)
     log(f"built {name} in {manifest['build_seconds']:.0f}s: {summary(manifest)}")
     return folder
+
+
+def _sizes(tmp: Path, routes: list[dict[str, Any]], files: list[str], formats: list[str]) -> dict[str, Any]:
+    """What a site's manifest says of its images: kinds, formats, bytes, pixels."""
+    served = [(tmp / r["file"]).stat().st_size for r in routes]
+    by_format: dict[str, list[int]] = {}
+    for fmt, file in zip(formats, files, strict=True):
+        by_format.setdefault(fmt, []).append((tmp / file).stat().st_size)
+    dims = [Image.open(tmp / f).size for f in files]
+    return {
+        "kinds": dict(Counter(r["kind"] for r in routes)),
+        "formats": dict(Counter(formats)),
+        "mean_bytes": statistics.mean(served),
+        "mean_bytes_distinct": {fmt: statistics.mean(v) for fmt, v in by_format.items()},
+        "total_bytes": sum(served),
+        "mean_megapixels": statistics.mean(w * h for w, h in dims) / 1e6,
+        "long_side": [min(max(d) for d in dims), max(max(d) for d in dims)],
+    }
 
 
 def _check_distinct(folder: Path, files: list[str]) -> None:
