@@ -121,27 +121,29 @@ def thread_seconds(tid: int) -> float | None:
         return None
 
 
-def process_cpu(pid: int) -> tuple[tuple[int, int], float] | None:
-    """A process's identity (pid, start time: a pid can be reused) and its CPU seconds: its own
+def process_cpu(pid: int) -> tuple[tuple[int, int], float, int] | None:
+    """A process's identity (pid, start time: a pid can be reused), its CPU seconds, its own
     (utime + stime) and that of the children it has reaped (cutime + cstime), so that a worker's
-    own worker that ended is still counted, once; None once it is gone."""
+    own worker that ended is still counted, once, and its parent's pid; None once it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
-        return (pid, int(fields[19])), sum(int(f) for f in fields[11:15]) / _TICK
+        return (pid, int(fields[19])), sum(int(f) for f in fields[11:15]) / _TICK, int(fields[1])
     except (OSError, IndexError, ValueError):
         return None
 
 
-def shape_of(pid: int) -> str:
-    """A child's command line without its numbers (pids, file descriptors): children of one
-    shape are started the same way, so one's start-up tells another's."""
+def shape_of(pid: int, parent: int) -> str:
+    """A process's parent and command line without its numbers (pids, file descriptors):
+    processes of one shape are started the same way, so one's start-up tells another's. The
+    parent is part of it: a process forked by a pool's server has the server's command line
+    but none of its start-up."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             args = fh.read().decode(errors="replace").split("\0")
     except OSError:
         return "gone"
-    return " ".join(a for a in args if a and not a.isdigit())[:400]
+    return f"{parent}: " + " ".join(a for a in args if a and not a.isdigit())[:400]
 
 
 def thread_group(name: str) -> str:
@@ -223,10 +225,11 @@ class BenchStats:
         for pid in descendants():
             got = process_cpu(pid)
             if got is not None:
-                key, cpu = got
+                key, cpu, parent = got
                 self.kid_cpu[key] = cpu
                 self.kid_live.add(key)
-                self.kid_shape.setdefault(key, shape_of(pid))
+                if key not in self.kid_shape:
+                    self.kid_shape[key] = shape_of(pid, parent)
                 total += cpu
         return total
 

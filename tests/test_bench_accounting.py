@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="re
 # a stand-in for a worker: it burns STARTUP seconds of CPU (its imports), says "ready", then
 # runs what it is told, answering with the CPU that took (its own, and its own children's)
 KID = """\
-import resource, subprocess, sys, time
+import os, resource, subprocess, sys, time
 
 def burn(seconds):
     end = time.process_time() + seconds
@@ -37,6 +37,12 @@ for line in sys.stdin:
         break
     if cmd == "burn":
         burn(float(arg))
+    elif cmd == "fork":  # a copy of itself (its command line, none of its start-up) that burns
+        child = os.fork()
+        if child == 0:
+            burn(float(arg))
+            os._exit(0)
+        os.waitpid(child, 0)
     else:  # spawn: a kid of its own that burns, waited for (its CPU is then this kid's children's)
         subprocess.run([sys.executable, __file__, "0"], input=f"burn {arg}\\nexit 0\\n", text=True,
                        stdout=subprocess.DEVNULL, check=True)
@@ -57,7 +63,7 @@ STARTUP = "0.3"
 
 class Kids:
     \"\"\"One kid started before spider_opened; during the crawl: one started late (which starts
-    and waits for one of its own), the first one ending (reaped by the crawl), a replacement.\"\"\"
+    one of its own and forks another, and reaps them), the first one ending (reaped by the crawl), a replacement.\"\"\"
 
     def __init__(self, crawler):
         self.done = False
@@ -92,7 +98,7 @@ class Kids:
     def steps(self):
         work = [self.ask(self.early, "burn 0.3")]
         late = self.start()
-        work += [self.ask(late, "burn 0.2"), self.ask(late, "spawn 0.2")]
+        work += [self.ask(late, "burn 0.2"), self.ask(late, "spawn 0.2"), self.ask(late, "fork 0.4")]
         self.early.stdin.write("exit 0\\n")
         self.early.stdin.flush()
         self.early.wait()
@@ -141,9 +147,10 @@ def test_every_process_below_the_crawl_is_counted_without_its_start_up(tmp_path:
     bench = json.loads((tmp_path / "bench.json").read_text())
     work = json.loads((tmp_path / "kids.json").read_text())["work"]
     kids = bench["children"]
-    # what the kids burnt after spider_opened, the late ones' and the grandchild's included;
-    # none of the 0.3 s start-ups (the grandchild's interpreter start is work: its shape was not
-    # there at spider_opened to measure it by). /proc counts in 10 ms ticks, each reading of
+    # what the kids burnt after spider_opened, the late ones' and the grandchildren's included;
+    # none of the 0.3 s start-ups (the spawned grandchild's interpreter start is work: nothing
+    # of its shape was there at spider_opened to measure it by; the forked one has the kids'
+    # command line and none of their start-up, and must not lose one). /proc counts in 10 ms ticks, each reading of
     # each process cut down to one, and an interpreter starts and stops in some ms more or less
     # from one kid to the next: 0.1 s in all, half of the smallest amount a mistake would add
     # or lose (a kid's 0.2 s; counting a start-up adds 0.3)
