@@ -958,6 +958,25 @@ def render_cpu_summary(rep: dict[str, Any]) -> list[str]:
     return lines
 
 
+def others_of(v: dict[str, Any]) -> str:
+    """A crawl's threads outside the reactor and the executors, and its child processes."""
+    rest = [
+        f"`{g}` {ms:.2f}"
+        for g, ms in v["threads_ms"].items()
+        if g not in REACTOR_THREADS + EXECUTOR_THREADS and ms >= 0.01
+    ]
+    kids = v["children"]
+    if kids.get("started_late") or kids.get("ended"):
+        rest.append(
+            f"{kids['seen']} child processes: {kids['at_open']} at spider_opened, {kids['started_late']} started "
+            f"later ({1000 * kids['late_startup_excluded'] / max(v['rate'] * v['elapsed'], 1):.2f} ms an image "
+            f"of their start-up not counted), {kids['ended']} ended"
+        )
+    elif kids.get("seen"):
+        rest.append(f"{kids['seen']} child processes, all there from spider_opened to spider_closed")
+    return ", ".join(rest)
+
+
 def render_class(name: str, c: dict[str, Any]) -> list[str]:
     f = c["figures"]
     d = c["dataset"]
@@ -973,7 +992,6 @@ def render_class(name: str, c: dict[str, Any]) -> list[str]:
         ),
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    others: list[str] = []
     for side, v in b.items():
         rates = ", ".join(f"{x:.0f}" for x in f["rates"][side])
         lines.append(
@@ -981,24 +999,9 @@ def render_class(name: str, c: dict[str, Any]) -> list[str]:
             f"| {v['crawl_ms']:.2f} | {v['reactor_ms']:.2f} | {v['executor_ms']:.2f} | {v['other_ms']:.2f} "
             f"| {v['cap']:.0f} | {v['children_ms']:.2f} | {v['total_ms']:.2f} | {v['bound_2_cores']:.0f} |"
         )
-        rest = [
-            f"`{g}` {ms:.2f}"
-            for g, ms in v["threads_ms"].items()
-            if g not in REACTOR_THREADS + EXECUTOR_THREADS and ms >= 0.01
-        ]
-        kids = v["children"]
-        if kids.get("started_late") or kids.get("ended"):
-            rest.append(
-                f"{kids['seen']} child processes: {kids['at_open']} at spider_opened, {kids['started_late']} started "
-                f"later ({1000 * kids['late_startup_excluded'] / max(v['rate'] * v['elapsed'], 1):.2f} ms an image "
-                f"of their start-up not counted), {kids['ended']} ended"
-            )
-        elif kids.get("seen"):
-            rest.append(f"{kids['seen']} child processes, all there from spider_opened to spider_closed")
-        if rest:
-            others.append(f"{LABELS[side]}: " + ", ".join(rest))
+    others = [f"- {LABELS[side]}: {note}" for side, v in b.items() if (note := others_of(v))]
     if others:
-        lines += ["", "Other threads (ms an image) and child processes:", *(f"- {o}" for o in others)]
+        lines += ["", "Other threads (ms an image) and child processes:", *others]
     s = f["second"]
     r = f["ratios"]
     lines += [
