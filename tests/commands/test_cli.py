@@ -93,6 +93,7 @@ MISTYPED = [
     (("imgcache-collections", "list", "--jsn"), "--jsn", "--json"),
     (("imgcache-serve", "--prot", "9"), "--prot", "--port"),  # must not start serving
     (("imgcache-stats", "-x"), "-x", None),
+    (("imgcache-verify", "--smaple", "3"), "--smaple", "--sample"),  # must not re-hash anything
 ]
 
 
