@@ -59,6 +59,8 @@ _BOOTSTRAP = (
 )
 
 Handler = Callable[[bytes], bytes]
+#: the request id's size in the messages of a handler that serves several requests at once
+ID_BYTES = 8
 
 
 class WorkerStartError(RuntimeError):
@@ -217,6 +219,10 @@ def _worker_main(parent: str, fd: str, factory: str) -> None:
         conn.send_bytes(f"{type(exc).__name__}: {exc}".encode())
         return
     conn.send_bytes(_READY)
+    threads = getattr(handler, "concurrency", 1)
+    if threads > 1:
+        _serve_concurrently(conn, handler, threads)
+        return
     while True:
         try:
             request = conn.recv_bytes()
@@ -227,6 +233,32 @@ def _worker_main(parent: str, fd: str, factory: str) -> None:
             conn.send_bytes(answer)
         except OSError:
             return
+
+
+def _serve_concurrently(conn: Connection, handler: Handler, threads: int) -> None:
+    """A handler with a ``concurrency`` above 1 takes that many requests at once: each
+    request starts with an 8-byte id that its answer starts with too, and answers go back in
+    the order they are done. (A worker waits on its database and disk as much as it
+    computes; its threads keep its core busy meanwhile.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sending = threading.Lock()
+
+    def answer(request: bytes) -> None:
+        reply = request[:ID_BYTES] + handler(memoryview(request)[ID_BYTES:].tobytes())
+        with sending:
+            try:
+                conn.send_bytes(reply)
+            except OSError:  # the crawl is gone: the reading loop ends too
+                pass
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="imgcache-worker") as pool:
+        while True:
+            try:
+                request = conn.recv_bytes()
+            except (EOFError, OSError):  # the crawl closed us, or is gone
+                return
+            pool.submit(answer, request)
 
 
 def _die_with(parent: int) -> None:
