@@ -135,7 +135,7 @@ class ImgCacheContext:
             return
         self._store = store
         try:
-            self._engine = await in_thread(open_engine, self.config, self.views)
+            self._engine = await in_thread(open_engine, self.config, self.views, store)
         except Exception as exc:  # noqa: BLE001 - the store could be opened, not its workers' own
             self.failed = f"cannot open the image cache at {self.config.url!r}: {type(exc).__name__}: {exc}"
             return

@@ -173,6 +173,9 @@ class ImgCachePipeline(ImagesPipeline):
             self._view_key = self.ctx.add_view(ViewSpec(view_uri, self.view.options))
         #: what is done here needs the image's bytes here
         self._body_here = self._thumbs_here or self._place_here
+        #: file_path() is ours: the engine can make the path (ImagesPipeline's, with the stored
+        #: image's extension), so a hit or a download is placed in the request that finds or stores it
+        self._stem_paths = type(self).file_path is ImgCachePipeline.file_path
         self.ctx.check(self._refused_options(view_uri))
         quiet_reported_failures()
 
@@ -275,11 +278,16 @@ class ImgCachePipeline(ImagesPipeline):
 
     async def _from_cache(self, request: Request, info: SpiderInfo, item: Any) -> dict[str, Any] | None:
         """A fresh cached URL is answered from the cache (or, too small for IMAGES_MIN_*, fails
-        there): no request. A stale one goes out with its validators, a miss as it is."""
+        there): no request. A stale one goes out with its validators, a miss as it is. With
+        the default ``file_path()`` a hit is looked up and placed in one request to the engine."""
         since = fresh_since(request.meta[META_MAX_AGE])
+        placement = None
+        if self._stem_paths or self._view_key is None:  # the paths do not depend on the entry
+            placement = self._placement(request, None, info, item, refresh=False)
+        client = self.ctx.client_name()
         try:
-            found: Found | None = await self.ctx.call(
-                "answer", request.url, since, self.ctx.client_name(), self._body_here
+            found: Found | None = await self._engine_or_fail(
+                request, "answer", request.url, since, client, self._body_here, placement
             )
         except StoreError as exc:
             store_failed(self.ctx, request, exc)  # "continue": downloaded, and nothing more asked
@@ -293,6 +301,9 @@ class ImgCachePipeline(ImagesPipeline):
         self.ctx.inc("hit")
         self._count("uptodate", request, info)
         self._check_size(found.entry, request)
+        if placement is not None:
+            request.meta[META_ENTRY] = found.entry
+            return await self._finished(request, None, found, None, "hit", item, info)
         return await self._served(request, None, found, "hit", item, info)
 
     def _large_enough(self, entry: Entry) -> bool:
@@ -354,10 +365,11 @@ class ImgCachePipeline(ImagesPipeline):
         request to the engine; its result."""
         if META_STORE_ERROR in request.meta:  # it goes on uncached: nothing more asked of the store
             return await self._uncached(response, request, item, info)
-        extension = guess_extension(response.body)
+        extension = None if self._stem_paths else guess_extension(response.body)
         placement = None
-        if extension is not None:
-            request.meta[META_EXTENSION] = extension  # file_path() gives the path that extension
+        if self._stem_paths or self._view_key is None or extension is not None:
+            if extension is not None:
+                request.meta[META_EXTENSION] = extension  # file_path() gives the path that extension
             placement = self._placement(request, response, info, item, refresh=True, extension=extension)
         download = Download(
             url=response.url,
@@ -459,7 +471,9 @@ class ImgCachePipeline(ImagesPipeline):
         ``file_path()`` in IMAGES_STORE, the thumbnails (at ``thumb_path()`` there, else beside
         the cache's blobs), unless the crawl process makes them (:attr:`_body_here`)."""
         path = None
-        if self._view_key is not None:
+        if self._view_key is not None and self._stem_paths:  # the engine adds the stored image's extension
+            path = ImagesPipeline.file_path(self, request, response=response, info=info, item=item).rsplit(".", 1)[0]
+        elif self._view_key is not None:
             path = self.file_path(request, response=response, info=info, item=item)
         sizes = {} if self._thumbs_here else dict(self.thumbs)
         if path is None and not sizes:
@@ -468,7 +482,7 @@ class ImgCachePipeline(ImagesPipeline):
         if sizes and self.view is not None:
             thumbs = {t: self.thumb_path(request, t, response=response, info=info, item=item) for t in sizes}
         min_size = (self.min_width, self.min_height)
-        return Placement(self._view_key, path, thumbs, sizes, refresh, extension, min_size)
+        return Placement(self._view_key, path, thumbs, sizes, refresh, extension, min_size, self._stem_paths)
 
     async def _engine_or_fail(self, request: Request, operation: str, *args: Any, body: bytes = b"") -> Any:
         """An engine operation for this image; a refusal of the bytes, or a failure of

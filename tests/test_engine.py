@@ -38,7 +38,7 @@ def engine_of(tmp_path) -> Iterator[Any]:
     opened: list[Any] = []
 
     def start(db_url: str, **more: Any) -> ProcessEngine:
-        engine = open_engine(settings(db_url, tmp_path, **more), {})
+        engine = open_engine(settings(db_url, tmp_path, **more), {}, None)  # type: ignore[arg-type]
         opened.append(engine)
         inner = getattr(engine, "engine", engine)
         assert isinstance(inner, ProcessEngine), "the worker processes did not start"

@@ -16,6 +16,7 @@ share one set of workers.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
@@ -27,6 +28,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..blobs import open_blob_store
 from ..processes import ID_BYTES, WorkerProcess, WorkerStartError, start_workers
 from . import protocol
 from .service import CacheService, ViewSpec
@@ -35,6 +37,7 @@ from .worker import EngineSetup
 
 if TYPE_CHECKING:
     from ..config import ImgCacheConfig
+    from ..store.base import Store
 
 logger = logging.getLogger(__name__)
 _ID = struct.Struct("<Q")
@@ -57,15 +60,17 @@ class WorkerGone(ConnectionError):
 class ThreadEngine:
     """The operations run in the crawl process's threads (no worker processes)."""
 
-    def __init__(self, service: CacheService) -> None:
+    def __init__(self, service: CacheService, owns_store: bool = True) -> None:
         self.service = service
+        self.owns_store = owns_store
 
     async def call(self, operation: str, *args: Any, body: bytes = b"") -> Any:
         method = getattr(self.service, operation)
         return await (in_thread(method, body, *args) if operation == "store_download" else in_thread(method, *args))
 
     def close(self) -> None:
-        self.service.close()
+        if self.owns_store:
+            self.service.close()
 
 
 class _Channel:
@@ -233,9 +238,13 @@ _SHARED: dict[bytes, tuple[Engine, int]] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def open_engine(config: ImgCacheConfig, views: Mapping[str, ViewSpec]) -> Engine:
-    """The engine for these settings, started or shared (blocking: workers start, a store
-    may be opened); pair with :func:`release_engine`."""
+def open_engine(config: ImgCacheConfig, views: Mapping[str, ViewSpec], store: Store) -> Engine:
+    """The engine for these settings, started or shared (blocking: workers start); pair with
+    :func:`release_engine`. Without worker processes the work runs in threads, on ``store``
+    (the caller's, which it closes itself)."""
+    if config.hash_processes <= 0:
+        opened = {key: open_blob_store(v.uri, v.options, create=True, durable=False) for key, v in views.items()}
+        return ThreadEngine(CacheService(store, config, opened), owns_store=False)
     key = pickle.dumps((config, dict(views)), pickle.HIGHEST_PROTOCOL)
     with _SHARED_LOCK:
         shared = _SHARED.get(key)
@@ -260,12 +269,10 @@ def release_engine(engine: Engine) -> None:
 
 
 def _start(config: ImgCacheConfig, views: Mapping[str, ViewSpec]) -> Engine:
-    def in_threads() -> ThreadEngine:
-        return ThreadEngine(CacheService.open(config, views, lock_path=None))
+    def in_threads(lock_path: str | None = None) -> ThreadEngine:
+        return ThreadEngine(CacheService.open(config, views, lock_path))
 
     processes = config.hash_processes
-    if processes <= 0:
-        return in_threads()
     fd, lock_path = tempfile.mkstemp(prefix="imgcache-decide-")
     os.close(fd)
     setup = EngineSetup(config, dict(views), lock_path)
@@ -279,7 +286,7 @@ def _start(config: ImgCacheConfig, views: Mapping[str, ViewSpec]) -> Engine:
             exc,
         )
         return in_threads()
-    return _Owned(ProcessEngine(setup, workers, in_threads), lock_path)
+    return _Owned(ProcessEngine(setup, workers, functools.partial(in_threads, lock_path)), lock_path)
 
 
 class _Owned:

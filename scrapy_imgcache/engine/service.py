@@ -57,6 +57,8 @@ class Placement:
     extension: str | None = None
     #: ``IMAGES_MIN_WIDTH``/``HEIGHT``: a smaller image is cached but not placed (it fails)
     min_size: tuple[int, int] = (0, 0)
+    #: ``path`` lacks its extension: the stored image's is added (the pipeline's own file_path())
+    stem: bool = False
 
 
 @dataclass(frozen=True)
@@ -215,7 +217,8 @@ class CacheService:
             return {}
         view = self.views[placement.view] if placement.view is not None else None
         if view is not None and placement.path is not None:
-            place_file(view, self.store, placement.path, body, entry, placement.refresh)
+            path = placement.path + _extension(entry.path) if placement.stem else placement.path
+            place_file(view, self.store, path, body, entry, placement.refresh)
         if not placement.sizes:
             return {}
         wanted = thumb_targets(placement, view, self.store, entry)
@@ -223,6 +226,12 @@ class CacheService:
         if missing:
             render_thumbs(body, {t: (target, path, placement.sizes[t]) for t, (target, path) in missing.items()})
         return {t: path for t, (_, path) in wanted.items()}
+
+
+def _extension(path: str | None) -> str:
+    """A blob key's extension (``.jpg``), or nothing."""
+    name = (path or "").rsplit("/", 1)[-1]
+    return "." + name.rsplit(".", 1)[1] if "." in name else ""
 
 
 def thumb_targets(
