@@ -46,6 +46,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
+from typing import Any
 
 #: seconds a worker has to say "ready"; one is ready in ~0.1-0.3 s (an interpreter, our imports)
 READY_TIMEOUT = 60.0
@@ -235,17 +236,19 @@ def _worker_main(parent: str, fd: str, factory: str) -> None:
             return
 
 
-def _serve_concurrently(conn: Connection, handler: Handler, threads: int) -> None:
-    """A handler with a ``concurrency`` above 1 takes that many requests at once: each
-    request starts with an 8-byte id that its answer starts with too, and answers go back in
-    the order they are done. (A worker waits on its database and disk as much as it
-    computes; its threads keep its core busy meanwhile.)"""
+def _serve_concurrently(conn: Connection, handler: Any, threads: int) -> None:
+    """A handler with a ``concurrency`` above 1 takes that many requests at once. A request
+    is two frames: an 8-byte id and the request proper, then a body (a raw image, never
+    copied into the first frame: a 200 KB image costs the crawl no copy); ``handler(request,
+    body)`` answers it, and the answer goes back behind the same id, in the order answers are
+    done. (A worker waits on its database and disk as much as it computes; its threads keep
+    its core busy meanwhile.)"""
     from concurrent.futures import ThreadPoolExecutor
 
     sending = threading.Lock()
 
-    def answer(request: bytes) -> None:
-        reply = request[:ID_BYTES] + handler(memoryview(request)[ID_BYTES:].tobytes())
+    def answer(request: bytes, body: bytes) -> None:
+        reply = request[:ID_BYTES] + handler(request[ID_BYTES:], body)
         with sending:
             try:
                 conn.send_bytes(reply)
@@ -255,10 +258,10 @@ def _serve_concurrently(conn: Connection, handler: Handler, threads: int) -> Non
     with ThreadPoolExecutor(threads, thread_name_prefix="imgcache-worker") as pool:
         while True:
             try:
-                request = conn.recv_bytes()
+                request, body = conn.recv_bytes(), conn.recv_bytes()
             except (EOFError, OSError):  # the crawl closed us, or is gone
                 return
-            pool.submit(answer, request)
+            pool.submit(answer, request, body)
 
 
 def _die_with(parent: int) -> None:

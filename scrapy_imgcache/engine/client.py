@@ -82,7 +82,7 @@ class _Channel:
         self._pending: dict[int, Deliver] = {}
         self._ids = itertools.count()
         self._lock = threading.Lock()
-        self._outbox: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[tuple[bytes, bytes] | None] = queue.SimpleQueue()
         self.alive = True
         for target, name in ((self._write, "writer"), (self._read, "reader")):
             threading.Thread(target=target, name=f"imgcache-engine-{name}-{worker.pid}", daemon=True).start()
@@ -91,21 +91,23 @@ class _Channel:
     def load(self) -> int:
         return len(self._pending)
 
-    def submit(self, message: bytes, deliver: Deliver) -> bool:
-        """Send ``message``; ``deliver(ok, answer bytes or exception)`` is called from the
-        reader thread. False when the worker is gone."""
+    def submit(self, message: bytes, body: bytes, deliver: Deliver) -> bool:
+        """Send ``message`` and ``body`` (two frames: the body is not copied); ``deliver(ok,
+        answer bytes or exception)`` is called from the reader thread. False when the worker
+        is gone."""
         with self._lock:
             if not self.alive:
                 return False
             request_id = next(self._ids)
             self._pending[request_id] = deliver
-        self._outbox.put(_ID.pack(request_id) + message)
+        self._outbox.put((_ID.pack(request_id) + message, body))
         return True
 
     def _write(self) -> None:
-        while (message := self._outbox.get()) is not None:
+        while (frames := self._outbox.get()) is not None:
             try:
-                self.worker.conn.send_bytes(message)
+                self.worker.conn.send_bytes(frames[0])
+                self.worker.conn.send_bytes(frames[1])
             except OSError:  # the worker is gone: the reader hears it too
                 return
 
@@ -146,13 +148,13 @@ class ProcessEngine:
         self.channels = [_Channel(w, self._died) for w in workers]
 
     async def call(self, operation: str, *args: Any, body: bytes = b"") -> Any:
-        message = protocol.request(operation, args, body)
+        message = protocol.request(operation, args)
         for _ in range(2):  # a request whose worker died goes to another one, once
             channel = self._pick()
             if channel is None:
                 break
             waiter, deliver = _waiter()
-            if not channel.submit(message, deliver):
+            if not channel.submit(message, body, deliver):
                 continue
             try:
                 return protocol.parse_answer(await waiter)

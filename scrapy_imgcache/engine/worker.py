@@ -37,9 +37,9 @@ class EngineWorker:
         self.concurrency = setup.threads
         self.service = CacheService.open(setup.config, setup.views, setup.lock_path)
 
-    def __call__(self, message: bytes) -> bytes:
+    def __call__(self, message: bytes, body: bytes) -> bytes:
         try:
-            operation, args, body = protocol.parse_request(message)
+            operation, args = protocol.parse_request(message)
             if operation not in protocol.OPERATIONS:
                 raise ValueError(f"no operation {operation!r}")
             method = getattr(self.service, operation)
