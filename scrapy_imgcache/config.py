@@ -132,7 +132,7 @@ class ImgCacheConfig:
         if not BUCKET_RE.match(bucket):
             raise ConfigError(f"IMGCACHE_BUCKET={bucket!r}: up to 64 of A-Z a-z 0-9 . _ -")
         algorithm = _choice("IMGCACHE_HASH", get("IMGCACHE_HASH"), ALGORITHMS)
-        threshold = _int("IMGCACHE_SIMILARITY_THRESHOLD", get("IMGCACHE_SIMILARITY_THRESHOLD"), 0, MAX_DISTANCE)
+        threshold = int_setting("IMGCACHE_SIMILARITY_THRESHOLD", get("IMGCACHE_SIMILARITY_THRESHOLD"), 0, MAX_DISTANCE)
         return cls(
             enabled=_bool("IMGCACHE_ENABLED", get("IMGCACHE_ENABLED")),
             url=url,
@@ -147,13 +147,13 @@ class ImgCacheConfig:
             on_similar=_choice("IMGCACHE_ON_SIMILAR", get("IMGCACHE_ON_SIMILAR"), ON_SIMILAR),
             expires=_expires(settings),
             expires_set=settings.get("IMGCACHE_EXPIRES") is not None,
-            max_bytes=_int("IMGCACHE_MAX_BYTES", get("IMGCACHE_MAX_BYTES"), 1),
-            max_pixels=_int("IMGCACHE_MAX_PIXELS", get("IMGCACHE_MAX_PIXELS"), 1),
+            max_bytes=int_setting("IMGCACHE_MAX_BYTES", get("IMGCACHE_MAX_BYTES"), 1),
+            max_pixels=int_setting("IMGCACHE_MAX_PIXELS", get("IMGCACHE_MAX_PIXELS"), 1),
             api_key=_str("IMGCACHE_API_KEY", get("IMGCACHE_API_KEY") or "") or None,
-            timeout=_float("IMGCACHE_TIMEOUT", get("IMGCACHE_TIMEOUT"), 0.001),
-            retries=_int("IMGCACHE_RETRIES", get("IMGCACHE_RETRIES"), 0, 10),
+            timeout=float_setting("IMGCACHE_TIMEOUT", get("IMGCACHE_TIMEOUT"), 0.001),
+            retries=int_setting("IMGCACHE_RETRIES", get("IMGCACHE_RETRIES"), 0, 10),
             on_store_error=_choice("IMGCACHE_ON_STORE_ERROR", get("IMGCACHE_ON_STORE_ERROR"), ON_STORE_ERROR),
-            gc_grace=_float("IMGCACHE_GC_GRACE", get("IMGCACHE_GC_GRACE"), 0),
+            gc_grace=float_setting("IMGCACHE_GC_GRACE", get("IMGCACHE_GC_GRACE"), 0),
             store_schemes=_schemes(settings.get("IMGCACHE_STORE_SCHEMES")),
             url_is_default=not settings.get("IMGCACHE_URL"),
             storage_settings={name: settings.get(name) for name in STORAGE_SETTINGS},
@@ -201,9 +201,9 @@ def enabled(settings: Any) -> bool:
 def _expires(settings: Any) -> float:
     """``IMGCACHE_EXPIRES`` seconds, else ``IMAGES_EXPIRES`` days (Scrapy's), else 90 days."""
     if settings.get("IMGCACHE_EXPIRES") is not None:
-        return _float("IMGCACHE_EXPIRES", settings.get("IMGCACHE_EXPIRES"), 0)
+        return float_setting("IMGCACHE_EXPIRES", settings.get("IMGCACHE_EXPIRES"), 0)
     days = settings.get("IMAGES_EXPIRES")
-    return 90 * 86400.0 if days is None else _float("IMAGES_EXPIRES", days, 0) * 86400
+    return 90 * 86400.0 if days is None else float_setting("IMAGES_EXPIRES", days, 0) * 86400
 
 
 def _data_path(name: str) -> str:
@@ -230,7 +230,7 @@ def _hash_processes(value: Any) -> int:
         from .workers import default_hash_processes
 
         return default_hash_processes()
-    return _int("IMGCACHE_HASH_PROCESSES", value, 0, 256)
+    return int_setting("IMGCACHE_HASH_PROCESSES", value, 0, 256)
 
 
 def _schemes(value: Any) -> dict[str, Any]:
@@ -260,7 +260,8 @@ def _bool(name: str, value: Any) -> bool:
     raise ConfigError(f"{name}={value!r}: true or false is expected")
 
 
-def _int(name: str, value: Any, low: int, high: int | None = None) -> int:
+def int_setting(name: str, value: Any, low: int, high: int | None = None) -> int:
+    """An integer setting (or environment variable) ``name`` in ``low..high``, or a ConfigError naming it."""
     try:
         number = int(str(value).strip()) if not isinstance(value, bool) else None
     except ValueError:
@@ -271,7 +272,8 @@ def _int(name: str, value: Any, low: int, high: int | None = None) -> int:
     return number
 
 
-def _float(name: str, value: Any, low: float) -> float:
+def float_setting(name: str, value: Any, low: float) -> float:
+    """A number setting ``name`` of at least ``low``, or a ConfigError naming it."""
     try:
         number = None if isinstance(value, bool) else float(value)
     except (TypeError, ValueError):

@@ -101,8 +101,8 @@ def test_every_route_of_the_service_is_documented(tmp_path):
     """Each call of the imgcache API in docs/server.md's table, each VisualSnoop call in
     docs/visualsnoop.md's (``{image_id}`` may be written ``ID`` there)."""
     from scrapy_imgcache.server.app import create_app
-    from scrapy_imgcache.server.visualsnoop import PREFIX, routers_for
     from scrapy_imgcache.store.sql import SqlStore
+    from scrapy_imgcache.visualsnoop.api import PREFIX, routers_for
 
     store = SqlStore(f"sqlite:///{tmp_path / 'c.sqlite3'}", str(tmp_path / "files"))
     try:

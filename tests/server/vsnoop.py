@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import requests
 
-from scrapy_imgcache.server.visualsnoop import signature
 from scrapy_imgcache.store.sql import SqlStore
+from scrapy_imgcache.visualsnoop.api import signature
 from tests.helpers import database_url
 
 from .live import SERVER_BIN, LiveServer, imgcache_server

@@ -13,7 +13,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .collections import Registry
+    from .registry import Registry
 
 
 def add_arguments(parser: argparse.ArgumentParser, parents: list[argparse.ArgumentParser] | None = None) -> None:
@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser, parents: list[argparse.Argume
 
 def run(registry: Registry, args: argparse.Namespace) -> int:
     """Do ``args.action``; the exit code follows the imgcache commands (0 ok, 1 not found, 2 refused)."""
-    from .collections import CollectionError
-    from .commands import EXIT_NOTHING, EXIT_OK, EXIT_USAGE, print_json, table
+    from ..commands import EXIT_NOTHING, EXIT_OK, EXIT_USAGE, print_json, table
+    from .registry import CollectionError
 
     out, err = sys.stdout, sys.stderr
     action = args.action
@@ -112,7 +112,7 @@ def run(registry: Registry, args: argparse.Namespace) -> int:
 
 
 def _secret_note(encrypted: bool) -> str:
-    from .collections import SECRETS_KEY_ENV
+    from .keys import SECRETS_KEY_ENV
 
     if encrypted:
         return f"The secret key is shown only now; it is stored encrypted with {SECRETS_KEY_ENV}."
@@ -136,8 +136,8 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_on_database(url: str, args: argparse.Namespace) -> int:
     """Run the parsed subcommand on the collections of the cache database at ``url``."""
-    from .collections import Registry
-    from .store.schema import ensure_schema, make_engine
+    from ..store.schema import ensure_schema, make_engine
+    from .registry import Registry
 
     engine = make_engine(url)
     try:
@@ -148,8 +148,8 @@ def run_on_database(url: str, args: argparse.Namespace) -> int:
 
 
 def run_server_command(args: argparse.Namespace) -> int:
-    from .commands import EXIT_FAILED
-    from .errors import ConfigError, StoreError
+    from ..commands import EXIT_FAILED
+    from ..errors import ConfigError, StoreError
 
     if not getattr(args, "db", None):
         raise ConfigError("--db is required (or IMGCACHE_SERVER_DB)")
