@@ -23,7 +23,7 @@ from .hashing import (
 from .store.base import BUCKET_RE, MAX_DISTANCE
 
 if TYPE_CHECKING:
-    from .store.base import Store
+    pass
 
 ON_SIMILAR = ("annotate", "skip", "drop")
 SIMILARITY = ("robust", "phash")
@@ -126,7 +126,7 @@ class ImgCacheConfig:
             value = settings.get(name)
             return DEFAULTS[name] if value is None else value
 
-        url = _str("IMGCACHE_URL", get("IMGCACHE_URL") or f"sqlite:///{_data_path(DEFAULT_DB_NAME)}")
+        url = _str("IMGCACHE_URL", get("IMGCACHE_URL") or f"sqlite:///{project_data_path(DEFAULT_DB_NAME)}")
         files = get("IMGCACHE_FILES_STORE") or _default_files(url)
         bucket = _str("IMGCACHE_BUCKET", get("IMGCACHE_BUCKET"))
         if not BUCKET_RE.match(bucket):
@@ -168,13 +168,6 @@ class ImgCacheConfig:
             ImageLimits(self.max_bytes, self.max_pixels), self.hash, self.fast_hash, self.similarity == "robust"
         )
 
-    def open_store(self, create: bool = True) -> Store:
-        """The store these settings name (blocking: opening a database may create its schema;
-        ``create=False`` opens an existing cache only)."""
-        from .store import open_store
-
-        return open_store(self, create=create)
-
 
 #: Scrapy's settings for its files stores, which the cache's blob stores honour too
 STORAGE_SETTINGS = (
@@ -206,7 +199,7 @@ def _expires(settings: Any) -> float:
     return 90 * 86400.0 if days is None else float_setting("IMAGES_EXPIRES", days, 0) * 86400
 
 
-def _data_path(name: str) -> str:
+def project_data_path(name: str) -> str:
     """``<project>/.scrapy/<name>`` inside a Scrapy project, ``./.scrapy/<name>`` elsewhere."""
     from scrapy.utils.project import data_path
 
@@ -222,7 +215,7 @@ def _default_files(url: str) -> str:
         path = os.path.abspath(url[len("sqlite:///") :].split("?", 1)[0])
         stem = os.path.splitext(os.path.basename(path))[0] or "imgcache"
         return os.path.join(os.path.dirname(path), f"{stem}-files")
-    return _data_path(DEFAULT_FILES_NAME)
+    return project_data_path(DEFAULT_FILES_NAME)
 
 
 def _hash_processes(value: Any) -> int:

@@ -20,6 +20,7 @@ from twisted.internet.threads import deferToThread
 
 from .config import ImgCacheConfig, unknown_settings
 from .errors import ConfigError, ImgCacheError, StoreError
+from .store import open_store
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -200,7 +201,7 @@ class ImgCacheContext:
         self._users += 1
         if self.failed is None and self._store is None:
             try:
-                store = await in_thread(self.config.open_store)
+                store = await in_thread(open_store, self.config)
             except ImgCacheError as exc:
                 self.failed = str(exc)
             except ImportError as exc:  # a missing driver or extra (the message names it)

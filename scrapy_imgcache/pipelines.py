@@ -407,7 +407,7 @@ class ImgCachePipeline(ImagesPipeline):
             "checksum": outcome.checksum if outcome is not None and outcome.checksum else checksum(body),
             "status": {"hit": "uptodate", "miss": "downloaded"}.get(cache_status, "cached"),
         }
-        result.update(_cache_fields(entry, outcome, cache_status, len(body)))
+        result.update(cache_fields(entry, outcome, cache_status, len(body)))
         if self.thumbs:
             result["thumbs"] = self.thumbnailer.make(request, response, body, entry, item, info, refresh)
         return result
@@ -452,7 +452,7 @@ def drop_near_duplicates(pipeline: ImgCachePipeline, results: list[Any]) -> None
             )
 
 
-def _cache_fields(entry: Entry | None, outcome: Outcome | None, cache_status: str, size: int) -> dict[str, Any]:
+def cache_fields(entry: Entry | None, outcome: Outcome | None, cache_status: str, size: int) -> dict[str, Any]:
     """The result fields beyond ImagesPipeline's: what the cache knows of the image."""
     if entry is None:  # stored nowhere: the store was down and IMGCACHE_ON_STORE_ERROR = "continue"
         return {"content_hash": None, "cache": "error", "size": size}

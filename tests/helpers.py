@@ -27,7 +27,7 @@ from sqlalchemy import Engine, create_engine, text
 from example_project.photos import *  # noqa: F403 - the demo's reproducible photographs
 from example_project.photos import distinct_images, encode
 from example_project.webserver import Route, Site  # noqa: F401 - the test web site
-from scrapy_imgcache.blobs import OWNER_KEY
+from scrapy_imgcache.store.blobs import OWNER_KEY
 
 # -- images --------------------------------------------------------------------------------
 
@@ -322,7 +322,7 @@ def _work(db_url: str | None, files: str, ops: list[Op], barrier: Any, errors: A
             elif op[0] == "delete":
                 store.delete(op[1])
             elif op[0] == "blob":
-                from scrapy_imgcache.blobs import LocalBlobStore
+                from scrapy_imgcache.store.blobs import LocalBlobStore
 
                 blobs = LocalBlobStore(op[1])
                 for _ in range(op[4]):

@@ -13,7 +13,7 @@ import pytest
 
 from scrapy_imgcache import fetching
 from scrapy_imgcache.config import DEFAULTS
-from scrapy_imgcache.pipelines import _cache_fields
+from scrapy_imgcache.pipelines import cache_fields
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
@@ -75,8 +75,8 @@ def test_every_request_meta_key_is_documented():
 
 def test_every_result_field_is_documented():
     results = (REFERENCE / "results.md").read_text()
-    fields = {"url", "path", "checksum", "status", "thumbs"} | set(_cache_fields(None, None, "miss", 0))
-    fields |= set(_cache_fields(_entry(), None, "hit", 0))
+    fields = {"url", "path", "checksum", "status", "thumbs"} | set(cache_fields(None, None, "miss", 0))
+    fields |= set(cache_fields(_entry(), None, "hit", 0))
     for field in fields:
         assert f"`{field}`" in results, field
 
