@@ -12,7 +12,7 @@ import pytest
 import scrapy
 from packaging.version import Version
 
-from scrapy_imgcache import _compat
+import scrapy_imgcache._compat as _compat
 
 pytestmark = pytest.mark.scrapy_api
 PACKAGE = Path(__file__).resolve().parent.parent / "scrapy_imgcache"

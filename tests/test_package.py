@@ -151,3 +151,30 @@ def test_the_public_names_are_typed_for_users(tmp_path):
     )
     assert 'Argument "url" to "put" of "Store" has incompatible type "int"; expected "str"' in done.stdout, done.stdout
     assert 'Revealed type is "int"' in done.stdout or 'Revealed type is "builtins.int"' in done.stdout, done.stdout
+
+
+def test_the_benchmarks_and_the_tests_stand_on_their_own():
+    """The benchmarks import nothing of the tests (what both need is in the package:
+    ``server/process.py`` starts a service for either), and no test module star-imports (the
+    demo's photographs are named one by one in tests/helpers.py)."""
+    repo = PACKAGE.parent
+
+    def imported(path: Path) -> set[str]:
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module + (".*" if any(a.name == "*" for a in node.names) else ""))
+        return found
+
+    benchmarks = {p.name: imported(p) for p in (repo / "benchmarks").rglob("*.py")}
+    assert len(benchmarks) > 5
+    assert {name: sorted(m for m in found if m.split(".")[0] == "tests") for name, found in benchmarks.items()} == {
+        name: [] for name in benchmarks
+    }
+    stars = [
+        f"{p.relative_to(repo)}: {m}" for p in (repo / "tests").rglob("*.py") for m in imported(p) if m.endswith(".*")
+    ]
+    assert stars == []
+    assert "scrapy_imgcache.server.process" in benchmarks["bench_server.py"]  # (the scan sees real imports)

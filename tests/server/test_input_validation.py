@@ -9,10 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from scrapy_imgcache.server.process import LiveServer, imgcache_server
 from tests.helpers import blob_files, bomb_png, fresh_jpegs, fresh_url, noise_bytes
 from tests.store.test_sql import IMAGE_URLS, NOT_IMAGE_URLS
-
-from .live import LiveServer, imgcache_server
 
 LIMIT = 200_000
 GOOD_HASH = "a" * 64

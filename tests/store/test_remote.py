@@ -17,6 +17,7 @@ from PIL import ImageOps
 from scrapy_imgcache.config import ImgCacheConfig
 from scrapy_imgcache.errors import EmptyImage, NotAnImage, StoreError, TooManyPixels
 from scrapy_imgcache.hashing import Inspector, content_hash
+from scrapy_imgcache.server.process import LiveServer, free_port, imgcache_server
 from scrapy_imgcache.store import open_store
 from scrapy_imgcache.store.base import NearQuery
 from scrapy_imgcache.store.remote import RemoteStore
@@ -31,7 +32,6 @@ from tests.helpers import (
     noise_bytes,
     photo,
 )
-from tests.server.live import LiveServer, free_port, imgcache_server
 
 WRITE_KEY = "w" * 32
 READ_KEY = "r" * 32
