@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser, parents: list[argparse.Argume
 
 def run(registry: Registry, args: argparse.Namespace) -> int:
     """Do ``args.action``; the exit code follows the imgcache commands (0 ok, 1 not found, 2 refused)."""
-    from ..commands import EXIT_NOTHING, EXIT_OK, EXIT_USAGE, print_json, table
+    from ..commands import EXIT_NOTHING, EXIT_OK, EXIT_USAGE, print_json
     from .registry import CollectionError
 
     out, err = sys.stdout, sys.stderr
@@ -59,41 +59,9 @@ def run(registry: Registry, args: argparse.Namespace) -> int:
                 return EXIT_NOTHING
             collection, secret = rotated
         elif action == "delete":
-            deleted = registry.delete(args.name)
-            if deleted is None:
-                print(f"no collection named {args.name!r}", file=err)
-                return EXIT_NOTHING
-            if args.json:
-                print_json(deleted.to_json())
-            else:
-                print(
-                    f"deleted collection {deleted.name!r}; its images stay cached in bucket {deleted.bucket!r}",
-                    file=out,
-                )
-            return EXIT_OK
+            return _delete(registry, args)
         else:
-            collections = registry.list()
-            if args.json:
-                for c in collections:
-                    print_json(c.to_json())
-            elif collections:
-                rows = [
-                    (
-                        c.name,
-                        c.collection_id,
-                        c.bucket,
-                        c.user,
-                        c.public_key,
-                        "encrypted" if c.secret_encrypted else "plain",
-                        c.key_created_at.isoformat(timespec="seconds"),
-                    )
-                    for c in collections
-                ]
-                print(
-                    table(("name", "collection_id", "bucket", "user", "public_key", "secret", "key created"), rows),
-                    file=out,
-                )
-            return EXIT_OK if collections else EXIT_NOTHING
+            return _list(registry, args)
     except CollectionError as exc:
         print(f"error: {exc}", file=err)
         return EXIT_USAGE
@@ -109,6 +77,44 @@ def run(registry: Registry, args: argparse.Namespace) -> int:
         print(f"secret key: {secret}", file=out)
     print(_secret_note(collection.secret_encrypted), file=err)
     return EXIT_OK
+
+
+def _delete(registry: Registry, args: argparse.Namespace) -> int:
+    from ..commands import EXIT_NOTHING, EXIT_OK, print_json
+
+    deleted = registry.delete(args.name)
+    if deleted is None:
+        print(f"no collection named {args.name!r}", file=sys.stderr)
+        return EXIT_NOTHING
+    if args.json:
+        print_json(deleted.to_json())
+    else:
+        print(f"deleted collection {deleted.name!r}; its images stay cached in bucket {deleted.bucket!r}")
+    return EXIT_OK
+
+
+def _list(registry: Registry, args: argparse.Namespace) -> int:
+    from ..commands import EXIT_NOTHING, EXIT_OK, print_json, table
+
+    collections = registry.list()
+    if args.json:
+        for c in collections:
+            print_json(c.to_json())
+    elif collections:
+        rows = [
+            (
+                c.name,
+                c.collection_id,
+                c.bucket,
+                c.user,
+                c.public_key,
+                "encrypted" if c.secret_encrypted else "plain",
+                c.key_created_at.isoformat(timespec="seconds"),
+            )
+            for c in collections
+        ]
+        print(table(("name", "collection_id", "bucket", "user", "public_key", "secret", "key created"), rows))
+    return EXIT_OK if collections else EXIT_NOTHING
 
 
 def _secret_note(encrypted: bool) -> str:
