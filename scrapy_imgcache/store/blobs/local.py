@@ -306,7 +306,10 @@ class LocalBlobStore:
                     return False
                 if os.fstat(fd).st_nlink == 0 or not unused():
                     return False
-                os.unlink(path)
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:  # a temporary file its writer renamed into place meanwhile
+                    return False
                 return True
             finally:
                 os.close(fd)
