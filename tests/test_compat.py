@@ -33,12 +33,14 @@ def test_each_flag_names_what_this_scrapy_has():
         hasattr(ExecutionEngine, "download_async"),
         hasattr(ExecutionEngine, "close_spider_async"),
         hasattr(ItemPipelineManager, "open_spider_async"),
-        importlib.util.find_spec("scrapy.exceptions") is not None
-        and hasattr(importlib.import_module("scrapy.exceptions"), "DownloadCancelledError"),
+        hasattr(importlib.import_module("scrapy.exceptions"), "DownloadCancelledError"),
         hasattr(importlib.import_module("scrapy.pipelines.media"), "FileException"),
     ]
     assert has_2_14 == [_compat.SCRAPY_2_14] * len(has_2_14)
-    has_run_in_thread = hasattr(importlib.import_module("scrapy.utils.asyncio"), "run_in_thread")
+    asyncio_utils = importlib.util.find_spec("scrapy.utils.asyncio")  # (no such module in 2.13)
+    has_run_in_thread = asyncio_utils is not None and hasattr(
+        importlib.import_module("scrapy.utils.asyncio"), "run_in_thread"
+    )
     assert has_run_in_thread == _compat.SCRAPY_2_15
     assert _compat.MEDIA_AWAITS_COROUTINES == _compat.SCRAPY_2_14
 
