@@ -16,10 +16,11 @@ import threading
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from scrapy import signals
-from twisted.internet.threads import deferToThread
 
+from ._compat import close_spider, in_thread
 from .config import ImgCacheConfig, unknown_settings
 from .errors import ConfigError, ImgCacheError, StoreError
+from .store import open_store
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -35,17 +36,6 @@ T = TypeVar("T")
 _ATTR = "_imgcache_context"
 #: the finish reason of a crawl whose cache cannot be used
 UNAVAILABLE = "imgcache_unavailable"
-
-
-async def in_thread(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run blocking work off the reactor thread, under either reactor (Scrapy >= 2.13)."""
-    try:
-        from scrapy.utils.asyncio import run_in_thread  # Scrapy >= 2.15
-    except ImportError:  # pragma: no cover - depends on the Scrapy version
-        from scrapy.utils.defer import maybe_deferred_to_future
-
-        return await maybe_deferred_to_future(deferToThread(func, *args, **kwargs))
-    return await run_in_thread(func, *args, **kwargs)
 
 
 class Gathered(Generic[T]):
@@ -120,18 +110,6 @@ class Gathered(Generic[T]):
                 future.set_exception(exc)
 
 
-def component_result(coro: Any) -> Any:
-    """What a pipeline's ``open_spider``/``close_spider`` returns: Scrapy >= 2.14 awaits a
-    coroutine; Scrapy 2.13 only waits for a Deferred."""
-    from scrapy.pipelines import ItemPipelineManager
-
-    if hasattr(ItemPipelineManager, "open_spider_async"):
-        return coro
-    from scrapy.utils.defer import deferred_from_coro
-
-    return deferred_from_coro(coro)
-
-
 class ImgCacheContext:
     def __init__(self, crawler: Crawler) -> None:
         self.crawler = crawler
@@ -200,7 +178,7 @@ class ImgCacheContext:
         self._users += 1
         if self.failed is None and self._store is None:
             try:
-                store = await in_thread(self.config.open_store)
+                store = await in_thread(open_store, self.config)
             except ImgCacheError as exc:
                 self.failed = str(exc)
             except ImportError as exc:  # a missing driver or extra (the message names it)
@@ -256,11 +234,7 @@ class ImgCacheContext:
     def _close_now(self, spider: Any) -> Any:
         engine = self.crawler.engine
         assert engine is not None
-        if hasattr(engine, "close_spider_async"):  # Scrapy >= 2.14
-            from scrapy.utils.defer import deferred_from_coro
-
-            return deferred_from_coro(engine.close_spider_async(reason=UNAVAILABLE))
-        return engine.close_spider(spider, UNAVAILABLE)
+        return close_spider(engine, spider, UNAVAILABLE)
 
     @property
     def store(self) -> Store:

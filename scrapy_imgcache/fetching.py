@@ -25,14 +25,9 @@ from typing import TYPE_CHECKING, NoReturn
 from scrapy.http import Response
 from scrapy.utils.request import referer_str
 
-from .context import in_thread
+from ._compat import FileException, in_thread
 from .errors import StoreError
 from .ingest import header, record_urls
-
-try:  # Scrapy >= 2.14 moved it; the old name still works there, with a warning
-    from scrapy.pipelines.media import FileException
-except ImportError:  # pragma: no cover - depends on the Scrapy version
-    from scrapy.pipelines.files import FileException  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
     from scrapy import Request
