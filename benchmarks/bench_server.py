@@ -32,7 +32,7 @@ import httpx
 
 from example_project.photos import distinct_images, encode
 from scrapy_imgcache.hashing import content_hash
-from tests.server.live import imgcache_server
+from scrapy_imgcache.server.process import imgcache_server
 
 
 def make_uploads(count: int) -> list[bytes]:

@@ -33,10 +33,10 @@ from sqlalchemy import select
 
 from benchmarks.bench_store import Database, insert_rows, machine
 from scrapy_imgcache.hashing import content_hash
+from scrapy_imgcache.server.process import imgcache_server
 from scrapy_imgcache.store.base import make_cursor
 from scrapy_imgcache.store.models import ImageRow
 from scrapy_imgcache.store.sql import SqlStore
-from tests.server.live import imgcache_server
 
 CLIENTS = ("shop_spider", "blog_spider", "forum_spider", "news_spider", "archive_spider")
 CLIENT_SHARE = (0.5, 0.25, 0.12, 0.08, 0.05)

@@ -23,7 +23,7 @@ from .hashing import (
 from .store.base import BUCKET_RE, MAX_DISTANCE
 
 if TYPE_CHECKING:
-    from .store.base import Store
+    pass
 
 ON_SIMILAR = ("annotate", "skip", "drop")
 SIMILARITY = ("robust", "phash")
@@ -126,13 +126,13 @@ class ImgCacheConfig:
             value = settings.get(name)
             return DEFAULTS[name] if value is None else value
 
-        url = _str("IMGCACHE_URL", get("IMGCACHE_URL") or f"sqlite:///{_data_path(DEFAULT_DB_NAME)}")
+        url = _str("IMGCACHE_URL", get("IMGCACHE_URL") or f"sqlite:///{project_data_path(DEFAULT_DB_NAME)}")
         files = get("IMGCACHE_FILES_STORE") or _default_files(url)
         bucket = _str("IMGCACHE_BUCKET", get("IMGCACHE_BUCKET"))
         if not BUCKET_RE.match(bucket):
             raise ConfigError(f"IMGCACHE_BUCKET={bucket!r}: up to 64 of A-Z a-z 0-9 . _ -")
         algorithm = _choice("IMGCACHE_HASH", get("IMGCACHE_HASH"), ALGORITHMS)
-        threshold = _int("IMGCACHE_SIMILARITY_THRESHOLD", get("IMGCACHE_SIMILARITY_THRESHOLD"), 0, MAX_DISTANCE)
+        threshold = int_setting("IMGCACHE_SIMILARITY_THRESHOLD", get("IMGCACHE_SIMILARITY_THRESHOLD"), 0, MAX_DISTANCE)
         return cls(
             enabled=_bool("IMGCACHE_ENABLED", get("IMGCACHE_ENABLED")),
             url=url,
@@ -147,13 +147,13 @@ class ImgCacheConfig:
             on_similar=_choice("IMGCACHE_ON_SIMILAR", get("IMGCACHE_ON_SIMILAR"), ON_SIMILAR),
             expires=_expires(settings),
             expires_set=settings.get("IMGCACHE_EXPIRES") is not None,
-            max_bytes=_int("IMGCACHE_MAX_BYTES", get("IMGCACHE_MAX_BYTES"), 1),
-            max_pixels=_int("IMGCACHE_MAX_PIXELS", get("IMGCACHE_MAX_PIXELS"), 1),
+            max_bytes=int_setting("IMGCACHE_MAX_BYTES", get("IMGCACHE_MAX_BYTES"), 1),
+            max_pixels=int_setting("IMGCACHE_MAX_PIXELS", get("IMGCACHE_MAX_PIXELS"), 1),
             api_key=_str("IMGCACHE_API_KEY", get("IMGCACHE_API_KEY") or "") or None,
-            timeout=_float("IMGCACHE_TIMEOUT", get("IMGCACHE_TIMEOUT"), 0.001),
-            retries=_int("IMGCACHE_RETRIES", get("IMGCACHE_RETRIES"), 0, 10),
+            timeout=float_setting("IMGCACHE_TIMEOUT", get("IMGCACHE_TIMEOUT"), 0.001),
+            retries=int_setting("IMGCACHE_RETRIES", get("IMGCACHE_RETRIES"), 0, 10),
             on_store_error=_choice("IMGCACHE_ON_STORE_ERROR", get("IMGCACHE_ON_STORE_ERROR"), ON_STORE_ERROR),
-            gc_grace=_float("IMGCACHE_GC_GRACE", get("IMGCACHE_GC_GRACE"), 0),
+            gc_grace=float_setting("IMGCACHE_GC_GRACE", get("IMGCACHE_GC_GRACE"), 0),
             store_schemes=_schemes(settings.get("IMGCACHE_STORE_SCHEMES")),
             url_is_default=not settings.get("IMGCACHE_URL"),
             storage_settings={name: settings.get(name) for name in STORAGE_SETTINGS},
@@ -167,13 +167,6 @@ class ImgCacheConfig:
         return Inspector(
             ImageLimits(self.max_bytes, self.max_pixels), self.hash, self.fast_hash, self.similarity == "robust"
         )
-
-    def open_store(self, create: bool = True) -> Store:
-        """The store these settings name (blocking: opening a database may create its schema;
-        ``create=False`` opens an existing cache only)."""
-        from .store import open_store
-
-        return open_store(self, create=create)
 
 
 #: Scrapy's settings for its files stores, which the cache's blob stores honour too
@@ -201,12 +194,12 @@ def enabled(settings: Any) -> bool:
 def _expires(settings: Any) -> float:
     """``IMGCACHE_EXPIRES`` seconds, else ``IMAGES_EXPIRES`` days (Scrapy's), else 90 days."""
     if settings.get("IMGCACHE_EXPIRES") is not None:
-        return _float("IMGCACHE_EXPIRES", settings.get("IMGCACHE_EXPIRES"), 0)
+        return float_setting("IMGCACHE_EXPIRES", settings.get("IMGCACHE_EXPIRES"), 0)
     days = settings.get("IMAGES_EXPIRES")
-    return 90 * 86400.0 if days is None else _float("IMAGES_EXPIRES", days, 0) * 86400
+    return 90 * 86400.0 if days is None else float_setting("IMAGES_EXPIRES", days, 0) * 86400
 
 
-def _data_path(name: str) -> str:
+def project_data_path(name: str) -> str:
     """``<project>/.scrapy/<name>`` inside a Scrapy project, ``./.scrapy/<name>`` elsewhere."""
     from scrapy.utils.project import data_path
 
@@ -222,7 +215,7 @@ def _default_files(url: str) -> str:
         path = os.path.abspath(url[len("sqlite:///") :].split("?", 1)[0])
         stem = os.path.splitext(os.path.basename(path))[0] or "imgcache"
         return os.path.join(os.path.dirname(path), f"{stem}-files")
-    return _data_path(DEFAULT_FILES_NAME)
+    return project_data_path(DEFAULT_FILES_NAME)
 
 
 def _hash_processes(value: Any) -> int:
@@ -230,7 +223,7 @@ def _hash_processes(value: Any) -> int:
         from .workers import default_hash_processes
 
         return default_hash_processes()
-    return _int("IMGCACHE_HASH_PROCESSES", value, 0, 256)
+    return int_setting("IMGCACHE_HASH_PROCESSES", value, 0, 256)
 
 
 def _schemes(value: Any) -> dict[str, Any]:
@@ -260,7 +253,8 @@ def _bool(name: str, value: Any) -> bool:
     raise ConfigError(f"{name}={value!r}: true or false is expected")
 
 
-def _int(name: str, value: Any, low: int, high: int | None = None) -> int:
+def int_setting(name: str, value: Any, low: int, high: int | None = None) -> int:
+    """An integer setting (or environment variable) ``name`` in ``low..high``, or a ConfigError naming it."""
     try:
         number = int(str(value).strip()) if not isinstance(value, bool) else None
     except ValueError:
@@ -271,7 +265,8 @@ def _int(name: str, value: Any, low: int, high: int | None = None) -> int:
     return number
 
 
-def _float(name: str, value: Any, low: float) -> float:
+def float_setting(name: str, value: Any, low: float) -> float:
+    """A number setting ``name`` of at least ``low``, or a ConfigError naming it."""
     try:
         number = None if isinstance(value, bool) else float(value)
     except (TypeError, ValueError):

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, cast
 
 from scrapy import signals
 
+from ._compat import close_spider, in_thread
 from .config import ImgCacheConfig, unknown_settings
-from .engine.threads import in_thread
 from .errors import ConfigError, ImgCacheError, StoreError
+from .store import open_store
 
 if TYPE_CHECKING:
     from scrapy.crawler import Crawler
@@ -31,18 +32,6 @@ logger = logging.getLogger(__name__)
 _ATTR = "_imgcache_context"
 #: the finish reason of a crawl whose cache cannot be used
 UNAVAILABLE = "imgcache_unavailable"
-
-
-def component_result(coro: Any) -> Any:
-    """What a pipeline's ``open_spider``/``close_spider`` returns: Scrapy >= 2.14 awaits a
-    coroutine; Scrapy 2.13 only waits for a Deferred."""
-    from scrapy.pipelines import ItemPipelineManager
-
-    if hasattr(ItemPipelineManager, "open_spider_async"):
-        return coro
-    from scrapy.utils.defer import deferred_from_coro
-
-    return deferred_from_coro(coro)
 
 
 class ImgCacheContext:
@@ -113,7 +102,7 @@ class ImgCacheContext:
         self._users += 1
         if self.failed is None and self._store is None:
             try:
-                store = await in_thread(self.config.open_store)
+                store = await in_thread(open_store, self.config)
             except ImgCacheError as exc:
                 self.failed = str(exc)
             except ImportError as exc:  # a missing driver or extra (the message names it)
@@ -172,11 +161,7 @@ class ImgCacheContext:
     def _close_now(self, spider: Any) -> Any:
         engine = self.crawler.engine
         assert engine is not None
-        if hasattr(engine, "close_spider_async"):  # Scrapy >= 2.14
-            from scrapy.utils.defer import deferred_from_coro
-
-            return deferred_from_coro(engine.close_spider_async(reason=UNAVAILABLE))
-        return engine.close_spider(spider, UNAVAILABLE)
+        return close_spider(engine, spider, UNAVAILABLE)
 
     @property
     def store(self) -> Store:

@@ -25,13 +25,9 @@ from typing import TYPE_CHECKING, NoReturn
 from scrapy.http import Response
 from scrapy.utils.request import referer_str
 
+from ._compat import FileException
 from .errors import StoreError
 from .ingest import header
-
-try:  # Scrapy >= 2.14 moved it; the old name still works there, with a warning
-    from scrapy.pipelines.media import FileException
-except ImportError:  # pragma: no cover - depends on the Scrapy version
-    from scrapy.pipelines.files import FileException  # type: ignore[no-redef]
 
 if TYPE_CHECKING:
     from scrapy import Request

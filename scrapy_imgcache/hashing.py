@@ -85,4 +85,5 @@ class Inspector:
         """``known_hash``: the :func:`content_hash` of ``data`` when the caller has it already."""
         from .imaging import inspect
 
-        return inspect(self, data, known_hash)
+        fields = inspect(self, data)
+        return ImageInfo(content_hash=known_hash or content_hash(data), **fields)

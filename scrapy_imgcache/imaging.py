@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import TYPE_CHECKING, Any
 
 import imagehash
 import numpy as np
@@ -28,7 +29,9 @@ from .errors import (
     UnsupportedFormat,
     UnsupportedMode,
 )
-from .hashing import ImageInfo, Inspector, content_hash
+
+if TYPE_CHECKING:
+    from .hashing import Inspector
 
 #: Pillow format name -> (MIME type, file extension). Only these are ever opened.
 ALLOWED_FORMATS: dict[str, tuple[str, str]] = {
@@ -46,8 +49,9 @@ _PHASH_SIZE = 32  # pHash reduces to 32x32 before its DCT; draft decoding may st
 _FLAT_RANGE = 2  # grey levels; a 32x32 reduction spanning no more than this is "flat"
 
 
-def inspect(inspector: Inspector, data: bytes, known_hash: str | None = None) -> ImageInfo:
-    """What :meth:`Inspector.inspect` does (see there)."""
+def inspect(inspector: Inspector, data: bytes) -> dict[str, Any]:
+    """What :meth:`Inspector.inspect` does (see there): the fields of its ``ImageInfo`` but the
+    content hash (the records live in :mod:`.hashing`, which imports this module on first use)."""
     size = len(data)
     limits = inspector.limits
     if size == 0:
@@ -74,21 +78,20 @@ def inspect(inspector: Inspector, data: bytes, known_hash: str | None = None) ->
     except Exception as exc:
         raise UnsupportedMode(f"{fmt} image in mode {img.mode} cannot be hashed: {exc}") from exc
     signature, index_hashes, query_hashes = _robust(img, grey, inspector) if not flat else (None, (), ())
-    return ImageInfo(
-        content_hash=known_hash or content_hash(data),
-        format=fmt,
-        content_type=mime,
-        extension=ext,
-        width=width,
-        height=height,
-        size=size,
-        perceptual_hash=phash,
-        algorithm=inspector.algorithm,
-        flat=flat,
-        signature=signature,
-        index_hashes=index_hashes,
-        query_hashes=query_hashes,
-    )
+    return {
+        "format": fmt,
+        "content_type": mime,
+        "extension": ext,
+        "width": width,
+        "height": height,
+        "size": size,
+        "perceptual_hash": phash,
+        "algorithm": inspector.algorithm,
+        "flat": flat,
+        "signature": signature,
+        "index_hashes": index_hashes,
+        "query_hashes": query_hashes,
+    }
 
 
 Hashes = tuple[tuple[str, int], ...]

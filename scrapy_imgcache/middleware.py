@@ -21,6 +21,7 @@ from scrapy import signals
 from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.utils.httpobj import urlparse_cached
 
+from ._compat import download_cancelled_errors
 from .context import ImgCacheContext
 from .engine.service import Download, Found, Stored
 from .errors import InvalidImage, StoreError, TooManyBytes
@@ -211,16 +212,8 @@ def cut_at_maxsize(exc: BaseException) -> bool:
     """Whether a download failed because it passed its ``download_maxsize``: Scrapy cancels it
     (a declared or a received size) or, for a compressed body, ignores it while decompressing."""
     from scrapy.exceptions import IgnoreRequest
-    from twisted.internet.defer import CancelledError
 
-    cancelled: tuple[type[BaseException], ...] = (CancelledError,)
-    try:
-        from scrapy.exceptions import DownloadCancelledError  # Scrapy >= 2.14
-
-        cancelled += (DownloadCancelledError,)
-    except ImportError:  # pragma: no cover - depends on the Scrapy version
-        pass
     text = str(exc)
     if isinstance(exc, IgnoreRequest):
         return "DOWNLOAD_MAXSIZE" in text or "download max size" in text
-    return isinstance(exc, cancelled)
+    return isinstance(exc, download_cancelled_errors())

@@ -36,12 +36,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 from scrapy.exceptions import DropItem, NotConfigured
 from scrapy.http import Response
 from scrapy.pipelines.images import ImagesPipeline
-from scrapy.utils.defer import deferred_from_coro, maybe_deferred_to_future
 from scrapy.utils.request import referer_str
 
-from .context import ImgCacheContext, component_result
+from ._compat import component_result, download, in_thread, media_result
+from .context import ImgCacheContext
 from .engine.service import Download, Found, Placement, Stored, ViewSpec
-from .engine.threads import in_thread
 from .errors import ImageTooSmall, InvalidImage, StoreError
 from .fetching import (
     META_ENTRY,
@@ -262,7 +261,7 @@ class ImgCachePipeline(ImagesPipeline):
         request.meta.setdefault("download_maxsize", self.ctx.download_maxsize)
         request.meta.setdefault(META_MAX_AGE, self._max_age())
         self._forget_oldest(info)
-        return _awaitable(self._from_cache(request, info, item))
+        return media_result(self._from_cache(request, info, item))
 
     def _max_age(self) -> float:
         """IMGCACHE_EXPIRES when set, else this pipeline's IMAGES_EXPIRES (days), as Scrapy reads it."""
@@ -322,7 +321,7 @@ class ImgCachePipeline(ImagesPipeline):
     def media_downloaded(  # type: ignore[override]  # a Deferred: Scrapy 2.13 awaits nothing else
         self, response: Response, request: Request, info: SpiderInfo, *, item: Any = None
     ) -> Deferred[dict[str, Any]] | Coroutine[Any, Any, dict[str, Any]]:
-        return _awaitable(self._downloaded(response, request, info, item))
+        return media_result(self._downloaded(response, request, info, item))
 
     async def _downloaded(self, response: Response, request: Request, info: SpiderInfo, item: Any) -> dict[str, Any]:
         response, sent = await self._answered_304(response, response.request or request)
@@ -354,10 +353,7 @@ class ImgCachePipeline(ImagesPipeline):
             return answer, sent
         engine = self.crawler.engine
         assert engine is not None
-        if hasattr(engine, "download_async"):  # Scrapy >= 2.14
-            downloaded: Response = await engine.download_async(answer)
-        else:  # pragma: no cover - depends on the Scrapy version
-            downloaded = await maybe_deferred_to_future(engine.download(answer))
+        downloaded = await download(engine, answer)
         return downloaded, downloaded.request or answer
 
     async def _stored(self, response: Response, request: Request, item: Any, info: SpiderInfo) -> dict[str, Any]:
@@ -541,7 +537,7 @@ class ImgCachePipeline(ImagesPipeline):
             "checksum": checksum,
             "status": {"hit": "uptodate", "miss": "downloaded"}.get(cache_status, "cached"),
         }
-        result.update(_cache_fields(entry, outcome, cache_status, size))
+        result.update(cache_fields(entry, outcome, cache_status, size))
         if self.thumbs:
             result["thumbs"] = thumbs
         return result
@@ -587,7 +583,7 @@ def drop_near_duplicates(pipeline: ImgCachePipeline, results: list[Any]) -> None
             )
 
 
-def _cache_fields(entry: Entry | None, outcome: Outcome | None, cache_status: str, size: int) -> dict[str, Any]:
+def cache_fields(entry: Entry | None, outcome: Outcome | None, cache_status: str, size: int) -> dict[str, Any]:
     """The result fields beyond ImagesPipeline's: what the cache knows of the image."""
     if entry is None:  # stored nowhere: the store was down and IMGCACHE_ON_STORE_ERROR = "continue"
         return {"content_hash": None, "cache": "error", "size": size}
@@ -613,25 +609,3 @@ def _cache_fields(entry: Entry | None, outcome: Outcome | None, cache_status: st
         "match": match,
         "cache": cache_status,
     }
-
-
-def _awaits_coroutines() -> bool:
-    """Whether this Scrapy's media pipeline awaits what media_to_download and media_downloaded
-    return as it is (``ensure_awaitable``, Scrapy >= 2.14): read from the code that calls them."""
-    from scrapy.pipelines.media import MediaPipeline
-
-    callers = (
-        getattr(MediaPipeline, "_process_request", None),
-        getattr(MediaPipeline, "_check_media_to_download", None),
-    )
-    return all(c is not None and "ensure_awaitable" in c.__code__.co_names for c in callers)
-
-
-#: a coroutine handed to such a Scrapy is awaited in the media pipeline's own task; wrapped in
-#: a Deferred (all Scrapy 2.13 takes) it cost an asyncio task, a Deferred and a future more a
-#: call, twice an image, on the reactor
-_AWAITS_COROUTINES = _awaits_coroutines()
-
-
-def _awaitable(coro: Coroutine[Any, Any, T]) -> Deferred[T] | Coroutine[Any, Any, T]:
-    return coro if _AWAITS_COROUTINES else deferred_from_coro(coro)

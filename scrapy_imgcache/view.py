@@ -16,8 +16,8 @@ import io
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .blobs import BlobStore, LocalBlobStore, open_blob_store, storage_options
 from .errors import ConfigError, StoreError
+from .store.blobs import BlobStore, LocalBlobStore, open_blob_store, storage_options
 
 if TYPE_CHECKING:
     from scrapy import Request

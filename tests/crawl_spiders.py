@@ -129,8 +129,8 @@ class ReactorAudit:
         ("PIL.Image", "Image", "convert", "convert"),
         ("scrapy_imgcache.hashing", "Inspector", "inspect", "inspect"),
         ("sqlalchemy.engine.base", "Connection", "execute", "sql"),
-        ("scrapy_imgcache.blobs", "LocalBlobStore", "put", "blob_write"),
-        ("scrapy_imgcache.blobs", "LocalBlobStore", "replace", "file_write"),
+        ("scrapy_imgcache.store.blobs", "LocalBlobStore", "put", "blob_write"),
+        ("scrapy_imgcache.store.blobs", "LocalBlobStore", "replace", "file_write"),
     )
 
     def __init__(self, crawler):

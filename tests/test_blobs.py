@@ -8,7 +8,9 @@ import uuid
 
 import pytest
 
-from scrapy_imgcache.blobs import (
+from scrapy_imgcache.errors import StoreError
+from scrapy_imgcache.hashing import content_hash
+from scrapy_imgcache.store.blobs import (
     OWNER_KEY,
     FsspecBlobStore,
     LocalBlobStore,
@@ -18,8 +20,6 @@ from scrapy_imgcache.blobs import (
     open_blob_store,
     storage_options,
 )
-from scrapy_imgcache.errors import StoreError
-from scrapy_imgcache.hashing import content_hash
 from scrapy_imgcache.store.sql import SqlStore
 from tests.helpers import FtpServer, distinct_jpegs, noise_bytes, run_processes, start_ftp_server
 
@@ -220,7 +220,7 @@ def test_group_sync_waits_for_a_flush_begun_after_each_write_and_shares_flushes(
     waiting together share one flush instead of an fsync each."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from scrapy_imgcache import blobs as blobs_module
+    from scrapy_imgcache.store.blobs import local as blobs_module
 
     flushes: list[tuple[float, float]] = []
     real = blobs_module._syncfs

@@ -13,7 +13,7 @@ import pytest
 
 from scrapy_imgcache import fetching
 from scrapy_imgcache.config import DEFAULTS
-from scrapy_imgcache.pipelines import _cache_fields
+from scrapy_imgcache.pipelines import cache_fields
 
 REPO = Path(__file__).resolve().parent.parent
 README = (REPO / "README.md").read_text()
@@ -75,8 +75,8 @@ def test_every_request_meta_key_is_documented():
 
 def test_every_result_field_is_documented():
     results = (REFERENCE / "results.md").read_text()
-    fields = {"url", "path", "checksum", "status", "thumbs"} | set(_cache_fields(None, None, "miss", 0))
-    fields |= set(_cache_fields(_entry(), None, "hit", 0))
+    fields = {"url", "path", "checksum", "status", "thumbs"} | set(cache_fields(None, None, "miss", 0))
+    fields |= set(cache_fields(_entry(), None, "hit", 0))
     for field in fields:
         assert f"`{field}`" in results, field
 
@@ -101,8 +101,8 @@ def test_every_route_of_the_service_is_documented(tmp_path):
     """Each call of the imgcache API in docs/server.md's table, each VisualSnoop call in
     docs/visualsnoop.md's (``{image_id}`` may be written ``ID`` there)."""
     from scrapy_imgcache.server.app import create_app
-    from scrapy_imgcache.server.visualsnoop import PREFIX, routers_for
     from scrapy_imgcache.store.sql import SqlStore
+    from scrapy_imgcache.visualsnoop.api import PREFIX, routers_for
 
     store = SqlStore(f"sqlite:///{tmp_path / 'c.sqlite3'}", str(tmp_path / "files"))
     try:
@@ -128,3 +128,70 @@ def test_the_server_and_commands_docs_agree_on_which_commands_need_the_database(
         text = " ".join((REPO / "docs" / name).read_text().split())
         (sentence,) = [s for s in re.split(r"(?<=[.;])\s", text) if "need the database itself" in s]
         assert set(re.findall(r"imgcache-[a-z]+", sentence)) == needing, (name, sentence)
+
+
+def package_map() -> list[tuple[str, set[str]]]:
+    """CONTRIBUTING.md's map of the package: (the line's path, the modules it names), in order."""
+    text = (REPO / "CONTRIBUTING.md").read_text()
+    (block,) = re.findall(r"## Layout\n.*?```text\n(.*?)```", text, flags=re.S)
+    entries: list[tuple[str, str]] = []
+    for line in block.splitlines():
+        if line[:1].strip():
+            key, _, rest = line.partition(" ")
+            entries.append((key, rest))
+        else:  # a continuation of the entry above
+            entries[-1] = (entries[-1][0], entries[-1][1] + " " + line)
+    out = []
+    for key, rest in entries:
+        if not key.endswith("/"):
+            out.append((key, {key}))
+            continue
+        named = set(re.findall(r"(?<![\w/.])([\w/]+\.py|[\w]+/)(?![\w/])", rest))
+        out.append((key, {key + name for name in named}))
+    return out
+
+
+def package_modules() -> set[str]:
+    package = REPO / "scrapy_imgcache"
+    return {str(p.relative_to(package)) for p in package.rglob("*.py") if "migrations" not in p.parts}
+
+
+def test_the_contributing_map_names_every_module_once_and_nothing_else():
+    named = [m for _, modules in package_map() for m in modules]
+    modules = package_modules()
+    assert sorted(m for m in named if m.endswith(".py")) == sorted(modules)  # each once, none missing
+    folders = {m for m in named if m.endswith("/")}
+    assert folders == {"store/migrations/"}
+    assert all((REPO / "scrapy_imgcache" / f).is_dir() for f in folders)
+
+
+def test_imports_go_up_the_contributing_map():
+    """A module imports only what the map lists on its own line or above (lazy imports too)."""
+    from tests.test_package import import_graph
+
+    rank = {m: i for i, (_, modules) in enumerate(package_map()) for m in modules}
+
+    def dotted(path: str) -> str:
+        parts = ["scrapy_imgcache", *path.removesuffix(".py").split("/")]
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    line_of = {dotted(path): i for path, i in rank.items() if path.endswith(".py")}
+    entries = [key for key, _ in package_map()]
+    upward = sorted(
+        f"{a} (line {line_of[a] + 1}: {entries[line_of[a]]}) imports {b} (line {line_of[b] + 1}: {entries[line_of[b]]})"
+        for a, deps in import_graph(lazy=True).items()
+        for b in deps
+        if line_of[b] > line_of[a]
+    )
+    assert upward == []
+    assert line_of["scrapy_imgcache.store.sql"] > line_of["scrapy_imgcache.config"]  # (the ranks are read)
+
+
+def test_the_store_doc_layout_table_names_every_module():
+    """docs/store.md's table of the package: every module and folder of it, by its path."""
+    text = (REPO / "docs" / "store.md").read_text()
+    table = text[text.index("## Layout of the package") :]
+    named = set(re.findall(r"`([\w/]+\.py|[\w/]+/)`", table))
+    missing = sorted(m for m in package_modules() if m not in named and m.rsplit("/", 1)[-1] != "__init__.py")
+    assert missing == []
+    assert sorted(n for n in named if not (REPO / "scrapy_imgcache" / n).exists()) == []

@@ -108,17 +108,17 @@ class ImgCacheCommand(ScrapyCommand):
         Naming the cache (``-s IMGCACHE_URL=…``) says where it goes, project or not."""
         from scrapy.utils.project import inside_project
 
-        from ..config import DEFAULT_FILES_NAME, _data_path
+        from ..config import DEFAULT_FILES_NAME, project_data_path
 
         assert self.settings is not None  # set by Scrapy before anything runs
         if inside_project():
             return
-        default_files = _data_path(DEFAULT_FILES_NAME)
+        default_files = project_data_path(DEFAULT_FILES_NAME)
         files_defaulted = not self.settings.get("IMGCACHE_FILES_STORE") and config.files_store == default_files
         if config.url_is_default or files_defaulted:
             raise UsageError(
                 f"{self.name}: there is no Scrapy project here (no scrapy.cfg in {os.getcwd()} or above), so "
-                f"the cache would be made in {_data_path('')}; run it in your project, or name the cache "
+                f"the cache would be made in {project_data_path('')}; run it in your project, or name the cache "
                 "with -s IMGCACHE_URL=… (and -s IMGCACHE_FILES_STORE=… unless it is a SQLite file)",
                 print_help=False,
             )
@@ -139,9 +139,11 @@ class ImgCacheCommand(ScrapyCommand):
 
     def open_store(self, config: ImgCacheConfig) -> Store:
         """The configured store (a database, or a remote service where the command can use one)."""
+        from ..store import open_store
+
         self.require_database(config)
         try:
-            return config.open_store(create=self.creates_cache)
+            return open_store(config, create=self.creates_cache)
         except ImportError as exc:
             raise CommandFailed(f"cannot open the store {config.url}: {exc}") from exc
 

@@ -83,7 +83,7 @@ class Command(ImgCacheCommand):
 
 def verify(store: SqlStore, bucket: str | None, sample: int | None, repair: bool) -> Findings:
     """Re-hash the chosen blobs; with ``repair``, remove the damaged and unshare the linked."""
-    from ..blobs import is_image_blob
+    from ..store.blobs import is_image_blob
 
     blobs = store.blobs
     if bucket is not None:
@@ -111,14 +111,14 @@ def verify(store: SqlStore, bucket: str | None, sample: int | None, repair: bool
 
 
 def _matches(key: str, data: bytes) -> bool:
-    from ..blobs import hash_of_key
     from ..hashing import content_hash
+    from ..store.blobs import hash_of_key
 
     return content_hash(data) == hash_of_key(key)
 
 
 def _linked(store: SqlStore, key: str) -> bool:
-    from ..blobs import LocalBlobStore
+    from ..store.blobs import LocalBlobStore
 
     blobs = store.blobs
     return isinstance(blobs, LocalBlobStore) and os.stat(blobs.path(key)).st_nlink > 1
@@ -126,7 +126,7 @@ def _linked(store: SqlStore, key: str) -> bool:
 
 def _remove_damaged(store: SqlStore, key: str) -> None:
     """The damaged image's rows in every bucket, and its bytes: it is fetched again when next seen."""
-    from ..blobs import hash_of_key
+    from ..store.blobs import hash_of_key
 
     chash = hash_of_key(key)
     for bucket in store.buckets():

@@ -28,11 +28,12 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..blobs import open_blob_store
+from .._compat import in_thread
 from ..processes import ID_BYTES, WorkerProcess, WorkerStartError, start_workers
+from ..store.blobs import open_blob_store
 from . import protocol
 from .service import CacheService, ViewSpec
-from .threads import in_thread
+from .threads import Gathered
 from .worker import EngineSetup
 
 if TYPE_CHECKING:
@@ -63,8 +64,12 @@ class ThreadEngine:
     def __init__(self, service: CacheService, owns_store: bool = True) -> None:
         self.service = service
         self.owns_store = owns_store
+        #: the lookups of one turn (an item's image URLs) share one thread hop
+        self._answers = Gathered(service.answer)
 
     async def call(self, operation: str, *args: Any, body: bytes = b"") -> Any:
+        if operation == "answer":
+            return await self._answers(*args)
         method = getattr(self.service, operation)
         return await (in_thread(method, body, *args) if operation == "store_download" else in_thread(method, *args))
 

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ..blobs import BlobStore, open_blob_store
 from ..hashing import md5_hex
 from ..ingest import Ingestor, Outcome, record_urls
+from ..store import open_store
+from ..store.blobs import BlobStore, open_blob_store
 from ..view import ScrapyConverter, place_file, thumbnails
 
 if TYPE_CHECKING:
@@ -149,7 +150,7 @@ class CacheService:
     def open(cls, config: ImgCacheConfig, views: Mapping[str, ViewSpec], lock_path: str | None) -> CacheService:
         """The service of a worker process: its own store, views and the crawl's decision lock."""
         opened = {key: open_blob_store(v.uri, v.options, create=True, durable=False) for key, v in views.items()}
-        return cls(config.open_store(), config, opened, ProcessLock(lock_path))
+        return cls(open_store(config), config, opened, ProcessLock(lock_path))
 
     def close(self) -> None:
         self.store.close()

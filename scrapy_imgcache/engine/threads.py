@@ -1,4 +1,4 @@
-"""Blocking work off the reactor: one call in a thread, or the calls of one turn in one hop."""
+"""Blocking calls off the reactor: the calls of one turn of the event loop in one thread hop."""
 
 from __future__ import annotations
 
@@ -7,20 +7,9 @@ import functools
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from twisted.internet.threads import deferToThread
+from .._compat import in_thread
 
 T = TypeVar("T")
-
-
-async def in_thread(func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run blocking work off the reactor thread, under either reactor (Scrapy >= 2.13)."""
-    try:
-        from scrapy.utils.asyncio import run_in_thread  # Scrapy >= 2.15
-    except ImportError:  # pragma: no cover - depends on the Scrapy version
-        from scrapy.utils.defer import maybe_deferred_to_future
-
-        return await maybe_deferred_to_future(deferToThread(func, *args, **kwargs))
-    return await run_in_thread(func, *args, **kwargs)
 
 
 class Gathered(Generic[T]):

@@ -3,7 +3,7 @@
 It speaks the contract of the published ``dwilson-imgcache-client`` (docs/server.md), so
 that client works against it unmodified. The routes live in small modules: the imgcache API
 (:mod:`.images`), the service's own (:mod:`.admin`) and, mounted by the CLI, the VisualSnoop
-collections API (:mod:`.visualsnoop`).
+collections API (:mod:`scrapy_imgcache.visualsnoop.api`).
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from ..collections_cli import SERVER_SUBCOMMAND
 from ..errors import ConfigError
+from ..visualsnoop.cli import SERVER_SUBCOMMAND
 
 if TYPE_CHECKING:
     from ..store.sql import SqlStore
@@ -104,8 +104,8 @@ def serve(store: SqlStore, args: argparse.Namespace, keys: ApiKeys) -> None:
     """Build the app over ``store`` and run uvicorn until stopped (``keys`` from :func:`check_options`)."""
     import uvicorn
 
+    from ..visualsnoop.api import routers_for
     from .app import create_app
-    from .visualsnoop import routers_for
 
     app = create_app(
         store,

@@ -21,7 +21,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
 from ..errors import InvalidImage, StoreError
-from ..store.base import BUCKET_RE, HASH_RE, Entry
+from ..store.base import BUCKET_RE, HASH_RE, URL_PATTERN, Entry
 
 #: multipart framing and the form's text fields, on top of the image itself
 FORM_OVERHEAD = 64 * 1024
@@ -29,8 +29,9 @@ MAX_URL = 8192
 MAX_RESULTS = 1000
 #: printable text: no control characters (PostgreSQL refuses NUL; logs and headers hate the rest)
 TEXT = r"^[^\x00-\x1f\x7f]*$"
-#: a URL of a scheme an image may come from; nothing else is stored (and so never linked to)
-URL = r"^(?i:https?|file|data):[^\x00-\x20\x7f]+$"
+#: a URL of a scheme an image may come from (the store's own check: nothing else is stored,
+#: and so never linked to)
+URL = URL_PATTERN
 
 ContentHash = Annotated[
     str, Path(pattern=HASH_RE.pattern, description="BLAKE2b-256 of the bytes, 64 lowercase hex digits")

@@ -3,7 +3,7 @@
 One image row per (bucket, content hash); many URL records per image: the same bytes seen
 at many URLs, by many spiders, and a URL whose image changed keeps one record per version.
 Tables are prefixed ``imgcache_`` so the cache can live in a database shared with other
-applications. The schema is versioned with Alembic (``scrapy_imgcache/migrations``).
+applications. The schema is versioned with Alembic (``scrapy_imgcache/store/migrations``).
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ class MetaRow(Base):
     value: Mapped[str] = mapped_column(String(255))
 
 
-# -- the VisualSnoop collections (scrapy_imgcache.collections) ---------------------------
+# -- column types the VisualSnoop tables (scrapy_imgcache.visualsnoop.models) share ------
 
 MAX_ID_LENGTH = 100
 
@@ -144,49 +144,6 @@ MAX_ID_LENGTH = 100
 CaseSensitive = String(MAX_ID_LENGTH).with_variant(
     mysql.VARCHAR(MAX_ID_LENGTH, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
 )
-
-
-class CollectionRow(Base):
-    __tablename__ = "imgcache_collections"
-    __table_args__ = {"sqlite_autoincrement": True}
-
-    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
-    #: the ``collection_id`` the API answers with (random, so row counts do not leak)
-    ref: Mapped[str] = mapped_column(String(16), unique=True)
-    name: Mapped[str] = mapped_column(CaseSensitive, unique=True)
-    bucket: Mapped[str] = mapped_column(String(BUCKET_LENGTH), unique=True)
-    owner: Mapped[str] = mapped_column(String(255))
-    public_key: Mapped[str] = mapped_column(String(40), unique=True)
-    #: ``fernet:<token>`` or ``plain:<secret>`` (see :class:`SecretBox`)
-    secret: Mapped[str] = mapped_column(String(255))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    key_created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-
-
-class CollectionImageRow(Base):
-    __tablename__ = "imgcache_collection_images"
-    __table_args__ = (
-        UniqueConstraint("collection_id", "image_id", name="uq_imgcache_collection_images_id"),
-        Index("ix_imgcache_collection_images_hash", "collection_id", "content_hash"),
-        Index("ix_imgcache_collection_images_time", "collection_id", "image_time"),
-        {"sqlite_autoincrement": True},
-    )
-
-    id: Mapped[int] = mapped_column(RowId, primary_key=True, autoincrement=True)
-    collection_id: Mapped[int] = mapped_column(ForeignKey("imgcache_collections.id", ondelete="CASCADE"))
-    image_id: Mapped[str] = mapped_column(CaseSensitive)
-    content_hash: Mapped[str] = mapped_column(String(64))
-    image_time: Mapped[datetime] = mapped_column(UTCDateTime)
-
-
-class RequestRow(Base):
-    """A state-changing request already accepted, kept while its ``Date`` is inside the window."""
-
-    __tablename__ = "imgcache_collection_requests"
-    __table_args__ = (Index("ix_imgcache_collection_requests_expires", "expires_at"),)
-
-    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
-    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 #: the bucket's images newest first, for the collection listing (created by migration 0002)

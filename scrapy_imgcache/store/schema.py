@@ -6,18 +6,16 @@ write transactions so that two writers queue on the lock instead of one failing 
 special here; their upserts live in the store.
 
 The schema is created and migrated with Alembic on first use. Concurrent first uses are
-serialised with a lock (an advisory lock on PostgreSQL, ``GET_LOCK`` on MySQL, a lock file
-beside a SQLite database), so N processes starting at once create the tables once.
+serialised with ``locks.database_lock`` (an advisory lock on PostgreSQL, ``GET_LOCK`` on MySQL,
+a lock file beside a SQLite database), so N processes starting at once create the tables once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +33,7 @@ from sqlalchemy.exc import (
 )
 
 from ..errors import ConfigError, StoreError
+from .locks import database_lock, sqlite_file
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -51,6 +50,9 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: file is in the OS page cache anyway, and a dozen pooled connections at SQLite's default
 #: 2 MiB each grew a crawl's RSS by ~20 MiB as the database grew (docs/crawl-benchmark.md)
 HOT_POOL_CACHE_KIB = 512
+#: seconds a first use waits for another process creating or migrating the schema (a
+#: migration of a large cache on MySQL, whose DDL copies tables, takes a while)
+SCHEMA_LOCK_TIMEOUT = 120.0
 
 
 #: backend -> (the driver an extra installs, the extra)
@@ -89,13 +91,6 @@ def _hint(url: URL) -> str:
         f"; pip install 'scrapy-imgcache[{extra}]' installs {served}, which serves "
         f"{backend}+{served}:// URLs (or install the driver {url.drivername}:// needs yourself)"
     )
-
-
-def sqlite_file(url: URL) -> str | None:
-    """The file of a SQLite database URL; None for other databases and in-memory ones."""
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return None
-    return url.database
 
 
 def _sqlite_engine(url: str, make_folder: bool) -> Engine:
@@ -213,7 +208,7 @@ def ensure_schema(engine: Engine, create: bool = True) -> None:
     if revision is None and not create:
         raise StoreError(f"the database at {engine.url!r} holds no image cache (IMGCACHE_URL)")
     try:
-        with _schema_lock(engine):
+        with database_lock(engine, "schema", "", SCHEMA_LOCK_TIMEOUT):
             if current_revision(engine) == HEAD:
                 return
             _upgrade(engine)
@@ -269,44 +264,6 @@ def cache_id(engine: Engine) -> str:
         with engine.connect() as conn:
             found = conn.execute(query).scalar()
     return str(found)
-
-
-@contextlib.contextmanager
-def _schema_lock(engine: Engine) -> Iterator[None]:
-    name = engine.dialect.name
-    if name == "sqlite":
-        db = sqlite_file(engine.url)
-        if db is None:
-            yield
-            return
-        import fcntl
-
-        with open(os.fspath(Path(db).expanduser()) + ".schema-lock", "a") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-        return
-    with engine.connect() as conn:
-        if name == "postgresql":
-            conn.execute(text("SELECT pg_advisory_lock(7283641)"))
-            conn.commit()
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT pg_advisory_unlock(7283641)"))
-                conn.commit()
-        elif name in ("mysql", "mariadb"):
-            # held by this connection: a process killed while holding it releases it at once
-            if conn.execute(text("SELECT GET_LOCK('imgcache_schema', 120)")).scalar() != 1:
-                raise StoreError("another process has been creating the cache schema for 120 s; try again")
-            try:
-                yield
-            finally:
-                conn.execute(text("SELECT RELEASE_LOCK('imgcache_schema')"))
-        else:
-            yield
 
 
 class WriteTransaction:

@@ -29,15 +29,6 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
-from ..blobs import (
-    BlobStore,
-    blob_key,
-    claim,
-    hash_of_key,
-    is_temporary,
-    open_blob_store,
-    storage_options,
-)
 from ..errors import StoreError
 from ..hashing import ImageInfo, Inspector, content_hash
 from .base import (
@@ -56,6 +47,15 @@ from .base import (
     validate_distance,
     validate_phash,
     validate_url,
+)
+from .blobs import (
+    BlobStore,
+    blob_key,
+    claim,
+    hash_of_key,
+    is_temporary,
+    open_blob_store,
+    storage_options,
 )
 from .browsing import as_date, browse_plan, cursors, daily_stmt
 from .index import (

@@ -18,11 +18,13 @@ from collections.abc import Callable
 import pytest
 from sqlalchemy import select
 
-from scrapy_imgcache.collections import CollectionRow, Registry, SecretBox
 from scrapy_imgcache.errors import ConfigError
+from scrapy_imgcache.server.process import SERVER_BIN, imgcache_server
 from scrapy_imgcache.store.schema import make_engine
+from scrapy_imgcache.visualsnoop.keys import SecretBox
+from scrapy_imgcache.visualsnoop.models import CollectionRow
+from scrapy_imgcache.visualsnoop.registry import Registry
 from tests.helpers import distinct_jpegs
-from tests.server.live import SERVER_BIN, imgcache_server
 
 from .conftest import Project
 

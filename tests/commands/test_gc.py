@@ -6,10 +6,10 @@ import os
 import time
 from datetime import timedelta
 
-from scrapy_imgcache.blobs import OWNER_KEY, blob_key
 from scrapy_imgcache.config import ImgCacheConfig
 from scrapy_imgcache.hashing import content_hash
 from scrapy_imgcache.store.base import utcnow
+from scrapy_imgcache.store.blobs import OWNER_KEY, blob_key
 from scrapy_imgcache.store.sql import SqlStore
 from tests.helpers import distinct_images, encode, noise_bytes
 

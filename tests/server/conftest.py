@@ -7,9 +7,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from scrapy_imgcache.server.process import LiveServer, imgcache_server
 from tests.helpers import DATABASES, database_url
-
-from .live import LiveServer, imgcache_server
 
 
 @pytest.fixture(scope="module", params=DATABASES)

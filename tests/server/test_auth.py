@@ -8,9 +8,8 @@ import httpx
 import pytest
 
 from scrapy_imgcache.server.auth import ApiKeys
+from scrapy_imgcache.server.process import LiveServer, imgcache_server
 from tests.helpers import fresh_jpegs, fresh_url
-
-from .live import LiveServer, imgcache_server
 
 READ_KEY = "r" * 20 + "-read"
 WRITE_KEY = "w" * 20 + "-write"

@@ -11,10 +11,9 @@ import httpx
 import pytest
 
 from scrapy_imgcache.server.cli import is_loopback
+from scrapy_imgcache.server.process import SERVER_BIN, free_port, running
 from scrapy_imgcache.store.sql import SqlStore
 from tests.helpers import fresh_jpegs, fresh_url
-
-from .live import SERVER_BIN, free_port, running
 
 KEY = "k" * 32
 

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from scrapy_imgcache.hashing import content_hash
+from scrapy_imgcache.server.process import LiveServer, imgcache_server
 from scrapy_imgcache.store.remote import RemoteStore
 from tests.helpers import (
     blob_files,
@@ -19,8 +20,6 @@ from tests.helpers import (
     start_crawl,
     start_up_error,
 )
-
-from .live import LiveServer, imgcache_server
 
 pytestmark = pytest.mark.scrapy_api
 

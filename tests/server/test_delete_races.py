@@ -14,7 +14,7 @@ from email.utils import formatdate
 import httpx
 import pytest
 
-from scrapy_imgcache.blobs import hash_of_key
+from scrapy_imgcache.store.blobs import hash_of_key
 from tests.helpers import DATABASES, fresh_jpegs, fresh_url
 
 from .vsnoop import PREFIX, Deployment, deployed, signed_headers

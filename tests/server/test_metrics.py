@@ -10,10 +10,9 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from scrapy_imgcache.server.app import create_app
+from scrapy_imgcache.server.process import imgcache_server
 from scrapy_imgcache.store.sql import SqlStore
 from tests.helpers import fresh_jpegs, fresh_url, noise_bytes
-
-from .live import imgcache_server
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

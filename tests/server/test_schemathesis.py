@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from .live import LiveServer, imgcache_server
+from scrapy_imgcache.server.process import LiveServer, imgcache_server
 
 CHECKS = [
     not_a_server_error,

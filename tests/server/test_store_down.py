@@ -8,9 +8,8 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from scrapy_imgcache.server.process import imgcache_server
 from tests.helpers import POSTGRES_URL, fresh_jpegs, fresh_url, scratch
-
-from .live import imgcache_server
 
 pytestmark = pytest.mark.postgres
 

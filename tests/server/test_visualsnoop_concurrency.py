@@ -18,7 +18,7 @@ from sqlalchemy import select
 from visualsnoop.auth import VisualSnoopHMACAuth
 
 from scrapy_imgcache.hashing import content_hash
-from scrapy_imgcache.store.models import CollectionImageRow, CollectionRow
+from scrapy_imgcache.visualsnoop.models import CollectionImageRow, CollectionRow
 from tests.helpers import DATABASES, distinct_jpegs
 
 from .vsnoop import Deployment, Keys, deployed

@@ -20,11 +20,10 @@ from typing import Any
 import httpx
 import requests
 
-from scrapy_imgcache.server.visualsnoop import signature
+from scrapy_imgcache.server.process import SERVER_BIN, LiveServer, imgcache_server
 from scrapy_imgcache.store.sql import SqlStore
+from scrapy_imgcache.visualsnoop.api import signature
 from tests.helpers import database_url
-
-from .live import SERVER_BIN, LiveServer, imgcache_server
 
 base64.encodestring = base64.encodebytes  # type: ignore[attr-defined]  # the client's one wart (see the spec)
 from visualsnoop.models import Collection  # noqa: E402

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from scrapy_imgcache.blobs import OWNER_KEY, blob_key
 from scrapy_imgcache.errors import StoreError
 from scrapy_imgcache.hashing import content_hash
+from scrapy_imgcache.store import open_store
+from scrapy_imgcache.store.blobs import OWNER_KEY, blob_key
 from scrapy_imgcache.store.sql import SqlStore
 from tests.helpers import blob_files, distinct_images, encode, noise_bytes
 
@@ -74,10 +75,10 @@ def test_gc_at_grace_zero_beside_writers_loses_nothing(db_url, tmp_path):
 
 
 def test_a_temporary_file_a_writer_holds_is_not_collected(tmp_path):
-    from scrapy_imgcache.blobs import LocalBlobStore, _new_temp
+    from scrapy_imgcache.store.blobs.local import LocalBlobStore, new_temp
 
     blobs = LocalBlobStore(tmp_path / "files")
-    fd, tmp = _new_temp(str(blobs.root))
+    fd, tmp = new_temp(str(blobs.root))
     try:
         key = os.path.relpath(tmp, blobs.root)
         assert blobs.remove_if(key, lambda: True) is False and os.path.exists(tmp)
@@ -174,13 +175,13 @@ def test_opening_a_claimed_cache_writes_nothing_to_its_folder(tmp_path):
         {"IMGCACHE_URL": f"sqlite:///{tmp_path / 'c.sqlite3'}", "IMGCACHE_FILES_STORE": str(tmp_path / "files")}
     )
     config = ImgCacheConfig.from_settings(settings)
-    first = config.open_store()
+    first = open_store(config)
     _fill(first, PHOTOS[:3], "c")
     first.close()
     before = _snapshot(tmp_path / "files")
     time.sleep(0.01)  # (a write now would show in the folders' modification times)
     for create in (True, False):
-        store = config.open_store(create=create)
+        store = open_store(config, create=create)
         assert len(list(store.images())) == 3 and store.usage()
         store.collect_garbage(grace_seconds=3600, dry_run=True)
         store.close()

@@ -17,6 +17,8 @@ from PIL import ImageOps
 from scrapy_imgcache.config import ImgCacheConfig
 from scrapy_imgcache.errors import EmptyImage, NotAnImage, StoreError, TooManyPixels
 from scrapy_imgcache.hashing import Inspector, content_hash
+from scrapy_imgcache.server.process import LiveServer, free_port, imgcache_server
+from scrapy_imgcache.store import open_store
 from scrapy_imgcache.store.base import NearQuery
 from scrapy_imgcache.store.remote import RemoteStore
 from scrapy_imgcache.store.sql import SqlStore
@@ -30,7 +32,6 @@ from tests.helpers import (
     noise_bytes,
     photo,
 )
-from tests.server.live import LiveServer, free_port, imgcache_server
 
 WRITE_KEY = "w" * 32
 READ_KEY = "r" * 32
@@ -283,7 +284,7 @@ def test_a_service_that_is_not_an_imgcache_service_is_refused_at_open():
     try:
         url = f"http://127.0.0.1:{server.server_port}"
         with pytest.raises(StoreError, match=f"{url} is not an imgcache service: GET /health answered 404"):
-            ImgCacheConfig.from_settings({"IMGCACHE_URL": url}).open_store()
+            open_store(ImgCacheConfig.from_settings({"IMGCACHE_URL": url}))
     finally:
         server.shutdown()
         server.server_close()
@@ -312,7 +313,7 @@ def test_settings_open_a_remote_store(live):
     config = ImgCacheConfig.from_settings(
         {"IMGCACHE_URL": live.url, "IMGCACHE_API_KEY": WRITE_KEY, "IMGCACHE_TIMEOUT": 3, "IMGCACHE_RETRIES": 4}
     )
-    store = config.open_store()
+    store = open_store(config)
     try:
         assert isinstance(store, RemoteStore)
         assert store.retries == 4 and store._http.timeout.read == 3

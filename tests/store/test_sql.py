@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from PIL import Image
 from sqlalchemy import func, select, text
 
-from scrapy_imgcache.blobs import blob_key
 from scrapy_imgcache.errors import InvalidImage
 from scrapy_imgcache.hashing import ImageLimits, Inspector, content_hash, hamming
+from scrapy_imgcache.store.blobs import blob_key
 from scrapy_imgcache.store.models import ImageRow, UrlRow
 from scrapy_imgcache.store.sql import SqlStore
 from tests.helpers import (

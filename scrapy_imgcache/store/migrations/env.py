@@ -2,6 +2,7 @@
 
 from alembic import context
 
+import scrapy_imgcache.visualsnoop.models  # noqa: F401  (its tables join Base.metadata)
 from scrapy_imgcache.store.models import Base
 from scrapy_imgcache.store.schema import VERSION_TABLE
 

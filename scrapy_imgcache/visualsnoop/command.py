@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..collections_cli import add_arguments
-from . import ImgCacheCommand
+from ..commands import ImgCacheCommand
+from .cli import add_arguments
 
 
 class Command(ImgCacheCommand):
@@ -27,7 +27,7 @@ class Command(ImgCacheCommand):
     def execute(self, args: list[str], opts: argparse.Namespace) -> int:
         from scrapy.exceptions import UsageError
 
-        from ..collections_cli import run_on_database
+        from .cli import run_on_database
 
         if args:
             raise UsageError(f"unexpected arguments: {' '.join(args)}", print_help=False)

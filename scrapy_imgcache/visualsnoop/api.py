@@ -37,20 +37,14 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 
-from ..collections import (
-    Collection,
-    CollectionImage,
-    CollectionImages,
-    IdTaken,
-    Match,
-    Registry,
-    SecretBox,
-)
-from ..config import _float, _int
+from ..config import float_setting, int_setting
 from ..errors import ConfigError, InvalidImage, StoreError
 from ..store.base import MAX_DISTANCE, validate_distance
 from ..store.models import MAX_ID_LENGTH
 from ..store.sql import SqlStore
+from .images import CollectionImage, CollectionImages, IdTaken, Match
+from .keys import SecretBox
+from .registry import Collection, Registry
 
 PREFIX = "/api/v1"
 SKEW_ENV = "IMGCACHE_VISUALSNOOP_SKEW"
@@ -429,8 +423,8 @@ def routers_for(store: SqlStore, environ: Mapping[str, str] | None = None) -> li
     (seconds) and ``IMGCACHE_VISUALSNOOP_DISTANCE`` (bits).
     """
     env = os.environ if environ is None else environ
-    skew = _float(SKEW_ENV, env.get(SKEW_ENV, DEFAULT_SKEW_SECONDS), 1)
-    distance = _int(DISTANCE_ENV, env.get(DISTANCE_ENV, DEFAULT_SEARCH_DISTANCE), 0, MAX_DISTANCE)
+    skew = float_setting(SKEW_ENV, env.get(SKEW_ENV, DEFAULT_SKEW_SECONDS), 1)
+    distance = int_setting(DISTANCE_ENV, env.get(DISTANCE_ENV, DEFAULT_SEARCH_DISTANCE), 0, MAX_DISTANCE)
     return [(create_router(store, skew_seconds=skew, search_distance=distance), PREFIX)]
 
 

@@ -1,4 +1,9 @@
-"""A real ``imgcache-server`` process on a free loopback port, for tests and benchmarks."""
+"""``imgcache-server`` as a child process on a free loopback port, for as long as a block runs.
+
+What the tests, the benchmarks (and a project's own integration tests) start a real service
+with: the installed ``imgcache-server`` beside this Python, stopped with SIGINT (as a user's
+Ctrl-C) when the block ends. Needs the ``server`` extra (httpx asks ``/health``).
+"""
 
 from __future__ import annotations
 

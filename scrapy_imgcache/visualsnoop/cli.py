@@ -13,7 +13,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .collections import Registry
+    from .registry import Registry
 
 
 def add_arguments(parser: argparse.ArgumentParser, parents: list[argparse.ArgumentParser] | None = None) -> None:
@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser, parents: list[argparse.Argume
 
 def run(registry: Registry, args: argparse.Namespace) -> int:
     """Do ``args.action``; the exit code follows the imgcache commands (0 ok, 1 not found, 2 refused)."""
-    from .collections import CollectionError
-    from .commands import EXIT_NOTHING, EXIT_OK, EXIT_USAGE, print_json, table
+    from ..commands import EXIT_NOTHING, EXIT_OK, EXIT_USAGE, print_json
+    from .registry import CollectionError
 
     out, err = sys.stdout, sys.stderr
     action = args.action
@@ -59,41 +59,9 @@ def run(registry: Registry, args: argparse.Namespace) -> int:
                 return EXIT_NOTHING
             collection, secret = rotated
         elif action == "delete":
-            deleted = registry.delete(args.name)
-            if deleted is None:
-                print(f"no collection named {args.name!r}", file=err)
-                return EXIT_NOTHING
-            if args.json:
-                print_json(deleted.to_json())
-            else:
-                print(
-                    f"deleted collection {deleted.name!r}; its images stay cached in bucket {deleted.bucket!r}",
-                    file=out,
-                )
-            return EXIT_OK
+            return _delete(registry, args)
         else:
-            collections = registry.list()
-            if args.json:
-                for c in collections:
-                    print_json(c.to_json())
-            elif collections:
-                rows = [
-                    (
-                        c.name,
-                        c.collection_id,
-                        c.bucket,
-                        c.user,
-                        c.public_key,
-                        "encrypted" if c.secret_encrypted else "plain",
-                        c.key_created_at.isoformat(timespec="seconds"),
-                    )
-                    for c in collections
-                ]
-                print(
-                    table(("name", "collection_id", "bucket", "user", "public_key", "secret", "key created"), rows),
-                    file=out,
-                )
-            return EXIT_OK if collections else EXIT_NOTHING
+            return _list(registry, args)
     except CollectionError as exc:
         print(f"error: {exc}", file=err)
         return EXIT_USAGE
@@ -111,8 +79,46 @@ def run(registry: Registry, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _delete(registry: Registry, args: argparse.Namespace) -> int:
+    from ..commands import EXIT_NOTHING, EXIT_OK, print_json
+
+    deleted = registry.delete(args.name)
+    if deleted is None:
+        print(f"no collection named {args.name!r}", file=sys.stderr)
+        return EXIT_NOTHING
+    if args.json:
+        print_json(deleted.to_json())
+    else:
+        print(f"deleted collection {deleted.name!r}; its images stay cached in bucket {deleted.bucket!r}")
+    return EXIT_OK
+
+
+def _list(registry: Registry, args: argparse.Namespace) -> int:
+    from ..commands import EXIT_NOTHING, EXIT_OK, print_json, table
+
+    collections = registry.list()
+    if args.json:
+        for c in collections:
+            print_json(c.to_json())
+    elif collections:
+        rows = [
+            (
+                c.name,
+                c.collection_id,
+                c.bucket,
+                c.user,
+                c.public_key,
+                "encrypted" if c.secret_encrypted else "plain",
+                c.key_created_at.isoformat(timespec="seconds"),
+            )
+            for c in collections
+        ]
+        print(table(("name", "collection_id", "bucket", "user", "public_key", "secret", "key created"), rows))
+    return EXIT_OK if collections else EXIT_NOTHING
+
+
 def _secret_note(encrypted: bool) -> str:
-    from .collections import SECRETS_KEY_ENV
+    from .keys import SECRETS_KEY_ENV
 
     if encrypted:
         return f"The secret key is shown only now; it is stored encrypted with {SECRETS_KEY_ENV}."
@@ -136,8 +142,8 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_on_database(url: str, args: argparse.Namespace) -> int:
     """Run the parsed subcommand on the collections of the cache database at ``url``."""
-    from .collections import Registry
-    from .store.schema import ensure_schema, make_engine
+    from ..store.schema import ensure_schema, make_engine
+    from .registry import Registry
 
     engine = make_engine(url)
     try:
@@ -148,8 +154,8 @@ def run_on_database(url: str, args: argparse.Namespace) -> int:
 
 
 def run_server_command(args: argparse.Namespace) -> int:
-    from .commands import EXIT_FAILED
-    from .errors import ConfigError, StoreError
+    from ..commands import EXIT_FAILED
+    from ..errors import ConfigError, StoreError
 
     if not getattr(args, "db", None):
         raise ConfigError("--db is required (or IMGCACHE_SERVER_DB)")
