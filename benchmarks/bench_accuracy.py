@@ -213,12 +213,14 @@ def score_groups(groups: list[dict[str, Any]], images: list[dict[str, Any]], by_
 
     found: dict[str, list[bool]] = {k: [] for k in KIND_KEYS}
     confusion: dict[str, Counter[str]] = {k: Counter() for k in KIND_KEYS}
+    by_base_kind: dict[str, list[bool]] = defaultdict(list)
     for r in images:
         if r["kind"] == "original":
             continue
         o = original[r["base"]]
         g = group_of.get(r["id"])
         found[r["kind"]].append(g is not None and g == group_of.get(o))
+        by_base_kind[r["base_kind"]].append(found[r["kind"]][-1])
         if g is not None and o in references[g] and r["id"] in matches[g]:
             confusion[r["kind"]][str(matches[g][r["id"]])] += 1
 
@@ -246,6 +248,7 @@ def score_groups(groups: list[dict[str, Any]], images: list[dict[str, Any]], by_
         "mixed": mixed,
         "bases_split": sorted(b for b, gs in groups_of_base.items() if len(gs) > 1),
         "recall": {k: {"found": sum(v), "n": len(v)} for k, v in found.items()},
+        "recall_by_base_kind": {k: {"found": sum(v), "n": len(v)} for k, v in by_base_kind.items()},
         "has_match": has_match,
         "match_confusion": {k: dict(v) for k, v in confusion.items() if v},
         "reference_kinds": dict(Counter(images[min(r)]["kind"] for r in references).most_common()),
@@ -530,6 +533,9 @@ def render(rep: dict[str, Any]) -> str:
             f"{len(s['top_hit_misses']) - no_hit} |"
         ),
         f"| original among the hits (same queries) | {rate(in_hits, queries)} |",
+        "| copies in their original's group, by kind of base picture | "
+        + "; ".join(f"{k} {rate(v['found'], v['n'])}" for k, v in d.get("recall_by_base_kind", {}).items())
+        + " |",
         f"| images in a group; largest group | {d['grouped_images']} of {ds['images']}; {d['largest_group']} |",
         f"| base pictures split over several groups | {len(d['bases_split'])} of {ds['bases']} |",
         (
