@@ -258,7 +258,7 @@ def _flat_geometry(kind: str, w: int, h: int) -> Image.Image:
     elif kind == "checks":
         for i in range(4):
             for j in range(3):
-                if (i + j) % 2 == 0 or i == 3 and j == 0:
+                if (i + j) % 2 == 0 or (i == 3 and j == 0):
                     d.rectangle((i * w // 4, j * h // 3, (i + 1) * w // 4, (j + 1) * h // 3), fill=1 + (i == 3))
     elif kind == "rings":
         for k, f in enumerate((0.45, 0.33, 0.2, 0.08)):
@@ -290,7 +290,9 @@ def render_flat(base: Base, rng: random.Random) -> Image.Image:
     elif change == "zoom":
         mask = mask.crop((w // 10, h // 10, w - w // 10, h - h // 10)).resize((w, h), Image.Resampling.NEAREST)
     elif change == "frame":
-        mask = ImageOps.expand(mask.resize((w * 9 // 10, h * 8 // 10), Image.Resampling.NEAREST), (w // 20, h // 10), fill=1)
+        mask = ImageOps.expand(
+            mask.resize((w * 9 // 10, h * 8 // 10), Image.Resampling.NEAREST), (w // 20, h // 10), fill=1
+        )
     order = list(FLAT_GEOMETRIES).index(base.source)
     palette = FLAT_PALETTES[(2 * order + second) % len(FLAT_PALETTES)]
     lut = np.array(palette + ((0, 0, 0),) * 253, np.uint8)

@@ -112,8 +112,10 @@ def _robust(img: Image.Image, grey: Image.Image, inspector: Inspector) -> tuple[
             index, query, signature = nearsig.compute(grey, orientation=orientation)
     except Exception:  # noqa: BLE001 - an odd image loses only its robust search, never its place
         return None, (), ()
-    return _coloured(signature, img, orientation), tuple((k, int(v)) for k, v in index), tuple(
-        (k, int(v)) for k, v in query
+    return (
+        _coloured(signature, img, orientation),
+        tuple((k, int(v)) for k, v in index),
+        tuple((k, int(v)) for k, v in query),
     )
 
 

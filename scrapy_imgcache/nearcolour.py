@@ -16,6 +16,7 @@ true copy of it. Threshold and costs: docs/near-duplicates.md#colour-check.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,8 +34,8 @@ CHECKED = frozenset({"mirrored", "rotated", "cropped", "bordered"})
 #: mean |difference| over cells and channels (Y, Cb, Cr; 0-255 levels) above which an aligned
 #: match is refused. Chosen on the accuracy benchmark (docs/near-duplicates.md#colour-check).
 MAX_DIFFERENCE = 16.0
-# quantisation: Y in 4 levels of 64; Cb and Cr in 8 levels of 24 around 128 (32..224: beyond, a
-# colour is saturated enough to be told apart already)
+# quantisation: Y in 4 levels of 64; Cb and Cr in 8 levels of 24 centred on 128 (32..200: grey is a
+# level's centre, so no noise flips it; beyond, a colour is saturated enough to tell apart already)
 _Y_STEP, _C_STEP = 64.0, 24.0
 _ORIENT = {
     "id": lambda a: a,
@@ -45,7 +46,9 @@ _ORIENT = {
 }
 
 
-def of_image(img: Image.Image, frac_box: tuple[float, float, float, float], upright: Sequence[Image.Transpose]) -> bytes:
+def of_image(
+    img: Image.Image, frac_box: tuple[float, float, float, float], upright: Sequence[Image.Transpose]
+) -> bytes:
     """The colour bytes of a decoded image (any mode; transparent pixels count as white, as in
     the greyscale signature): subsampled to a long side of ``SAMPLE`` px first, then made upright
     by the ``upright`` transpositions, then the 3x3 cell means of ``frac_box`` (fractions of it)."""
@@ -73,23 +76,27 @@ def block(rgb: Image.Image, frac_box: tuple[float, float, float, float]) -> byte
     box = (left * w, top * h, max(right * w, left * w + 1), max(bottom * h, top * h + 1))
     cells = np.asarray(rgb.resize((CELLS, CELLS), Image.Resampling.BOX, box=box).convert("YCbCr"), np.float64)
     y = np.clip(cells[..., 0] // _Y_STEP, 0, 3)
-    cb = np.clip((cells[..., 1] - 128) // _C_STEP + 4, 0, 7)
-    cr = np.clip((cells[..., 2] - 128) // _C_STEP + 4, 0, 7)
-    return (y * 64 + cb * 8 + cr).astype(np.uint8).tobytes()
+    cb = np.clip(np.rint((cells[..., 1] - 128) / _C_STEP) + 4, 0, 7)
+    cr = np.clip(np.rint((cells[..., 2] - 128) / _C_STEP) + 4, 0, 7)
+    packed: bytes = (y * 64 + cb * 8 + cr).astype(np.uint8).tobytes()
+    return packed
 
 
+@functools.lru_cache(maxsize=512)
 def cells(colour: bytes) -> Array:
     """(3, 3, 3) Y, Cb, Cr of each cell (the centres of the quantisation bins), from ``block``'s bytes."""
     q = np.frombuffer(colour, np.uint8).reshape(CELLS, CELLS).astype(np.float64)
     y = (q // 64 + 0.5) * _Y_STEP
-    cb = (q // 8 % 8 - 4 + 0.5) * _C_STEP + 128
-    cr = (q % 8 - 4 + 0.5) * _C_STEP + 128
+    cb = (q // 8 % 8 - 4) * _C_STEP + 128
+    cr = (q % 8 - 4) * _C_STEP + 128
     return np.stack([y, cb, cr], -1)
 
 
 def _sample(grid: Array, window: tuple[float, float, float, float]) -> Array:
     """``grid`` (3, 3, 3) sampled bilinearly at the 3x3 cell centres of ``window`` (x0, y0, w, h)."""
     x0, y0, w, h = window
+    if (x0, y0, w, h) == (0.0, 0.0, 1.0, 1.0):  # the whole frame (most orientation and trimmed matches)
+        return grid
     u = (np.arange(CELLS) + 0.5) / CELLS
 
     def weights(lo: float, size: float) -> Array:
@@ -101,7 +108,7 @@ def _sample(grid: Array, window: tuple[float, float, float, float]) -> Array:
         return m
 
     wy, wx = weights(y0, h), weights(x0, w)
-    sampled: Array = np.einsum("ij,jkc,lk->ilc", wy, grid, wx)
+    sampled: Array = np.stack([wy @ grid[..., c] @ wx.T for c in range(3)], -1)
     return sampled
 
 
