@@ -286,10 +286,13 @@ def score_similar(
     confusion: dict[str, Counter[str]] = {k: Counter() for k in KIND_KEYS}
     misses = []
     has_match = False
+    wrong: dict[str, Counter[str]] = defaultdict(Counter)  # base kind -> hits of other pictures
     for res in results:
         q = images[res["id"]]
         own = q["url"]
         others = [h for h in res["hits"] if own not in (h.get("urls") or [h.get("url")])]
+        wrong[q["base_kind"]]["queries"] += 1
+        wrong[q["base_kind"]]["hits"] += sum(any(base[i] != q["base"] for i in images_of(h, by_url)) for h in others)
         first = images_of(others[0], by_url) if others else []
         ok = bool(first) and all(base[i] == q["base"] for i in first)
         top[q["kind"]].append(ok)
@@ -312,6 +315,7 @@ def score_similar(
         "top_hit": {k: {"right": sum(v), "n": len(v)} for k, v in top.items()},
         "original_in_hits": {k: {"found": sum(v), "n": len(v)} for k, v in orig_found.items()},
         "top_hit_misses": misses,
+        "other_pictures_in_hits": {k: dict(v) for k, v in wrong.items()},
         "has_match": has_match,
         "match_confusion": {k: dict(v) for k, v in confusion.items() if v},
     }
@@ -533,6 +537,11 @@ def render(rep: dict[str, Any]) -> str:
             f"{len(s['top_hit_misses']) - no_hit} |"
         ),
         f"| original among the hits (same queries) | {rate(in_hits, queries)} |",
+        "| hits that are another picture (same queries), by kind of base picture | "
+        + "; ".join(
+            f"{k} {v['hits']} in {v['queries']} queries" for k, v in s.get("other_pictures_in_hits", {}).items()
+        )
+        + " |",
         "| copies in their original's group, by kind of base picture | "
         + "; ".join(f"{k} {rate(v['found'], v['n'])}" for k, v in d.get("recall_by_base_kind", {}).items())
         + " |",
