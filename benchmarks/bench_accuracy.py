@@ -2,15 +2,16 @@
 
 Not a test: it prints figures for docs/near-duplicates.md. Run from the repository root:
 
-    ./dev bench accuracy                    # 68 base pictures, 1,360 images (5-11 minutes on 2 shared cores)
-    ./dev bench accuracy --quick            # 21 base pictures: a smoke run (3-4 minutes)
+    ./dev bench accuracy                    # 84 base pictures, 1,680 images (6-14 minutes on 2 shared cores)
+    ./dev bench accuracy --quick            # 25 base pictures: a smoke run (3-5 minutes)
     ./dev bench accuracy --at HEAD          # the package as committed at a git revision
     ./dev bench accuracy -s IMGCACHE_SIMILARITY=phash   # a setting for every command
 
 The labelled set (benchmarks/accuracy_dataset.py, cached under benchmarks/out/accuracy-v1/):
 base pictures made from the repository's own photos, each with the 19 kinds of copies of
 issue 14, plus look-alikes that are different pictures (two framings of one scene, a real
-stereo pair, tiles of one photo, catalogue shots of different objects on white).
+stereo pair, tiles of one photo, catalogue shots of different objects on white, flat graphics of
+one geometry in other colours).
 
 What is measured, exactly as a user would:
 
