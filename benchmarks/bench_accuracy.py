@@ -2,8 +2,8 @@
 
 Not a test: it prints figures for docs/near-duplicates.md. Run from the repository root:
 
-    ./dev bench accuracy                    # 84 base pictures, 1,680 images (6-14 minutes on 2 shared cores)
-    ./dev bench accuracy --quick            # 25 base pictures: a smoke run (3-5 minutes)
+    ./dev bench accuracy                    # 84 base pictures, 1,680 images (46 minutes on 2 cores at load average 5-11)
+    ./dev bench accuracy --quick            # 25 base pictures: a smoke run
     ./dev bench accuracy --at HEAD          # the package as committed at a git revision
     ./dev bench accuracy -s IMGCACHE_SIMILARITY=phash   # a setting for every command
 
