@@ -345,7 +345,7 @@ def code_version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="21 base pictures instead of 68: a smoke run")
+    ap.add_argument("--quick", action="store_true", help="25 base pictures instead of 84: a smoke run")
     ap.add_argument(
         "--per-base",
         type=int,
