@@ -2,7 +2,7 @@
 
 Not a test: it prints figures for docs/near-duplicates.md. Run from the repository root:
 
-    ./dev bench accuracy                    # 84 base pictures, 1,680 images (46 minutes on 2 cores at load average 5-11)
+    ./dev bench accuracy                    # 84 base pictures, 1,680 images (46 min, 2 cores, load average 5-11)
     ./dev bench accuracy --quick            # 25 base pictures: a smoke run
     ./dev bench accuracy --at HEAD          # the package as committed at a git revision
     ./dev bench accuracy -s IMGCACHE_SIMILARITY=phash   # a setting for every command
