@@ -24,7 +24,8 @@ Interface
              hash is probed against every row (rows of any kind).
         Hash values are unsigned 64-bit Python ints.
         signature: ``SIG_SIZE`` = 183 bytes (version, trim box, log-aspect, 9x9 4-bit z-thumbnail,
-             32x32 detail-sign bits, 8x8 informative-block bits).
+             32x32 detail-sign bits, 8x8 informative-block bits); the caller appends the colour
+             bytes of :mod:`.nearcolour` with ``with_colour`` (version 4, 192 bytes).
     match, how, score = verify(sig_a, sig_b, hints=None)
         hints: the orientations of b relative to a suggested by the queries that found the pair:
         "id" (the stored pHash, full, c80, t70, kp, rot+-3), "m", "r90", "r270"; None = ("id",).
@@ -897,8 +898,10 @@ def verify(
     """(match, how, score) for two signatures. hints: the orientations of b relative to a suggested
     by the queries that found the pair: "id" for any untransformed query (the stored pHash, full, c80,
     t70, kp, rot+-3), "m" / "r90" / "r270" for the transformed ones. Only those are tried (None =
-    ("id",)): a pair found only by the mirror query is searched as a mirror only. Raises ValueError
-    for a signature that is not SIG_SIZE bytes of version SIG_VERSION, or an unknown hint."""
+    ("id",)): a pair found only by the mirror query is searched as a mirror only. A mirrored,
+    rotated, cropped or bordered match is refused when the colours of both signatures (version 4)
+    disagree under its alignment (:mod:`.nearcolour`). Raises ValueError for a signature that is
+    neither version 3 (SIG_SIZE bytes) nor 4 (with colour), or an unknown hint."""
     th = THRESHOLDS if th is None else th
     wanted = {hints} if isinstance(hints, str) else set(hints or ("id",))
     unknown = wanted - set(_D4)
