@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from scrapy.exceptions import DropItem, NotConfigured
@@ -348,7 +349,18 @@ class ImgCachePipeline(ImagesPipeline):
             if not self._large_enough(outcome.entry):
                 raise self._too_small(outcome.entry)
         entry = outcome.entry if outcome is not None else None
-        return self._result(request, response, entry, response.body, outcome, "miss", item, info)
+        body = response.body
+        if outcome is not None and outcome.duplicate == "similar" and not outcome.stored:
+            body, outcome = self._kept_copy(body, outcome)
+        return self._result(request, response, entry, body, outcome, "miss", item, info)
+
+    def _kept_copy(self, body: bytes, outcome: Outcome) -> tuple[bytes, Outcome]:
+        """A skipped near-duplicate's result describes the copy kept instead (``path``, size,
+        hashes), so its ``checksum``, IMAGES_STORE file and thumbnails come from that copy's
+        bytes too (the downloaded ones when the cache cannot read them)."""
+        entry = outcome.entry
+        kept = self.ctx.store.get_bytes(entry.content_hash, entry.bucket)
+        return (body, outcome) if kept is None else (kept, replace(outcome, checksum=None))
 
     async def _in_thread_or_fail(self, request: Request, func: Callable[..., T], *args: Any) -> T:
         """``func(*args)`` in a thread; what it refuses fails this image, logged once."""
@@ -457,6 +469,7 @@ def cache_fields(entry: Entry | None, outcome: Outcome | None, cache_status: str
     duplicate_of = outcome.duplicate_of if outcome is not None else None
     distance = outcome.hamming_distance if outcome is not None else None
     match = outcome.match if outcome is not None else None
+    match_distance = outcome.match_distance if outcome is not None else None
     if outcome is None and entry.similar_to:  # answered from the cache: what it was stored as
         duplicate, duplicate_of, distance = "similar", entry.similar_to, entry.similar_distance
         match = entry.similar_match
@@ -472,6 +485,7 @@ def cache_fields(entry: Entry | None, outcome: Outcome | None, cache_status: str
         "duplicate": duplicate,
         "duplicate_of": duplicate_of,
         "hamming_distance": distance,
+        "match_distance": match_distance,
         "match": match,
         "cache": cache_status,
     }
