@@ -11,7 +11,11 @@ two sample photos, in one of four ways:
   62 % of its width, the second shifted by 35 % of a window (so 65 % of each is shared), or
   the two views of scikit-image's real stereo pair (``motorcycle_left`` / ``motorcycle_right``);
 - ``catalogue``: an object cut out of a photo and centred on plain white (12 coins cut out of
-  ``coins`` with their masks, the ``horse`` silhouette, the scikit-image logo, the colour wheel).
+  ``coins`` with their masks, the ``horse`` silhouette, the scikit-image logo, the colour wheel);
+- ``flat``: a flat graphic (logo, banner, icon, diagram): a two- or three-colour geometric
+  picture drawn here. They come in pairs of one geometry, the second rotated 90 degrees,
+  mirrored, zoomed or framed and in other colours: different pictures that only colour tells
+  apart (issue 19: such a pair was taken as a ``rotated`` copy).
 
 Windows of one photo never overlap, so no base picture is a copy of another. A base is
 scaled to a long side of 640-1024 px (upscaled at most 2.5x where the window allows) and
@@ -40,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 from example_project.photos import PHOTO_NAMES
 
@@ -113,7 +117,7 @@ def _scene_pair(src: str, width: float = 0.62, shift: float = 0.35) -> list[Base
 
 
 def bases() -> list[Base]:
-    """The full set (68 bases)."""
+    """The full set (84 bases)."""
     b = [Base(s, s, "photo", "photos") for s in ("chelsea", "page", "text", "clock", "shepp_logan_phantom")]
     for src, nx, ny in (
         ("cell", 2, 1),
@@ -136,11 +140,12 @@ def bases() -> list[Base]:
     ]
     b += [Base(f"coin{k:02d}", "coins", "catalogue", "catalogue", coin=k) for k in range(12)]
     b += [Base(s, s, "catalogue", "catalogue") for s in ("horse", "logo", "colorwheel")]
+    b += [Base(f"flat_{g}_{v}", g, "flat", "flat graphics") for g in FLAT_GEOMETRIES for v in "ab"]
     assert set(PHOTO_NAMES) <= {x.source for x in b}, "every photo of example_project.photos is used"
     return b
 
 
-#: the --quick subset (21 bases): every kind of base and of negative
+#: the --quick subset (25 bases): every kind of base and of negative
 QUICK = (
     "chelsea",
     "page",
@@ -163,6 +168,10 @@ QUICK = (
     "coin03",
     "horse",
     "logo",
+    "flat_stripes_a",
+    "flat_stripes_b",
+    "flat_shapes_a",
+    "flat_shapes_b",
 )
 
 
@@ -213,9 +222,88 @@ def _seed(name: str, salt: int) -> int:
     return zlib.crc32(f"{name}/{salt}".encode())
 
 
+#: flat graphics: geometry -> how the "b" picture's geometry is the "a" one's (its colours differ)
+FLAT_GEOMETRIES = {
+    "stripes": "r90",
+    "shapes": "mirror",
+    "diagonal": "r90",
+    "checks": "mirror",
+    "rings": "zoom",
+    "banner": "frame",
+    "cross": "r90",
+    "bars": "zoom",
+}
+#: (background, first, second colour) of the "a" and the "b" picture of each geometry, in turn
+FLAT_PALETTES = (
+    ((250, 250, 250), (200, 30, 30), (30, 110, 40)),
+    ((30, 40, 150), (250, 220, 40), (0, 190, 210)),
+    ((255, 240, 200), (120, 40, 150), (240, 120, 20)),
+    ((20, 20, 20), (60, 200, 90), (230, 230, 230)),
+)
+
+
+def _flat_geometry(kind: str, w: int, h: int) -> Image.Image:
+    """The geometry as a 3-level mask (0 background, 1 and 2 the two colours)."""
+    img = Image.new("L", (w, h), 0)
+    d = ImageDraw.Draw(img)
+    if kind == "stripes":
+        for k in range(5):
+            d.rectangle((round((2 * k + 0.5) * w / 10), 0, round((2 * k + 1.5) * w / 10), h), fill=1 + k % 2)
+    elif kind == "shapes":
+        d.ellipse((w * 0.08, h * 0.2, w * 0.45, h * 0.75), fill=1)
+        d.polygon([(w * 0.55, h * 0.85), (w * 0.92, h * 0.85), (w * 0.7, h * 0.15)], fill=2)
+    elif kind == "diagonal":
+        d.polygon([(0, 0), (w, 0), (0, h)], fill=1)
+        d.ellipse((w * 0.55, h * 0.5, w * 0.85, h * 0.9), fill=2)
+    elif kind == "checks":
+        for i in range(4):
+            for j in range(3):
+                if (i + j) % 2 == 0 or (i == 3 and j == 0):
+                    d.rectangle((i * w // 4, j * h // 3, (i + 1) * w // 4, (j + 1) * h // 3), fill=1 + (i == 3))
+    elif kind == "rings":
+        for k, f in enumerate((0.45, 0.33, 0.2, 0.08)):
+            d.ellipse((w / 2 - f * h, h / 2 - f * h, w / 2 + f * h, h / 2 + f * h), fill=(1, 0, 2, 1)[k])
+    elif kind == "banner":
+        d.rectangle((0, h * 0.3, w, h * 0.7), fill=1)
+        d.rectangle((w * 0.08, h * 0.38, w * 0.3, h * 0.62), fill=2)
+    elif kind == "cross":
+        d.rectangle((w * 0.4, h * 0.1, w * 0.55, h * 0.9), fill=1)
+        d.rectangle((w * 0.15, h * 0.35, w * 0.85, h * 0.5), fill=2)
+    else:  # bars: a bar chart
+        for k, f in enumerate((0.5, 0.8, 0.35, 0.65)):
+            d.rectangle((w * (0.1 + 0.2 * k), h * (0.9 - 0.8 * f), w * (0.25 + 0.2 * k), h * 0.9), fill=1 + k % 2)
+    return img
+
+
+def render_flat(base: Base, rng: random.Random) -> Image.Image:
+    """A flat graphic: its geometry (the "b" one transformed as FLAT_GEOMETRIES says) in its palette."""
+    long_side = rng.choice([640, 720, 800])
+    aspect = 3.0 if base.source == "banner" else rng.choice([1.0, 4 / 3])
+    w, h = long_side, round(long_side / aspect)
+    second = base.name.endswith("_b")
+    change = FLAT_GEOMETRIES[base.source] if second else ""
+    mask = _flat_geometry(base.source, *((h, w) if change == "r90" else (w, h)))
+    if change == "r90":
+        mask = mask.transpose(Image.Transpose.ROTATE_90)
+    elif change == "mirror":
+        mask = mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    elif change == "zoom":
+        mask = mask.crop((w // 10, h // 10, w - w // 10, h - h // 10)).resize((w, h), Image.Resampling.NEAREST)
+    elif change == "frame":
+        mask = ImageOps.expand(
+            mask.resize((w * 9 // 10, h * 8 // 10), Image.Resampling.NEAREST), (w // 20, h // 10), fill=1
+        )
+    order = list(FLAT_GEOMETRIES).index(base.source)
+    palette = FLAT_PALETTES[(2 * order + second) % len(FLAT_PALETTES)]
+    lut = np.array(palette + ((0, 0, 0),) * 253, np.uint8)
+    return Image.fromarray(lut[np.asarray(mask)])
+
+
 def render_base(base: Base) -> Image.Image:
-    src = source(base.source)
     rng = random.Random(_seed(base.name, 1))
+    if base.kind == "flat":
+        return render_flat(base, rng)
+    src = source(base.source)
     sides = [640, 720, 800, 900, 1024]
     if base.kind == "catalogue":
         long_side = rng.choice(sides)

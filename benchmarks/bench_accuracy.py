@@ -2,15 +2,16 @@
 
 Not a test: it prints figures for docs/near-duplicates.md. Run from the repository root:
 
-    ./dev bench accuracy                    # 68 base pictures, 1,360 images (5-11 minutes on 2 shared cores)
-    ./dev bench accuracy --quick            # 21 base pictures: a smoke run (3-4 minutes)
+    ./dev bench accuracy                    # 84 base pictures, 1,680 images (46 min, 2 cores, load average 5-11)
+    ./dev bench accuracy --quick            # 25 base pictures: a smoke run
     ./dev bench accuracy --at HEAD          # the package as committed at a git revision
     ./dev bench accuracy -s IMGCACHE_SIMILARITY=phash   # a setting for every command
 
 The labelled set (benchmarks/accuracy_dataset.py, cached under benchmarks/out/accuracy-v1/):
 base pictures made from the repository's own photos, each with the 19 kinds of copies of
 issue 14, plus look-alikes that are different pictures (two framings of one scene, a real
-stereo pair, tiles of one photo, catalogue shots of different objects on white).
+stereo pair, tiles of one photo, catalogue shots of different objects on white, flat graphics of
+one geometry in other colours).
 
 What is measured, exactly as a user would:
 
@@ -213,12 +214,14 @@ def score_groups(groups: list[dict[str, Any]], images: list[dict[str, Any]], by_
 
     found: dict[str, list[bool]] = {k: [] for k in KIND_KEYS}
     confusion: dict[str, Counter[str]] = {k: Counter() for k in KIND_KEYS}
+    by_base_kind: dict[str, list[bool]] = defaultdict(list)
     for r in images:
         if r["kind"] == "original":
             continue
         o = original[r["base"]]
         g = group_of.get(r["id"])
         found[r["kind"]].append(g is not None and g == group_of.get(o))
+        by_base_kind[r["base_kind"]].append(found[r["kind"]][-1])
         if g is not None and o in references[g] and r["id"] in matches[g]:
             confusion[r["kind"]][str(matches[g][r["id"]])] += 1
 
@@ -246,6 +249,7 @@ def score_groups(groups: list[dict[str, Any]], images: list[dict[str, Any]], by_
         "mixed": mixed,
         "bases_split": sorted(b for b, gs in groups_of_base.items() if len(gs) > 1),
         "recall": {k: {"found": sum(v), "n": len(v)} for k, v in found.items()},
+        "recall_by_base_kind": {k: {"found": sum(v), "n": len(v)} for k, v in by_base_kind.items()},
         "has_match": has_match,
         "match_confusion": {k: dict(v) for k, v in confusion.items() if v},
         "reference_kinds": dict(Counter(images[min(r)]["kind"] for r in references).most_common()),
@@ -283,10 +287,13 @@ def score_similar(
     confusion: dict[str, Counter[str]] = {k: Counter() for k in KIND_KEYS}
     misses = []
     has_match = False
+    wrong: dict[str, Counter[str]] = defaultdict(Counter)  # base kind -> hits of other pictures
     for res in results:
         q = images[res["id"]]
         own = q["url"]
         others = [h for h in res["hits"] if own not in (h.get("urls") or [h.get("url")])]
+        wrong[q["base_kind"]]["queries"] += 1
+        wrong[q["base_kind"]]["hits"] += sum(any(base[i] != q["base"] for i in images_of(h, by_url)) for h in others)
         first = images_of(others[0], by_url) if others else []
         ok = bool(first) and all(base[i] == q["base"] for i in first)
         top[q["kind"]].append(ok)
@@ -309,6 +316,7 @@ def score_similar(
         "top_hit": {k: {"right": sum(v), "n": len(v)} for k, v in top.items()},
         "original_in_hits": {k: {"found": sum(v), "n": len(v)} for k, v in orig_found.items()},
         "top_hit_misses": misses,
+        "other_pictures_in_hits": {k: dict(v) for k, v in wrong.items()},
         "has_match": has_match,
         "match_confusion": {k: dict(v) for k, v in confusion.items() if v},
     }
@@ -337,7 +345,7 @@ def code_version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="21 base pictures instead of 68: a smoke run")
+    ap.add_argument("--quick", action="store_true", help="25 base pictures instead of 84: a smoke run")
     ap.add_argument(
         "--per-base",
         type=int,
@@ -530,6 +538,14 @@ def render(rep: dict[str, Any]) -> str:
             f"{len(s['top_hit_misses']) - no_hit} |"
         ),
         f"| original among the hits (same queries) | {rate(in_hits, queries)} |",
+        "| hits that are another picture (same queries), by kind of base picture | "
+        + "; ".join(
+            f"{k} {v['hits']} in {v['queries']} queries" for k, v in s.get("other_pictures_in_hits", {}).items()
+        )
+        + " |",
+        "| copies in their original's group, by kind of base picture | "
+        + "; ".join(f"{k} {rate(v['found'], v['n'])}" for k, v in d.get("recall_by_base_kind", {}).items())
+        + " |",
         f"| images in a group; largest group | {d['grouped_images']} of {ds['images']}; {d['largest_group']} |",
         f"| base pictures split over several groups | {len(d['bases_split'])} of {ds['bases']} |",
         (

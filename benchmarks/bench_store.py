@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import io
 import os
 import platform
 import statistics
@@ -28,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from sqlalchemy import create_engine, text
 
 from scrapy_imgcache.hashing import Inspector, content_hash
@@ -252,6 +254,51 @@ def bench_hashing(count: int) -> None:
         print(f"| {label} | " + " | ".join(cells) + " |")
 
 
+def bench_colour_check(count: int) -> None:
+    """What the colour check of robust verification costs (issue 19): per verified candidate
+    (``nearcolour.difference`` under the accepted alignment, and ``nearsig.verify`` with and
+    without the colour bytes), and per image (its colour bytes, within ``robust`` above)."""
+    from PIL import ImageOps
+
+    from example_project.photos import distinct_images, encode
+    from scrapy_imgcache import nearcolour, nearsig
+
+    photos = distinct_images(count, size=(800, 600))
+    inspector = Inspector()
+    pairs = [
+        (inspector.inspect(encode(p)).signature, inspector.inspect(encode(copy)).signature)
+        for p in photos
+        for copy in (ImageOps.mirror(p), p.crop((40, 30, 800, 600)))
+    ]
+    v3 = bytes([nearsig.SIG_VERSION])
+    grey = [(v3 + a[1 : nearsig.SIG_SIZE], v3 + b[1 : nearsig.SIG_SIZE]) for a, b in pairs]
+    hints = ("id", "m")
+    aligned = [nearsig.decide_aligned(nearsig.verify_detail(a, b, hints))[3] for a, b in pairs]
+    colours = [(nearsig.colour_of(a), nearsig.colour_of(b)) for a, b in pairs]
+    rounds = 20
+
+    def per_call(fn: Callable[[], object], n: int) -> float:
+        start = time.process_time()
+        for _ in range(rounds):
+            fn()
+        return (time.process_time() - start) / (rounds * n) * 1000
+
+    cost = per_call(
+        lambda: [nearcolour.difference(a, b, al) for (a, b), al in zip(colours, aligned, strict=True)], len(pairs)
+    )
+    with_colour = per_call(lambda: [nearsig.verify(a, b, hints) for a, b in pairs], len(pairs))
+    without = per_call(lambda: [nearsig.verify(a, b, hints) for a, b in grey], len(pairs))
+    print(f"\n## The colour check: {len(pairs)} verified pairs (800x600 photos and copies), CPU ms per candidate")
+    print("| colour difference alone | verify(), colour signatures | verify(), greyscale signatures |")
+    print(f"| --- | --- | --- |\n| {cost:.4f} | {with_colour:.3f} | {without:.3f} |")
+    for label, size in {"thumbnail 150x112": (150, 112), "1600x1200": (1600, 1200)}.items():
+        decoded = [Image.open(io.BytesIO(encode(p))) for p in distinct_images(count, size=size)]
+        for d in decoded:
+            d.load()
+        per = per_call(lambda: [nearcolour.of_image(d, (0.0, 0.0, 1.0, 1.0), ()) for d in decoded], len(decoded))
+        print(f"colour bytes of one decoded {label} image: {per:.3f} ms")
+
+
 def check(got: list[tuple[int, int]], expected: list[tuple[int, int]], limit: int, what: str) -> None:
     if got != expected[:limit]:
         raise SystemExit(f"MISMATCH in {what}: {got[:5]} vs {expected[:5]}")
@@ -402,6 +449,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# bench_store {' '.join(sys.argv[1:])}\n\nMachine: {machine()}")
     if args.hashing_only:
         bench_hashing(20 if args.quick else 60)
+        bench_colour_check(10 if args.quick else 30)
         return
     with tempfile.TemporaryDirectory(prefix="imgcache-bench-") as workdir:
         if not args.skip_ingest:

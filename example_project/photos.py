@@ -106,3 +106,16 @@ def png_bomb(width: int = 60_000, height: int = 60_000) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\0" * 64)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def bar_chart(colours: tuple[tuple[int, int, int], ...], size: tuple[int, int] = (480, 360)) -> Image.Image:
+    """A flat graphic (a diagram): four bars, in the second and third colours in turn, on the
+    first. Turned a quarter, in other colours, it is a different picture of the same structure."""
+    img = Image.new("RGB", size, colours[0])
+    w, h = size
+    draw = ImageDraw.Draw(img)
+    for k, f in enumerate((0.5, 0.8, 0.35, 0.65)):
+        draw.rectangle(
+            (w * (0.1 + 0.2 * k), h * (0.9 - 0.8 * f), w * (0.25 + 0.2 * k), h * 0.9), fill=colours[1 + k % 2]
+        )
+    return img

@@ -62,8 +62,9 @@ def inspect(inspector: Inspector, data: bytes) -> dict[str, Any]:
     fmt = img.format or ""
     mime, ext = ALLOWED_FORMATS[fmt]
     width, height = img.size
-    if inspector.fast and fmt == "JPEG":
-        img.draft("L", (_PHASH_SIZE * 4, _PHASH_SIZE * 4))
+    if inspector.fast and fmt == "JPEG":  # (YCbCr: the same Y plane as "L", and the colours the
+        # robust signature's colour check reads)
+        img.draft("YCbCr" if inspector.robust else "L", (_PHASH_SIZE * 4, _PHASH_SIZE * 4))
     try:
         img.load()  # the first frame only: animated images are never iterated
     except Image.DecompressionBombError as exc:  # pragma: no cover - header check runs first
@@ -106,14 +107,32 @@ def _robust(img: Image.Image, grey: Image.Image, inspector: Inspector) -> tuple[
         return None, (), ()
     from . import nearsig
 
+    orientation = nearsig.exif_orientation(img)
     try:
         if nearsig.has_transparency(img):
             index, query, signature = nearsig.compute(img)
         else:
-            index, query, signature = nearsig.compute(grey, orientation=nearsig.exif_orientation(img))
+            index, query, signature = nearsig.compute(grey, orientation=orientation)
     except Exception:  # noqa: BLE001 - an odd image loses only its robust search, never its place
         return None, (), ()
-    return signature, tuple((k, int(v)) for k, v in index), tuple((k, int(v)) for k, v in query)
+    return (
+        _coloured(signature, img, orientation),
+        tuple((k, int(v)) for k, v in index),
+        tuple((k, int(v)) for k, v in query),
+    )
+
+
+def _coloured(signature: bytes, img: Image.Image, orientation: int) -> bytes:
+    """The signature with the colour bytes of the same trimmed, upright frame appended (the
+    greyscale signature alone when the image's colours cannot be read)."""
+    from . import nearcolour, nearsig
+
+    box = (signature[1] / 250, signature[2] / 250, signature[3] / 250, signature[4] / 250)
+    try:
+        colour = nearcolour.of_image(img, box, nearsig.EXIF_OPS.get(orientation, ()))
+    except Exception:  # noqa: BLE001 - an odd mode loses only the colour check
+        return signature
+    return nearsig.with_colour(signature, colour)
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:

@@ -43,6 +43,8 @@ class Outcome:
     size: int = 0
     #: the bytes' MD5 (``checksum``), when ``ingest(checksum=True)`` had a worker compute it
     checksum: str | None = None
+    #: the distance of the hash that found the near-duplicate (``hamming_distance`` is the pHashes')
+    match_distance: int | None = None
 
 
 class Ingestor:
@@ -144,9 +146,7 @@ class Ingestor:
         bucket = self.config.bucket
         if not info.flat:
             hits = self.store.near(NearQuery.of(info), self.config.similarity_threshold, bucket, limit=NEAR_LIMIT)
-            # an image recorded as a near-duplicate itself is passed over for its original when
-            # that matched too, so copies point at the original rather than at each other
-            near = next((h for h in hits if h.similar_to is None), hits[0]) if hits else None
+            near = matched(hits, policy)
             # the same bytes, stored since the exact-copy check by another thread or process,
             # are an exact copy (put() records them as one), not a near-duplicate
             if (
@@ -168,16 +168,40 @@ class Ingestor:
     def _near_duplicate(
         self, data: bytes, info: ImageInfo, near: Entry, policy: str, filename: str | None, common: dict[str, Any]
     ) -> Outcome:
-        dist, how = near.hamming_distance, near.match
-        if policy == "annotate":
+        dist, how, found_at = near.hamming_distance, near.match, near.match_distance
+        # skip and drop keep the copy with the most pixels: a larger original arriving after a
+        # smaller re-encoded copy of it is stored (and later copies point at it), not skipped
+        if policy == "annotate" or (info.width * info.height > pixels(near)):
             result = self.store.put(
                 data, info=info, filename=filename, similar_to=near.content_hash, similar_distance=dist,
                 similar_match=how, **common,
             )  # fmt: skip
-            return Outcome(result.entry, result.created, "similar", near.content_hash, dist, how, True, info.size)
+            return Outcome(
+                result.entry, result.created, "similar", near.content_hash, dist, how, True, info.size,
+                match_distance=found_at,
+            )  # fmt: skip
         # skip and drop: the bytes are not stored again; the URL points at the image we have
         entry = self.store.record_url(near.content_hash, duplicate="similar", saved_bytes=info.size, **common)
-        return Outcome(entry or near, False, "similar", near.content_hash, dist, how, False, info.size)
+        return Outcome(
+            entry or near, False, "similar", near.content_hash, dist, how, False, info.size, match_distance=found_at
+        )
+
+
+def pixels(entry: Entry) -> int:
+    return (entry.width or 0) * (entry.height or 0)
+
+
+def matched(hits: Sequence[Entry], policy: str) -> Entry | None:
+    """The near-duplicate a new image is recorded against, among the verified ``hits`` (best
+    first): the first that is not a near-duplicate itself (copies point at the original rather
+    than at each other); under skip and drop, the one with the most pixels (what the new
+    image's URL then points at), that one among equals."""
+    if not hits:
+        return None
+    first = next((h for h in hits if h.similar_to is None), hits[0])
+    if policy == "annotate":
+        return first
+    return max(hits, key=lambda h: (pixels(h), h is first))
 
 
 def checksum(data: bytes) -> str:

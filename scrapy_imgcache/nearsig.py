@@ -24,7 +24,8 @@ Interface
              hash is probed against every row (rows of any kind).
         Hash values are unsigned 64-bit Python ints.
         signature: ``SIG_SIZE`` = 183 bytes (version, trim box, log-aspect, 9x9 4-bit z-thumbnail,
-             32x32 detail-sign bits, 8x8 informative-block bits).
+             32x32 detail-sign bits, 8x8 informative-block bits); the caller appends the colour
+             bytes of :mod:`.nearcolour` with ``with_colour`` (version 4, 192 bytes).
     match, how, score = verify(sig_a, sig_b, hints=None)
         hints: the orientations of b relative to a suggested by the queries that found the pair:
         "id" (the stored pHash, full, c80, t70, kp, rot+-3), "m", "r90", "r270"; None = ("id",).
@@ -61,6 +62,9 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from . import nearcolour
+from .nearcolour import SIZE
+
 Array = npt.NDArray[Any]
 Box = tuple[float, float, float, float]
 
@@ -84,8 +88,10 @@ Z_LEVELS = 16  # z-thumbnail stored with 4 bits: value = clip(round(8 + Z_SCALE 
 Z_SCALE = 2.5
 BAND_SIGMA = 2.0  # detail map = sign(cell - Gaussian(sigma = 2 cells) surround)
 FLAT_RMS = 0.6  # 4x4-cell blocks with band-pass RMS below this (grey levels) are "flat", ignored
-SIG_VERSION = 3  # first byte of every signature; verify() refuses any other
+SIG_VERSION = 3  # first byte of a greyscale signature (what compute() returns)
 SIG_SIZE = 6 + (ZN * ZN + 1) // 2 + SN * SN // 8 + MN * MN // 8  # 183 bytes
+COLOUR_VERSION = 4  # first byte of a signature with the colour bytes appended (with_colour());
+#                     verify() refuses any other version
 
 _k = np.arange(8)[:, None]
 _n = np.arange(HN)[None, :]
@@ -157,7 +163,7 @@ def _g12() -> Array:
 
 # ----------------------------------------------------------------------------- working image
 
-_EXIF_OPS = {
+EXIF_OPS = {
     2: [Image.Transpose.FLIP_LEFT_RIGHT],
     3: [Image.Transpose.ROTATE_180],
     4: [Image.Transpose.FLIP_TOP_BOTTOM],
@@ -206,7 +212,7 @@ def working_image(img: Image.Image | Array, orientation: int | None = None) -> t
     s = min(1.0, WORK / max(w, h))
     if s < 1:  # BOX: area average, the cheapest Pillow filter, and all we need here
         grey = grey.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.BOX)
-    for op in _EXIF_OPS.get(o, ()):
+    for op in EXIF_OPS.get(o, ()):
         grey = grey.transpose(op)
     return np.asarray(grey), o != 1
 
@@ -494,10 +500,20 @@ def _padded(code: Array) -> Array:
 
 # An unpacked signature takes ~8 KB. What recurs is the query's signature, verified against each of its
 # candidates (a stored signature rarely recurs soon), so small caches keep the reuse for ~6 MB.
+def with_colour(signature: bytes, colour: bytes) -> bytes:
+    """A version-3 signature with the colour bytes of :mod:`.nearcolour` appended (version 4)."""
+    return bytes([COLOUR_VERSION]) + signature[1:SIG_SIZE] + colour
+
+
+def colour_of(sig: bytes) -> bytes | None:
+    """The colour bytes of a version-4 signature (None for version 3)."""
+    return sig[SIG_SIZE:] if sig[0] == COLOUR_VERSION else None
+
+
 @functools.lru_cache(maxsize=256)
 def _unpack(sig: bytes) -> _Signature:
-    if len(sig) != SIG_SIZE or sig[0] != SIG_VERSION:
-        raise ValueError(f"not a version-{SIG_VERSION} near-duplicate signature")
+    if (len(sig), sig[:1]) not in ((SIG_SIZE, bytes([SIG_VERSION])), (SIG_SIZE + SIZE, bytes([COLOUR_VERSION]))):
+        raise ValueError(f"not a version-{SIG_VERSION} or -{COLOUR_VERSION} near-duplicate signature")
     log_aspect = sig[5] - 256 if sig[5] > 127 else sig[5]
     o = 6
     zb = np.frombuffer(sig, np.uint8, (ZN * ZN + 1) // 2, o)
@@ -847,6 +863,14 @@ def how_matched(d: Mapping[str, Any], good: int, n_inf: int) -> str:
 
 def decide(d: Mapping[str, Any], th: Mapping[str, float] | None = None) -> tuple[bool, str, float]:
     """(match, how, score) from ``verify_detail``'s scores."""
+    ok, how, score, _ = decide_aligned(d, th)
+    return ok, how, score
+
+
+def decide_aligned(
+    d: Mapping[str, Any], th: Mapping[str, float] | None = None
+) -> tuple[bool, str, float, Mapping[str, Any]]:
+    """``decide`` and the alignment it accepted (``d``, or its whole-frame alignment)."""
     th = THRESHOLDS if th is None else th
     wa, wr = d["whole_agree"], d["whole_regions"]
     if wa >= th["whole"]:
@@ -855,17 +879,17 @@ def decide(d: Mapping[str, Any], th: Mapping[str, float] | None = None) -> tuple
             if d.get("searched") and not d.get("rejected_coarse") and d["agree"] >= wa + 0.02:
                 ok2, good2, n2 = _regions_ok(d["regions"], th)
                 if ok2:
-                    return True, how_matched(d, good2, n2), d["agree"]
+                    return True, how_matched(d, good2, n2), d["agree"], d
             whole = {**d, "orient": d["whole_orient"], "angle": 0.0, "window": (0.0, 0.0, 1.0, 1.0)}
-            return True, how_matched(whole, good, n_inf), wa
+            return True, how_matched(whole, good, n_inf), wa, {**whole, "direction": "b_in_a"}
     if d.get("rejected_coarse") or not d.get("searched") or d.get("stage1", 1.0) < th["min_stage1"]:
-        return False, "", wa
+        return False, "", wa, d
     ok, good, n_inf = _regions_ok(d["regions"], th)
     _, _, w, h = d["window"]
     ok = ok and w * h >= th["min_area"]  # "b is a small window of a" is how unrelated pictures match
     if d["agree"] >= th["agree"] and ok:
-        return True, how_matched(d, good, n_inf), d["agree"]
-    return False, "", d["agree"]
+        return True, how_matched(d, good, n_inf), d["agree"], d
+    return False, "", d["agree"], d
 
 
 def verify(
@@ -874,12 +898,17 @@ def verify(
     """(match, how, score) for two signatures. hints: the orientations of b relative to a suggested
     by the queries that found the pair: "id" for any untransformed query (the stored pHash, full, c80,
     t70, kp, rot+-3), "m" / "r90" / "r270" for the transformed ones. Only those are tried (None =
-    ("id",)): a pair found only by the mirror query is searched as a mirror only. Raises ValueError
-    for a signature that is not SIG_SIZE bytes of version SIG_VERSION, or an unknown hint."""
+    ("id",)): a pair found only by the mirror query is searched as a mirror only. A mirrored,
+    rotated, cropped or bordered match is refused when the colours of both signatures (version 4)
+    disagree under its alignment (:mod:`.nearcolour`). Raises ValueError for a signature that is
+    neither version 3 (SIG_SIZE bytes) nor 4 (with colour), or an unknown hint."""
     th = THRESHOLDS if th is None else th
     wanted = {hints} if isinstance(hints, str) else set(hints or ("id",))
     unknown = wanted - set(_D4)
     if unknown:
         raise ValueError(f"unknown orientation hints: {sorted(unknown)}")
     orients = tuple((["id"] if "id" in wanted else []) + sorted(wanted - {"id"}))
-    return decide(verify_detail(sig_a, sig_b, orients, th), th)
+    ok, how, score, aligned = decide_aligned(verify_detail(sig_a, sig_b, orients, th), th)
+    if ok and not nearcolour.agrees(colour_of(sig_a), colour_of(sig_b), how, aligned):
+        return False, "", score  # the same structure in other colours: another picture
+    return ok, how, score

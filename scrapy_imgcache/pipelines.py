@@ -591,6 +591,7 @@ def cache_fields(entry: Entry | None, outcome: Outcome | None, cache_status: str
     duplicate_of = outcome.duplicate_of if outcome is not None else None
     distance = outcome.hamming_distance if outcome is not None else None
     match = outcome.match if outcome is not None else None
+    match_distance = outcome.match_distance if outcome is not None else None
     if outcome is None and entry.similar_to:  # answered from the cache: what it was stored as
         duplicate, duplicate_of, distance = "similar", entry.similar_to, entry.similar_distance
         match = entry.similar_match
@@ -606,6 +607,7 @@ def cache_fields(entry: Entry | None, outcome: Outcome | None, cache_status: str
         "duplicate": duplicate,
         "duplicate_of": duplicate_of,
         "hamming_distance": distance,
+        "match_distance": match_distance,
         "match": match,
         "cache": cache_status,
     }

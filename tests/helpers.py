@@ -27,6 +27,7 @@ from sqlalchemy import Engine, create_engine, text
 # the demo's reproducible photographs: the tests import these from here (named one by one, so
 # a name the demo adds or drops shows here, not as a test's NameError)
 from example_project.photos import PHOTO_NAMES as PHOTO_NAMES
+from example_project.photos import bar_chart as bar_chart
 from example_project.photos import distinct_images, encode
 from example_project.photos import distinct_jpegs as distinct_jpegs
 from example_project.photos import near_duplicates as near_duplicates

@@ -233,3 +233,21 @@ def test_flat_image(img: Image.Image) -> None:
 def test_greyscale_array_is_the_greyscale_image() -> None:
     grey = photo(PHOTO).resize(SIZE).convert("L")
     assert nearsig.compute(np.asarray(grey)) == nearsig.compute(grey)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_a_signature_carries_the_colours_of_its_frame(fast):
+    """Issue 19 item 5: what verification checks colour with, also when IMGCACHE_FAST_HASH
+    decodes JPEGs at reduced scale (in YCbCr: the same Y plane as the greyscale decode)."""
+    from scrapy_imgcache import nearcolour
+    from scrapy_imgcache.hashing import Inspector
+    from tests.helpers import bar_chart, encode
+
+    data = encode(ImageOps.expand(bar_chart(((250, 250, 250), (200, 30, 30), (30, 110, 40))), 40, fill="black"))
+    info = Inspector(fast=fast).inspect(data)
+    assert len(info.signature) == nearsig.SIG_SIZE + nearcolour.SIZE and info.signature[0] == nearsig.COLOUR_VERSION
+    assert info.perceptual_hash == Inspector(fast=fast, robust=False).inspect(data).perceptual_hash
+    cells = nearcolour.cells(nearsig.colour_of(info.signature))
+    assert cells[0, 0, 0] > 192  # the white corner of the trimmed frame (the black border is not in it)
+    assert cells[0, 0, 1:].tolist() == [128, 128]  # neutral
+    assert cells[1, 0, 2] >= 128 + 24 and cells[2, 0, 2] >= 128 + 24  # red bars on the left: Cr above neutral

@@ -10,7 +10,7 @@ import shutil
 import pytest
 from PIL import Image, ImageOps
 
-from scrapy_imgcache.hashing import Inspector
+from scrapy_imgcache.hashing import Inspector, hamming
 from tests.helpers import (
     PLAIN_REACTOR,
     blob_files,
@@ -136,11 +136,17 @@ def test_near_duplicates_follow_on_similar(site, tmp_path, policy):
         assert len(stored) == 2  # the near-duplicates' bytes were not stored
         return
     (item,) = result.items
+    original_phash = Inspector().inspect(encode(original)).perceptual_hash
     for how in copies:  # the mirror's pHash is far from the original's: robust search found it
         near = next(img for img in item["images"] if img["url"].endswith(f"/{how}.jpg"))
         assert near["duplicate"] == "similar" and near["duplicate_of"] == original_hash
         assert near["match"] == how
-        assert 0 <= near["hamming_distance"] <= 8
+        # the pHashes' distance (issue 19 item 6); the hash that found it: match_distance
+        assert near["hamming_distance"] == hamming(Inspector().inspect(copies[how]).perceptual_hash, original_phash)
+        assert 0 <= near["match_distance"] <= 8
+        # the result describes one file, the one at path (issue 19 item 11)
+        kept = (tmp_path / "files" / near["path"]).read_bytes()
+        assert (near["checksum"], near["size"]) == (hashlib.md5(kept).hexdigest(), len(kept))
     assert result.stat("duplicate/similar") == 2
     if policy == "annotate":
         assert len(stored) == 4
@@ -150,6 +156,45 @@ def test_near_duplicates_follow_on_similar(site, tmp_path, policy):
         assert len(stored) == 2 and near["content_hash"] == original_hash
         assert result.stat("bytes_saved") == sum(len(data) for data in copies.values())
         assert store.lookup(site.url("/i/resized.jpg")).content_hash == original_hash
+
+
+@pytest.mark.parametrize("policy", ["skip", "drop"])
+def test_skip_and_drop_keep_the_larger_original_whatever_came_first(site, tmp_path, policy):
+    """Issue 19 item 11: a small re-encoded copy crawled first was what the cache kept, and the
+    original's URL then pointed at it; a result's checksum was that of the bytes downloaded,
+    its path, size and hash those of the copy kept."""
+    original = distinct_images(1, size=(640, 480))[0]
+    small, full, again = encode(original.resize((320, 240)), quality=60), encode(original), encode(original, quality=55)
+    for name, data in (("small", small), ("original", full), ("again", again)):
+        site.image(f"/i/{name}.jpg", data)
+        site.page(f"/{name}", [f"/i/{name}.jpg"])
+    project = make_project(tmp_path / "proj", cache_settings(tmp_path, IMGCACHE_ON_SIMILAR=policy))
+    blake = {
+        name: hashlib.blake2b(data, digest_size=32).hexdigest() for name, data in (("small", small), ("original", full))
+    }
+    results = {}
+    for name in ("small", "original", "again"):  # one crawl each: a fixed order of arrival
+        result = crawl(project, "pages", start=site.url(f"/{name}"))
+        assert result.returncode == 0, result.log[-3000:]
+        if policy == "skip":
+            (results[name],) = result.images
+    store = open_cache(tmp_path)
+    assert {e.content_hash for e in store.images()} == set(blake.values())  # the original kept too
+    assert store.lookup(site.url("/i/again.jpg")).content_hash == blake["original"]  # later copies: it
+    if policy == "drop":
+        return
+    assert (results["original"]["content_hash"], results["original"]["duplicate_of"]) == (
+        blake["original"],
+        blake["small"],
+    )
+    assert (results["again"]["content_hash"], results["again"]["duplicate_of"]) == (
+        blake["original"],
+        blake["original"],
+    )
+    for r in results.values():  # checksum, size and hash: of the file at path
+        kept = (tmp_path / "files" / r["path"]).read_bytes()
+        assert (r["checksum"], r["size"]) == (hashlib.md5(kept).hexdigest(), len(kept))
+        assert r["content_hash"] == hashlib.blake2b(kept, digest_size=32).hexdigest()
 
 
 def test_bad_images_are_reported_once_and_never_stored(site, tmp_path):

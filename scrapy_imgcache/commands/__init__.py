@@ -299,6 +299,7 @@ class Sighting:
     def to_json(self, **extra: Any) -> dict[str, Any]:
         data = self.entry.to_json()
         data.pop("hamming_distance", None)  # the caller's ``distance`` says what it is measured from
+        data.pop("match_distance", None)
         data.update(urls=self.urls, clients=self.clients, **extra)
         return data
 
@@ -315,6 +316,13 @@ def sightings_table(rows: Iterable[tuple[int, Sighting]]) -> str:
         out.append((dist, e.match or "-", e.content_hash[:12], dimensions(e), size, len(s.urls), len(s.clients), first))
     columns = ("DIST", "MATCH", "HASH", "DIMENSIONS", "SIZE", "URLS", "SPIDERS", "FIRST URL")
     return table(columns, out, right=(0, 4, 5, 6))
+
+
+def found_distance(entry: Entry) -> int:
+    """The distance a search result is listed with: that of the hash that found it (robust
+    search's ``match_distance``; the pHashes' ``hamming_distance`` when the pHash alone decided)."""
+    found = entry.match_distance if entry.match_distance is not None else entry.hamming_distance
+    return found or 0
 
 
 def match_title(distance: int, entry: Entry) -> str:

@@ -19,6 +19,7 @@ from . import (
     ImgCacheCommand,
     Sighting,
     add_search_options,
+    found_distance,
     match_title,
     positive_int,
     print_json,
@@ -131,7 +132,7 @@ def clusters(store: Store, bucket: str, distance: int, min_size: int = 2) -> lis
         if len(members) + 1 < min_size:
             continue
         free.difference_update([ref, *(m.content_hash for m in members)])
-        rest = sorted(((m.hamming_distance or 0, m) for m in members), key=lambda pair: (pair[0], pair[1].content_hash))
+        rest = sorted(((found_distance(m), m) for m in members), key=lambda pair: (pair[0], pair[1].content_hash))
         out.append([(0, images[ref]), *rest])
     out.sort(key=lambda c: (-len(c), c[0][1].created_at, c[0][1].content_hash))
     return out

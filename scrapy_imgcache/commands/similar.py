@@ -24,6 +24,7 @@ from . import (
     Sighting,
     add_search_options,
     dimensions,
+    found_distance,
     human_size,
     match_title,
     print_json,
@@ -112,9 +113,7 @@ class Command(ImgCacheCommand):
     def _matches(
         self, store: Store, query: Query, distance: int, bucket: str, limit: int
     ) -> list[tuple[int, Sighting]]:
-        return [
-            (h.hamming_distance or 0, Sighting.of(store, h)) for h in matches(store, query, distance, bucket, limit)
-        ]
+        return [(found_distance(h), Sighting.of(store, h)) for h in matches(store, query, distance, bucket, limit)]
 
     def _sheet(
         self, path: str, store: Store, query: Query, matches: list[tuple[int, Sighting]], distance: int, bucket: str

@@ -169,6 +169,11 @@ class CacheService:
             on_similar=download.on_similar,
         )
         record_urls(self.store, outcome.entry, download.also, download.client_name, known=download.url)
+        if outcome.duplicate == "similar" and not outcome.stored:
+            # skipped: the result describes the copy kept (path, size, hashes), so its checksum,
+            # IMAGES_STORE file and thumbnails come from that copy's bytes too (the downloaded
+            # ones when the cache cannot read them)
+            body = self.store.get_bytes(outcome.entry.content_hash, outcome.entry.bucket) or body
         thumbs = self._place(download.placement, body, outcome.entry)
         return Stored(outcome, md5_hex(body), thumbs or {}, thumbs is not None)
 

@@ -54,6 +54,7 @@ class NearQueryIn(BaseModel):
     algorithm: str = Field("phash", pattern="^(" + "|".join(ALGORITHMS) + ")$")
     signature: str | None = Field(None, max_length=1024, pattern=r"^[A-Za-z0-9+/=]*$", description="base64")
     query_hashes: list[tuple[str, str]] = Field(default_factory=list, max_length=16)
+    content_hash: str | None = Field(None, pattern=HASH_RE.pattern, description="a hit with these bytes: identical")
     max_hamming_distance: int = Field(8, ge=0, le=MAX_DISTANCE)
     bucket: str = Field("", pattern=BUCKET_RE.pattern, max_length=64)
     limit: int = Field(100, ge=1, le=MAX_RESULTS)
@@ -225,8 +226,9 @@ def _near(router: APIRouter, svc: Service) -> None:
     )
     def near(query: NearQueryIn) -> Response:
         """Near-duplicates of an image by its robust hashes and signature (an extension, what
-        RemoteStore asks with): verified matches, best first, each with ``match`` and
-        ``hamming_distance``; the image itself never travels."""
+        RemoteStore asks with): verified matches, best first, each with ``match``,
+        ``hamming_distance`` (between the pHashes) and ``match_distance`` (of the hash that
+        found it); the image itself never travels."""
         try:
             near_query = NearQuery.from_json(query.model_dump())
         except (ValueError, TypeError) as exc:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -111,17 +111,22 @@ class Entry:
     #: when this URL's record was made: the URL was first seen with this image (``lookup_time``
     #: is when it was last fetched or revalidated)
     first_seen: datetime | None = None
-    #: in near-duplicate results: how it matched the query (``resized``, ``cropped``,
-    #: ``mirrored``, ``rotated``, ``bordered``, ``edited``; None when only the pHash said so)
+    #: in near-duplicate results: how it matched the query (``identical``, ``resized``,
+    #: ``cropped``, ``mirrored``, ``rotated``, ``bordered``, ``edited``; None when only the pHash
+    #: said so)
     match: str | None = None
+    #: in search results: the bits between its pHash and the query's
     hamming_distance: int | None = None
+    #: in robust search results: the bits between the query's hash that found it and its row's
+    #: (the pHash's, or a mirrored, rotated or cropped window's; docs/near-duplicates.md)
+    match_distance: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["lookup_time"] = self.lookup_time.isoformat()
         data["created_at"] = self.created_at.isoformat()
         data["first_seen"] = None if self.first_seen is None else self.first_seen.isoformat()
-        for name in ("match", "hamming_distance"):  # fields of search results only
+        for name in ("match", "hamming_distance", "match_distance"):  # fields of search results only
             if data[name] is None:
                 del data[name]
         return data
@@ -141,7 +146,7 @@ _ENTRY_FIELDS = frozenset(f.name for f in fields(Entry))
 
 
 #: how a near-duplicate matched (``Entry.match``, ``similar_match``): the words robust search uses
-MATCHES = ("resized", "cropped", "mirrored", "rotated", "bordered", "edited")
+MATCHES = ("identical", "resized", "cropped", "mirrored", "rotated", "bordered", "edited")
 
 
 @dataclass(frozen=True)
@@ -153,10 +158,12 @@ class NearQuery:
     algorithm: str = "phash"
     signature: bytes | None = None
     query_hashes: tuple[tuple[str, int], ...] = ()
+    #: the query image's content hash, when it has bytes: a hit with the same bytes is ``identical``
+    content_hash: str | None = None
 
     @classmethod
     def of(cls, info: ImageInfo) -> NearQuery:
-        return cls(info.perceptual_hash, info.algorithm, info.signature, info.query_hashes)
+        return cls(info.perceptual_hash, info.algorithm, info.signature, info.query_hashes, info.content_hash)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -164,17 +171,33 @@ class NearQuery:
             "algorithm": self.algorithm,
             "signature": None if self.signature is None else base64.b64encode(self.signature).decode("ascii"),
             "query_hashes": [[kind, f"{value:016x}"] for kind, value in self.query_hashes],
+            "content_hash": self.content_hash,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> NearQuery:
         signature = data.get("signature")
+        content_hash = data.get("content_hash")
+        if content_hash is not None and not HASH_RE.match(content_hash):
+            raise ValueError(f"bad content hash {content_hash!r}")
         return cls(
             perceptual_hash=validate_phash(data["perceptual_hash"]),
             algorithm=str(data.get("algorithm", "phash")),
             signature=None if signature is None else base64.b64decode(signature, validate=True),
             query_hashes=tuple((str(kind), int(value, 16)) for kind, value in data.get("query_hashes", ())),
+            content_hash=content_hash,
         )
+
+
+def near_result(entry: Entry, query: NearQuery) -> Entry:
+    """A verified hit of robust search, whose ``hamming_distance`` is that of the hash that found
+    it, as reported: ``hamming_distance`` the bits between the two pHashes, ``match_distance``
+    the found hash's, and ``match`` ``identical`` when it has the query's own bytes."""
+    phash = entry.perceptual_hash
+    distance = (int(phash, 16) ^ int(query.perceptual_hash, 16)).bit_count() if phash else entry.hamming_distance
+    same_bytes = query.content_hash is not None and entry.content_hash == query.content_hash
+    match = "identical" if same_bytes else entry.match
+    return replace(entry, hamming_distance=distance, match_distance=entry.hamming_distance, match=match)
 
 
 @dataclass(frozen=True)

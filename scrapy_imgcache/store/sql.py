@@ -42,6 +42,7 @@ from .base import (
     PutResult,
     Usage,
     as_utc,
+    near_result,
     utcnow,
     validate_bucket,
     validate_distance,
@@ -659,7 +660,8 @@ class SqlStore:
                 kept.append((-score, dist, image_id, how))
         kept.sort()
         matches = {image_id: how for _, _, image_id, how in kept}
-        return self._entries(conn, [(image_id, dist) for _, dist, image_id, _ in kept], limit, matches)
+        entries = self._entries(conn, [(image_id, dist) for _, dist, image_id, _ in kept], limit, matches)
+        return [near_result(e, query) for e in entries]
 
     def images(self, bucket: str | None = None) -> Iterator[Entry]:
         """Every image (with its most recent URL), oldest first; ``None`` walks every bucket."""

@@ -14,7 +14,7 @@ from scrapy_imgcache.hashing import Inspector, hamming
 from scrapy_imgcache.store.base import NearQuery
 from scrapy_imgcache.store.models import ImageRow
 from scrapy_imgcache.store.sql import SqlStore
-from tests.helpers import PHOTO_NAMES, encode, photo
+from tests.helpers import PHOTO_NAMES, bar_chart, encode, photo
 
 ROBUST = Inspector()
 PHASH_ONLY = Inspector(robust=False)
@@ -45,7 +45,10 @@ def test_copies_pHash_misses_are_found_and_say_how_they_matched(store):
         assert store.similar(info.perceptual_hash, 8) == []
         hits = store.near(NearQuery.of(info), 8)
         assert [(h.content_hash, h.match) for h in hits] == [(original.content_hash, how)], how
-        assert hits[0].hamming_distance is not None and hits[0].hamming_distance <= 8
+        # hamming_distance is the pHashes' distance (issue 19 item 6); the hash that found it, a
+        # mirrored, rotated or cropped window's, has match_distance
+        assert hits[0].hamming_distance == hamming(info.perceptual_hash, original.perceptual_hash or "")
+        assert hits[0].match_distance is not None and hits[0].match_distance <= 8
 
 
 def test_lookalikes_pHash_alone_would_take_are_refused(store):
@@ -119,3 +122,34 @@ def test_what_robust_search_keeps_per_image_is_at_most_256_bytes(store):
 def test_malformed_queries_are_refused(bad):
     with pytest.raises(ValueError):
         NearQuery.from_json(bad)
+
+
+RED_GREEN_ON_WHITE = ((250, 250, 250), (200, 30, 30), (30, 110, 40))
+PURPLE_ORANGE_ON_CREAM = ((255, 240, 200), (120, 40, 150), (240, 120, 20))
+
+
+def test_a_flat_graphic_in_other_colours_is_not_a_turned_copy(store):
+    """Issue 19 item 5: one structure in other colours is a different picture, though its
+    greyscale detail, turned a quarter, agrees everywhere (it was a ``rotated`` match whose
+    turned hash was 4 bits away, its pHash 28)."""
+    chart = bar_chart(RED_GREEN_ON_WHITE)
+    stored = put(store, encode(chart), "https://a.example/chart.png").entry
+    other = ROBUST.inspect(encode(bar_chart(PURPLE_ORANGE_ON_CREAM).rotate(90, expand=True)))
+    assert store.near(NearQuery.of(other), 8) == []
+    for how, data in copies(chart).items():  # its true copies still match, and say how
+        hits = store.near(NearQuery.of(ROBUST.inspect(data)), 8)
+        assert [h.content_hash for h in hits] == [stored.content_hash], how
+        # (cropping off some of the plain margin leaves the same trimmed picture: bordered)
+        assert hits[0].match in ({how, "bordered"} if how == "cropped" else {how}), how
+
+
+def test_its_own_bytes_are_an_identical_match(store):
+    """Issue 19 item 16: the stored image itself, searched with its bytes, was a ``resized`` match."""
+    data = encode(photo("chelsea").convert("RGB"))
+    stored = put(store, data, "https://a.example/cat.jpg").entry
+    (hit,) = store.near(NearQuery.of(ROBUST.inspect(data)), 8)
+    assert (hit.content_hash, hit.match, hit.hamming_distance, hit.match_distance) == (
+        stored.content_hash, "identical", 0, 0,
+    )  # fmt: skip
+    resized = ROBUST.inspect(encode(photo("chelsea").convert("RGB").resize((300, 200))))
+    assert [h.match for h in store.near(NearQuery.of(resized), 8)] == ["resized"]

@@ -16,7 +16,7 @@ from PIL import ImageOps
 
 from scrapy_imgcache.config import ImgCacheConfig
 from scrapy_imgcache.errors import EmptyImage, NotAnImage, StoreError, TooManyPixels
-from scrapy_imgcache.hashing import Inspector, content_hash
+from scrapy_imgcache.hashing import Inspector, content_hash, hamming
 from scrapy_imgcache.server.process import LiveServer, free_port, imgcache_server
 from scrapy_imgcache.store import open_store
 from scrapy_imgcache.store.base import NearQuery
@@ -174,6 +174,10 @@ def test_near_duplicates_are_found_and_verified_without_sending_the_image(remote
     info = Inspector().inspect(mirror)
     (hit,) = remote.near(NearQuery.of(info), 8, bucket)
     assert (hit.content_hash, hit.match) == (original.content_hash, "mirrored")
+    # the pHashes' distance, and the found hash's on its own (issue 19 item 6)
+    assert hit.hamming_distance == hamming(info.perceptual_hash, original.perceptual_hash) > 8 >= hit.match_distance
+    (itself,) = remote.near(NearQuery.of(Inspector().inspect(encode(img))), 8, bucket)
+    assert (itself.content_hash, itself.match) == (original.content_hash, "identical")  # issue 19 item 16
     stored = remote.put(
         mirror, url=fresh_url(), client_name="s", bucket=bucket,
         similar_to=hit.content_hash, similar_distance=hit.hamming_distance, similar_match=hit.match,
@@ -185,7 +189,9 @@ def test_near_duplicates_are_found_and_verified_without_sending_the_image(remote
     other = Inspector().inspect(encode(photo("rocket").convert("RGB")))
     assert remote.near(NearQuery.of(other), 8, bucket) == []
     query = {**NearQuery.of(info).to_json(), "bucket": bucket}
-    for bad in ({"signature": "***"}, {"query_hashes": [["c80", "not hex"]]}, {"perceptual_hash": "12"}):
+    for bad in (
+        {"signature": "***"}, {"query_hashes": [["c80", "not hex"]]}, {"perceptual_hash": "12"}, {"content_hash": "x"},
+    ):  # fmt: skip
         resp = httpx.post(f"{live.url}/images/near", json={**query, **bad})
         assert resp.status_code == 422, (bad, resp.text)
 
