@@ -395,6 +395,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hashing-only", action="store_true", help="only what inspecting one image costs")
     parser.add_argument("--sizes", type=int, nargs="+", help="stored hashes per run (default 100k and 1M)")
     parser.add_argument("--bktree-max", type=int, default=1_000_000, help="largest size pybktree is run at")
+    parser.add_argument(
+        "--simulate",
+        type=int,
+        nargs="+",
+        help="entries of synthetic index files, no database (benchmarks/bench_index.py)",
+    )
+    parser.add_argument("--processes", type=int, default=8, help="processes sharing one index (--simulate, fleet)")
     args = parser.parse_args(argv)
     kinds = args.db or ["sqlite", "postgresql"]
     sizes = args.sizes or ([10_000, 100_000] if args.quick else [100_000, 1_000_000])
@@ -402,6 +409,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# bench_store {' '.join(sys.argv[1:])}\n\nMachine: {machine()}")
     if args.hashing_only:
         bench_hashing(20 if args.quick else 60)
+        return
+    if args.simulate:
+        from benchmarks.bench_index import simulate
+
+        for size in args.simulate:
+            simulate(size, args.processes, args.queries or 200, DISTANCES, clustered_hashes, queries)
         return
     with tempfile.TemporaryDirectory(prefix="imgcache-bench-") as workdir:
         if not args.skip_ingest:

@@ -95,10 +95,37 @@ class SharedIndex:
         with self.lock:
             if conn is None:
                 with self.engine.connect() as own:
-                    self._refresh(own)
-            else:
-                self._refresh(conn)
-            return [self._probe((bucket, algorithm), value, d) for value, d in probes]
+                    return self._answer(own, (bucket, algorithm), probes)
+            return self._answer(conn, (bucket, algorithm), probes)
+
+    def _answer(
+        self, conn: Connection, key: tuple[str, str], probes: Sequence[tuple[int, int]]
+    ) -> list[list[tuple[int, int, int]]]:
+        self._refresh(conn)
+        try:
+            return [self._probe(key, value, d) for value, d in probes]
+        except indexfile.DamagedIndex as exc:
+            self._rebuild(conn, exc)
+            return [self._probe(key, value, d) for value, d in probes]
+
+    def _rebuild(self, conn: Connection, exc: Exception) -> None:
+        """The mapped file is damaged (a block failed its checksum): read every row again and
+        write a new file, unless another process replaced it meanwhile."""
+        logger.warning("imgcache: the index file %s is damaged (%s): rebuilding it", self.path, exc)
+        damaged = self.base.stamp if self.base is not None else None
+        self.base, self.indexes, self.removed, self.high, self.gaps, self.loaded = None, {}, set(), 0, {}, False
+        try:
+            with indexfile.locked(self.path + ".lock"):
+                current = indexfile.open_file(self.path, self.identity)
+                if current is not None and current.stamp != damaged:
+                    self._adopt(current)
+                else:
+                    self._read_new(conn)
+                    self._fold(blocking=None)
+                    return
+        except OSError as give_up:
+            self._give_up(give_up)
+        self._read_new(conn)
 
     def _probe(self, key: tuple[str, str], value: int, max_distance: int) -> list[tuple[int, int, int]]:
         ids: list[np.ndarray] = []

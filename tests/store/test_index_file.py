@@ -3,6 +3,7 @@ and a damaged, foreign or stale file is never used."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import secrets
@@ -85,32 +86,51 @@ def test_file_round_trip_keeps_its_marker_and_groups(tmp_path):
 
 @pytest.mark.parametrize(
     "damage",
-    ["truncated", "longer", "empty", "body byte", "last byte", "header byte", "magic", "zeroed page"],
+    ["truncated", "longer", "empty", "first table", "last byte", "header byte", "magic", "zeroed block", "offsets"],
 )
-def test_a_damaged_file_is_never_used(tmp_path, damage):
+def test_a_damaged_file_never_answers(tmp_path, damage):
+    """Refused at open, or every query either answers what a scan does or raises: the
+    queries for every stored hash read every block, so the damage is met."""
     path = str(tmp_path / "x.idx")
-    write_sample(path)
-    assert indexfile.open_file(path, "me") is not None
+    ids, hashes = write_sample(path)
+    group = indexfile.open_file(path, "me").groups["", "phash"]
     data = bytearray(Path(path).read_bytes())
     body = indexfile.HEADER_ROOM
+    tables = body + group_meta(data)["tables"]
     if damage == "truncated":
         data = data[:-16]
     elif damage == "longer":
         data += b"\0" * 8
     elif damage == "empty":
         data = bytearray()
-    elif damage == "body byte":
-        data[body + len(data[body:]) // 2] ^= 0x10
+    elif damage == "first table":
+        data[tables + 5000 * 16 + 3] ^= 0x10
     elif damage == "last byte":
-        data[-1] ^= 0x01
+        data[tables + 4 * 3000 * 16 - 1] ^= 0x01
     elif damage == "header byte":
         data[60] ^= 0x01
     elif damage == "magic":
         data[0] ^= 0x01
+    elif damage == "zeroed block":
+        data[tables + 2 * 3000 * 16 : tables + 2 * 3000 * 16 + 4096] = b"\0" * 4096
     else:
-        data[body + 4096 : body + 8192] = b"\0" * 4096
+        data[body + 100] ^= 0x04
     Path(path).write_bytes(bytes(data))
-    assert indexfile.open_file(path, "me") is None
+    opened = indexfile.open_file(path, "me")
+    if opened is None:
+        return
+    group, raised = opened.groups["", "phash"], 0
+    for value in hashes.tolist():
+        try:
+            assert scan_answer(group, value, 0) == linear_scan(ids, hashes, value, 0)
+        except indexfile.DamagedIndex:
+            raised += 1
+    assert raised
+
+
+def group_meta(data):
+    length = int.from_bytes(data[8:16], "little")
+    return json.loads(bytes(data[32 : 32 + length]))["groups"][0]
 
 
 # -- through the store, on every database ---------------------------------------------------
@@ -237,6 +257,29 @@ def test_a_stale_or_damaged_file_is_rebuilt(db_url, tmp_path):
     assert again._index.written == 1  # the damaged file was replaced, not read
     again.close()
     assert indexfile.open_file(path, again.cache_id) is not None
+
+
+def test_an_old_file_is_brought_up_to_date_from_the_database(db_url, tmp_path):
+    """A file whose marker is behind the database (copied back from before 60 more rows and a
+    delete): mapped as it is, the rows since read into the tail, the deleted one left out."""
+    store = open_store(db_url, tmp_path)
+    values = family_values(160)
+    chashes = add_rows(store, values[:100])
+    answers(store, 0, 0)
+    old = Path(store._index.path).read_bytes()
+    chashes += add_rows(store, values[100:])
+    assert store.delete(chashes[7])
+    store.close()
+    Path(store._index.path).write_bytes(old)
+    again = open_store(db_url, tmp_path)
+    again._index.fold_min = 1_000_000  # answer from the old file and the tail
+    live = [(c, v) for c, v in zip(chashes, values, strict=True) if c != chashes[7]]
+    for value in values[::9]:
+        got = answers(again, value, 9)
+        assert got == expected([c for c, _ in live], [v for _, v in live], value, 9)
+    assert (again._index.written, again._index.mapped) == (0, 1)
+    assert again._index.base.high < again._index.high  # the tail held the newer rows
+    again.close()
 
 
 def _open_and_query(url, tmp, queue):

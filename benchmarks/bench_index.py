@@ -1,0 +1,130 @@
+"""The shared index file at 10M and 100M entries (issue 22), and a fleet of crawl processes.
+
+Part of ``./dev bench store``:
+
+    ./dev bench store --simulate 10000000 100000000   # synthetic hashes straight into a file
+    ./dev bench store --sizes 10000000 --db postgresql --processes 8   # through the store
+
+``--simulate``: pHash-like values (``bench_store.clustered_hashes``) written as an index
+file, then ``--processes`` spawned processes at once each map it and answer the same
+queries; each reports its start-up (open and first query), its similar() latency (the
+index's probe, nearest first), and its memory from ``/proc/self/smaps_rollup``: RSS, the
+private (anonymous) part, and PSS (its fair share of pages shared with the others: eight
+processes holding one copy of a file show one copy's worth in total). Every answer of the
+first process is compared with a numpy linear scan in the parent.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from scrapy_imgcache.store import indexfile
+from scrapy_imgcache.store.index import linear_scan
+
+KEY = ("", "phash")
+
+
+def memory() -> dict[str, float]:
+    """MiB: Rss, the private anonymous part, Pss; from smaps_rollup (Linux)."""
+    out = {}
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name in ("Rss", "Pss", "Anonymous", "Pss_File"):
+                out[name] = int(rest.split()[0]) / 1024
+    return out
+
+
+def _probe_process(path: str, identity: str, qs: list[int], d: int, barrier: Any, results: Any) -> None:
+    import numpy  # noqa: F401 - imported before the baseline, as in a crawl process
+
+    before = memory()
+    start = time.perf_counter()
+    found = indexfile.open_file(path, identity)
+    assert found is not None
+    group = found.groups[KEY]
+    first = sorted_hits(group, qs[0], d)
+    started = time.perf_counter() - start
+    barrier.wait()  # all query at once, like a fleet
+    times, answers = [], []
+    for q in qs:
+        t = time.perf_counter()
+        answers.append(sorted_hits(group, q, d))
+        times.append(time.perf_counter() - t)
+    after = memory()
+    barrier.wait()  # every process still maps the file while the others read their memory
+    results.put((os.getpid(), started, times, before, after, answers if first is not None else None))
+    barrier.wait()
+
+
+def sorted_hits(group: indexfile.MappedGroup, q: int, d: int) -> list[tuple[int, int]]:
+    ids, dists = group.query(q, d)
+    order = np.lexsort((ids, dists))
+    return [(int(i), int(x)) for i, x in zip(ids[order], dists[order], strict=True)]
+
+
+def simulate(
+    size: int, processes: int, n_queries: int, distances: tuple[int, ...], clustered: Callable, queries: Callable
+) -> None:
+    values = clustered(size)
+    ids = np.arange(1, size + 1, dtype=np.int64)
+    qs = queries(values, n_queries)
+    with tempfile.TemporaryDirectory(prefix="imgcache-index-bench-") as folder:
+        path = os.path.join(folder, "bench.idx")
+        start = time.perf_counter()
+        indexfile.write(path, "bench", size, [], {KEY: (ids, values)})
+        written = time.perf_counter() - start
+        size_mb = os.path.getsize(path) / 2**20
+        print(
+            f"\n## Simulated index of {size:,} entries: file {size_mb:,.0f} MiB"
+            f" ({os.path.getsize(path) / size:.1f} bytes an entry), written in {written:.1f} s;"
+            f" {processes} processes at once, {n_queries} queries each. Load average {os.getloadavg()[0]:.1f}.\n"
+        )
+        print(
+            "| distance | open + first query, s (slowest process) | p50 ms | p99 ms"
+            " | RSS growth MiB | private MiB | PSS MiB (sum) |"
+        )
+        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for d in distances:
+            report = run_fleet(path, qs, d, processes)
+            check = {q: linear_scan(ids, values, q, d) for q in qs[:50]}
+            for q, got in zip(qs[:50], report["answers"], strict=False):
+                if got != check[q]:
+                    raise SystemExit(f"MISMATCH at d={d}: {got[:3]} vs {check[q][:3]}")
+            print(
+                f"| {d} | {report['start']:.3f} | {report['p50']:.3f} | {report['p99']:.3f} | {report['rss']:.0f}"
+                f" | {report['private']:.0f} | {report['pss']:.0f} |"
+            )
+    del values, ids
+
+
+def run_fleet(path: str, qs: list[int], d: int, processes: int) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(processes)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=_probe_process, args=(path, "bench", qs, d, barrier, results)) for _ in range(processes)
+    ]
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=3600) for _ in procs]
+    for p in procs:
+        p.join()
+    times = [t * 1000 for _, _, ts, _, _, _ in got for t in ts]
+    return {
+        "start": max(s for _, s, _, _, _, _ in got),
+        "p50": statistics.median(times),
+        "p99": float(np.percentile(times, 99)),
+        "rss": max(a["Rss"] - b["Rss"] for _, _, _, b, a, _ in got),
+        "private": max(a["Anonymous"] - b["Anonymous"] for _, _, _, b, a, _ in got),
+        "pss": sum(a["Pss"] - b["Pss"] for _, _, _, b, a, _ in got),
+        "answers": got[0][5],
+    }
