@@ -22,6 +22,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -128,3 +129,97 @@ def run_fleet(path: str, qs: list[int], d: int, processes: int) -> dict[str, Any
         "pss": sum(a["Pss"] - b["Pss"] for _, _, _, b, a, _ in got),
         "answers": got[0][5],
     }
+
+
+# -- through the store: crawl processes opening a cache, and the database's own CPU -------------
+
+
+def _store_process(url: str, files: str, index_dir: str, qs: list[int], d: int, barrier: Any, results: Any) -> None:
+    from scrapy_imgcache.store.sql import SqlStore  # a crawl process has its modules loaded
+
+    before = memory()
+    start = time.perf_counter()
+    store = SqlStore(url, files, index_dir=index_dir)
+    store.similar(f"{qs[0]:016x}", d)
+    started = time.perf_counter() - start
+    barrier.wait()
+    times = []
+    for q in qs:
+        t = time.perf_counter()
+        store.similar(f"{q:016x}", d, limit=100)
+        times.append(time.perf_counter() - t)
+    after = memory()
+    barrier.wait()
+    results.put((os.getpid(), started, times, before, after, None))
+    barrier.wait()
+    store.close()
+
+
+def store_fleet(url: str, files: str, index_dir: str, qs: list[int], d: int, processes: int) -> str:
+    """A row of figures: ``processes`` fresh processes opening the cache at once (the file
+    exists), each timing its open + first similar(), then the queries."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(processes)
+    results = ctx.Queue()
+    args = (url, files, index_dir, qs, d, barrier, results)
+    procs = [ctx.Process(target=_store_process, args=args) for _ in range(processes)]
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=3600) for _ in procs]
+    for p in procs:
+        p.join()
+    times = [t * 1000 for _, _, ts, _, _, _ in got for t in ts]
+    starts = sorted(s for _, s, _, _, _, _ in got)
+    rss = max(a["Rss"] - b["Rss"] for _, _, _, b, a, _ in got)
+    private = max(a["Anonymous"] - b["Anonymous"] for _, _, _, b, a, _ in got)
+    pss = sum(a["Pss"] - b["Pss"] for _, _, _, b, a, _ in got)
+    return (
+        f"| {processes} processes, d{d} | {starts[len(starts) // 2]:.3f} / {starts[-1]:.3f}"
+        f" | {statistics.median(times):.3f} | {np.percentile(times, 99):.3f} | {rss:.0f} | {private:.0f} | {pss:.0f} |"
+    )
+
+
+def backend_cpu_seconds(engine: Any, application_name: str) -> float:
+    """CPU seconds (user + system) of every PostgreSQL backend serving ``application_name``,
+    from /proc/<pid>/stat (the server runs on this machine)."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        pids = conn.execute(
+            text("SELECT pid FROM pg_stat_activity WHERE application_name = :a AND pid <> pg_backend_pid()"),
+            {"a": application_name},
+        ).scalars()
+        total = 0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def database_cpu(
+    store: Any, admin: Any, application_name: str, qs: list[int], urls: list[str], photos: list[bytes]
+) -> None:
+    """The PostgreSQL backends' CPU per lookup (URL), per similar() and per new image (put),
+    and what one core of the database then serves."""
+    print("\n| operation (PostgreSQL backend CPU) | count | ms per operation | per second per PG core |")
+    print("| --- | ---: | ---: | ---: |")
+    steps: list[tuple[str, Callable[[int], object], int]] = [
+        ("URL lookup (`lookup`)", lambda i: store.lookup(urls[i % len(urls)]), 4000),
+        ("similar(), distance 8", lambda i: store.similar(f"{qs[i % len(qs)]:016x}", 8), 2000),
+        (
+            "new image (`put`)",
+            lambda i: store.put(photos[i], url=f"https://new.example/{i}.jpg", client_name="b"),
+            len(photos),
+        ),
+    ]
+    for label, run, count in steps:
+        run(0)  # the pool's connections exist before the baseline
+        before = backend_cpu_seconds(admin, application_name)
+        for i in range(1, count):
+            run(i)
+        spent = backend_cpu_seconds(admin, application_name) - before
+        per = spent / (count - 1) * 1000
+        print(f"| {label} | {count - 1} | {per:.3f} | {1000 / per if per else float('inf'):,.0f} |")

@@ -176,10 +176,14 @@ class Database:
             with self.admin.connect() as conn:
                 conn.execute(text(f"CREATE SCHEMA {self.schema}"))
             sep = "&" if "?" in POSTGRES_URL else "?"
-            self.url = f"{POSTGRES_URL}{sep}options=-csearch_path%3D{self.schema}"
+            # the application name finds this run's backends (their CPU: bench_index.database_cpu)
+            self.url = f"{POSTGRES_URL}{sep}options=-csearch_path%3D{self.schema}&application_name={self.schema}"
+        self.files = os.path.join(self.workdir, self.schema + "-files")
+        self.index_dir = os.path.join(self.workdir, self.schema + "-index")
+        os.makedirs(self.index_dir, exist_ok=True)
 
     def store(self) -> SqlStore:
-        return SqlStore(self.url, os.path.join(self.workdir, self.schema + "-files"))
+        return SqlStore(self.url, self.files, index_dir=self.index_dir)
 
     def drop(self) -> None:
         if self.kind == "postgresql":
@@ -274,7 +278,14 @@ def row(label: str, d: int, times: list[float], qs: list[int], expected: dict) -
 
 
 def bench_similar(
-    kinds: list[str], workdir: str, sizes: list[int], n_queries: int, bk_queries: int, rounds: int, bk_max: int
+    kinds: list[str],
+    workdir: str,
+    sizes: list[int],
+    n_queries: int,
+    bk_queries: int,
+    rounds: int,
+    bk_max: int,
+    processes: int = 8,
 ) -> None:
     limit = 100
     for size in sizes:
@@ -317,6 +328,7 @@ def bench_similar(
                         lambda q: timed(lambda: store.similar(f"{q:016x}", d, limit=limit))[0], qs, rounds
                     )
                     row(f"SqlStore.similar, {kind}", d, times, qs, expected)
+                fleet_and_database(db, store, qs, processes)
                 store.close()
             finally:
                 db.drop()
@@ -325,6 +337,25 @@ def bench_similar(
         else:  # its Python tuples and its ~1 s a query at 1M make it hours at 10M
             print(f"| pybktree | not run above {bk_max:,} hashes (--bktree-max) | | | | |")
         print(f"\nLoad average after: {os.getloadavg()[0]:.1f}.")
+
+
+def fleet_and_database(db: Database, store: SqlStore, qs: list[int], processes: int) -> None:
+    """Crawl processes opening the cache (its index file written by the first query above),
+    and on PostgreSQL the server's own CPU per operation (benchmarks/bench_index.py)."""
+    from benchmarks.bench_index import database_cpu, store_fleet
+    from example_project.photos import distinct_images, encode
+
+    print(
+        "\n| processes opening the cache at once | open + first similar(), s (median / slowest) | p50 ms | p99 ms"
+        " | RSS growth MiB (max) | private MiB (max) | PSS MiB (sum) |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n in sorted({1, processes}):
+        print(store_fleet(db.url, db.files, db.index_dir, qs[:100], 8, n))
+    if db.kind == "postgresql":
+        urls = [f"https://example.com/img/{i}.jpg" for i in range(1, 2001)]
+        photos = [encode(img) for img in distinct_images(200, size=(320, 240))]
+        database_cpu(store, db.admin, db.schema, qs, urls, photos)
 
 
 def bench_bktree(values: np.ndarray, qs: list[int], expected: dict, limit: int) -> None:
@@ -427,6 +458,7 @@ def main(argv: list[str] | None = None) -> None:
             bk_queries=10 if args.quick else 20,
             rounds=args.rounds,
             bk_max=args.bktree_max,
+            processes=args.processes,
         )
 
 
