@@ -32,6 +32,7 @@ import fcntl
 import hashlib
 import io
 import json
+import mmap
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -111,14 +112,14 @@ class MappedGroup:
     def check_rows(self, rows: np.ndarray) -> None:
         """Check every block holding one of ``rows`` not checked yet; raise DamagedIndex."""
         chunk, row = np.divmod(rows, self.n)
-        blocks = np.unique(chunk * self.blocks + row // BLOCK_ROWS)
-        for block in blocks[~self.checked[blocks]]:
-            c, b = divmod(int(block), self.blocks)
+        blocks = chunk * self.blocks + row // BLOCK_ROWS
+        unchecked = blocks[~self.checked[blocks]]  # once warm, nothing: no sort of every block
+        for block in np.unique(unchecked).tolist():
+            c, b = divmod(block, self.blocks)
             start = c * self.n + b * BLOCK_ROWS
             words = self.tables[start : min(start + BLOCK_ROWS, (c + 1) * self.n)].ravel()
             expected = self.block_sums[block]
-            got = (np.add.reduce(words, dtype=np.uint64), np.bitwise_xor.reduce(words))
-            if got[0] != expected[0] or got[1] != expected[1]:
+            if np.add.reduce(words, dtype=np.uint64) != expected[0] or np.bitwise_xor.reduce(words) != expected[1]:
                 raise DamagedIndex(f"block {block} of an index table does not match its checksum")
             self.checked[block] = True
 
@@ -284,7 +285,7 @@ def _write_group(
     all_offsets, all_sums = [], []
     for offsets, table in _sorted_tables(ids, hashes, widths):
         out.seek(HEADER_ROOM + pos)
-        out.write(table.tobytes())
+        out.write(table.data)  # no copy of a table (1.6 GB at 100M entries)
         pos += table.nbytes
         all_offsets.append(offsets)
         all_sums.append(_block_sums(table))
@@ -340,11 +341,13 @@ def open_file(path: str, identity: str) -> IndexFile | None:
             meta = _header(head, identity)
             if meta is None or stat.st_size != HEADER_ROOM + meta["body"] or not _checksums_match(f, meta):
                 return None
-        mapped = (
-            np.memmap(path, dtype=np.uint8, mode="r", offset=HEADER_ROOM, shape=(meta["body"],))
-            if meta["body"]
-            else np.empty(0, dtype=np.uint8)
-        )
+            # a plain array over an mmap (it outlives the descriptor): np.memmap's subclass
+            # hooks cost ~0.1 ms a gather
+            mapped = (
+                np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), np.uint8, meta["body"], HEADER_ROOM)
+                if meta["body"]
+                else np.empty(0, dtype=np.uint8)
+            )
     except (OSError, ValueError):
         return None
     groups = {}
