@@ -55,12 +55,14 @@ def _probe_process(path: str, identity: str, qs: list[int], d: int, barrier: Any
     first = sorted_hits(group, qs[0], d)
     started = time.perf_counter() - start
     barrier.wait()  # all query at once, like a fleet
-    times, answers = [], []
+    times, cpu, answers = [], [], []
     for q in qs:
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         answers.append(sorted_hits(group, q, d))
         times.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
     after = memory()
+    after["cpu_p50"] = statistics.median(cpu) * 1000
     barrier.wait()  # every process still maps the file while the others read their memory
     results.put((os.getpid(), started, times, before, after, answers if first is not None else None))
     barrier.wait()
@@ -90,21 +92,27 @@ def simulate(
             f" {processes} processes at once, {n_queries} queries each. Load average {os.getloadavg()[0]:.1f}.\n"
         )
         print(
-            "| distance | open + first query, s (slowest process) | p50 ms | p99 ms"
+            "| processes | distance | open + first query, s (slowest) | p50 ms | p99 ms | CPU p50 ms"
             " | RSS growth MiB | private MiB | PSS MiB (sum) |"
         )
-        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for d in distances:
-            report = run_fleet(path, qs, d, processes)
-            check = {q: linear_scan(ids, values, q, d) for q in qs[:50]}
-            for q, got in zip(qs[:50], report["answers"], strict=False):
-                if got != check[q]:
-                    raise SystemExit(f"MISMATCH at d={d}: {got[:3]} vs {check[q][:3]}")
-            print(
-                f"| {d} | {report['start']:.3f} | {report['p50']:.3f} | {report['p99']:.3f} | {report['rss']:.0f}"
-                f" | {report['private']:.0f} | {report['pss']:.0f} |"
-            )
+        print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for fleet in sorted({1, processes}):
+            for d in distances:
+                print(fleet_row(path, ids, values, qs, d, fleet))
     del values, ids
+
+
+def fleet_row(path: str, ids: np.ndarray, values: np.ndarray, qs: list[int], d: int, fleet: int) -> str:
+    """One table row; the first process's first 50 answers checked against a linear scan."""
+    r = run_fleet(path, qs, d, fleet)
+    for q, got in zip(qs[:50], r["answers"], strict=False):
+        want = linear_scan(ids, values, q, d)
+        if got != want:
+            raise SystemExit(f"MISMATCH at d={d}: {got[:3]} vs {want[:3]}")
+    return (
+        f"| {fleet} | {d} | {r['start']:.3f} | {r['p50']:.3f} | {r['p99']:.3f} | {r['cpu_p50']:.3f}"
+        f" | {r['rss']:.0f} | {r['private']:.0f} | {r['pss']:.0f} |"
+    )
 
 
 def run_fleet(path: str, qs: list[int], d: int, processes: int) -> dict[str, Any]:
@@ -127,6 +135,7 @@ def run_fleet(path: str, qs: list[int], d: int, processes: int) -> dict[str, Any
         "rss": max(a["Rss"] - b["Rss"] for _, _, _, b, a, _ in got),
         "private": max(a["Anonymous"] - b["Anonymous"] for _, _, _, b, a, _ in got),
         "pss": sum(a["Pss"] - b["Pss"] for _, _, _, b, a, _ in got),
+        "cpu_p50": statistics.median(a["cpu_p50"] for _, _, _, _, a, _ in got),
         "answers": got[0][5],
     }
 
