@@ -406,6 +406,7 @@ def _group(mapped: np.ndarray, g: dict[str, Any]) -> MappedGroup:
 def locked(path: str, blocking: bool = True) -> Iterator[bool]:
     """A cross-process lock on ``path`` (flock: released by the kernel if the holder dies);
     yields whether it is held (``blocking=False`` gives up at once when another holds it)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # the folder may be new (a new host)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:

@@ -172,7 +172,6 @@ class SharedIndex:
             if top < self.fold_min:
                 return
             try:
-                os.makedirs(self.folder or ".", exist_ok=True)
                 with indexfile.locked(self.path + ".lock"):
                     found = indexfile.open_file(self.path, self.identity)
                     if found is None:
