@@ -352,10 +352,30 @@ def fleet_and_database(db: Database, store: SqlStore, qs: list[int], processes: 
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for n in sorted({1, processes}):
         print(store_fleet(db.url, db.files, db.index_dir, qs[:100], 8, n))
+    print(
+        f"\nDatabase size: {database_bytes(db, store) / 2**20:,.0f} MiB;"
+        f" index files: {folder_bytes(db.index_dir) / 2**20:,.0f} MiB"
+    )
     if db.kind == "postgresql":
         urls = [f"https://example.com/img/{i}.jpg" for i in range(1, 2001)]
         photos = [encode(img) for img in distinct_images(200, size=(320, 240))]
         database_cpu(store, db.admin, db.schema, qs, urls, photos)
+
+
+def database_bytes(db: Database, store: SqlStore) -> int:
+    """The tables with their indexes (PostgreSQL), or the SQLite file."""
+    if db.kind == "sqlite":
+        return os.path.getsize(store.engine.url.database or "")
+    with store.engine.connect() as conn:
+        sizes = [
+            conn.execute(text(f"SELECT pg_total_relation_size('{t}')")).scalar()
+            for t in ("imgcache_images", "imgcache_urls")
+        ]
+    return int(sum(sizes))
+
+
+def folder_bytes(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder))
 
 
 def bench_bktree(values: np.ndarray, qs: list[int], expected: dict, limit: int) -> None:
