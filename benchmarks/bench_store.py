@@ -178,10 +178,14 @@ class Database:
             with self.admin.connect() as conn:
                 conn.execute(text(f"CREATE SCHEMA {self.schema}"))
             sep = "&" if "?" in POSTGRES_URL else "?"
-            self.url = f"{POSTGRES_URL}{sep}options=-csearch_path%3D{self.schema}"
+            # the application name finds this run's backends (their CPU: bench_index.database_cpu)
+            self.url = f"{POSTGRES_URL}{sep}options=-csearch_path%3D{self.schema}&application_name={self.schema}"
+        self.files = os.path.join(self.workdir, self.schema + "-files")
+        self.index_dir = os.path.join(self.workdir, self.schema + "-index")
+        os.makedirs(self.index_dir, exist_ok=True)
 
     def store(self) -> SqlStore:
-        return SqlStore(self.url, os.path.join(self.workdir, self.schema + "-files"))
+        return SqlStore(self.url, self.files, index_dir=self.index_dir)
 
     def drop(self) -> None:
         if self.kind == "postgresql":
@@ -321,7 +325,14 @@ def row(label: str, d: int, times: list[float], qs: list[int], expected: dict) -
 
 
 def bench_similar(
-    kinds: list[str], workdir: str, sizes: list[int], n_queries: int, bk_queries: int, rounds: int, bk_max: int
+    kinds: list[str],
+    workdir: str,
+    sizes: list[int],
+    n_queries: int,
+    bk_queries: int,
+    rounds: int,
+    bk_max: int,
+    processes: int = 8,
 ) -> None:
     limit = 100
     for size in sizes:
@@ -364,6 +375,7 @@ def bench_similar(
                         lambda q: timed(lambda: store.similar(f"{q:016x}", d, limit=limit))[0], qs, rounds
                     )
                     row(f"SqlStore.similar, {kind}", d, times, qs, expected)
+                fleet_and_database(db, store, qs, processes)
                 store.close()
             finally:
                 db.drop()
@@ -372,6 +384,45 @@ def bench_similar(
         else:  # its Python tuples and its ~1 s a query at 1M make it hours at 10M
             print(f"| pybktree | not run above {bk_max:,} hashes (--bktree-max) | | | | |")
         print(f"\nLoad average after: {os.getloadavg()[0]:.1f}.")
+
+
+def fleet_and_database(db: Database, store: SqlStore, qs: list[int], processes: int) -> None:
+    """Crawl processes opening the cache (its index file written by the first query above),
+    and on PostgreSQL the server's own CPU per operation (benchmarks/bench_index.py)."""
+    from benchmarks.bench_index import database_cpu, store_fleet
+    from example_project.photos import distinct_images, encode
+
+    print(
+        "\n| processes opening the cache at once | open + first similar(), s (median / slowest) | p50 ms | p99 ms"
+        " | RSS growth MiB (max) | private MiB (max) | PSS MiB (sum) |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for n in sorted({1, processes}):
+        print(store_fleet(db.url, db.files, db.index_dir, qs[:100], 8, n))
+    print(
+        f"\nDatabase size: {database_bytes(db, store) / 2**20:,.0f} MiB;"
+        f" index files: {folder_bytes(db.index_dir) / 2**20:,.0f} MiB"
+    )
+    if db.kind == "postgresql":
+        urls = [f"https://example.com/img/{i}.jpg" for i in range(1, 2001)]
+        photos = [encode(img) for img in distinct_images(200, size=(320, 240))]
+        database_cpu(store, db.admin, db.schema, qs, urls, photos)
+
+
+def database_bytes(db: Database, store: SqlStore) -> int:
+    """The tables with their indexes (PostgreSQL), or the SQLite file."""
+    if db.kind == "sqlite":
+        return os.path.getsize(store.engine.url.database or "")
+    with store.engine.connect() as conn:
+        sizes = [
+            conn.execute(text(f"SELECT pg_total_relation_size('{t}')")).scalar()
+            for t in ("imgcache_images", "imgcache_urls")
+        ]
+    return int(sum(sizes))
+
+
+def folder_bytes(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(folder, name)) for name in os.listdir(folder))
 
 
 def bench_bktree(values: np.ndarray, qs: list[int], expected: dict, limit: int) -> None:
@@ -442,6 +493,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hashing-only", action="store_true", help="only what inspecting one image costs")
     parser.add_argument("--sizes", type=int, nargs="+", help="stored hashes per run (default 100k and 1M)")
     parser.add_argument("--bktree-max", type=int, default=1_000_000, help="largest size pybktree is run at")
+    parser.add_argument(
+        "--simulate",
+        type=int,
+        nargs="+",
+        help="entries of synthetic index files, no database (benchmarks/bench_index.py)",
+    )
+    parser.add_argument("--processes", type=int, default=8, help="processes sharing one index (--simulate, fleet)")
     args = parser.parse_args(argv)
     kinds = args.db or ["sqlite", "postgresql"]
     sizes = args.sizes or ([10_000, 100_000] if args.quick else [100_000, 1_000_000])
@@ -450,6 +508,12 @@ def main(argv: list[str] | None = None) -> None:
     if args.hashing_only:
         bench_hashing(20 if args.quick else 60)
         bench_colour_check(10 if args.quick else 30)
+        return
+    if args.simulate:
+        from benchmarks.bench_index import simulate
+
+        for size in args.simulate:
+            simulate(size, args.processes, args.queries or 200, DISTANCES, clustered_hashes, queries)
         return
     with tempfile.TemporaryDirectory(prefix="imgcache-bench-") as workdir:
         if not args.skip_ingest:
@@ -462,6 +526,7 @@ def main(argv: list[str] | None = None) -> None:
             bk_queries=10 if args.quick else 20,
             rounds=args.rounds,
             bk_max=args.bktree_max,
+            processes=args.processes,
         )
 
 

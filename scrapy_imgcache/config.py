@@ -36,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "IMGCACHE_ENABLED": True,
     "IMGCACHE_URL": None,  # None: sqlite:///<project>/.scrapy/imgcache.sqlite3
     "IMGCACHE_FILES_STORE": None,  # None: <project>/.scrapy/imgcache-files
+    "IMGCACHE_INDEX_DIR": None,  # None: beside a SQLite file, else <project>/.scrapy
     "IMGCACHE_BUCKET": "",
     "IMGCACHE_CLIENT_NAME": None,  # None: the spider's name
     "IMGCACHE_HASH": "phash",
@@ -93,6 +94,8 @@ class ImgCacheConfig:
     enabled: bool = True
     url: str = ""
     files_store: str = ""
+    #: the folder of the similarity index file the processes of a host share (docs/store.md)
+    index_dir: str = ""
     bucket: str = ""
     client_name: str | None = None
     hash: str = "phash"
@@ -137,6 +140,7 @@ class ImgCacheConfig:
             enabled=_bool("IMGCACHE_ENABLED", get("IMGCACHE_ENABLED")),
             url=url,
             files_store=_str("IMGCACHE_FILES_STORE", files),
+            index_dir=_str("IMGCACHE_INDEX_DIR", get("IMGCACHE_INDEX_DIR") or _default_index_dir(url)),
             bucket=bucket,
             client_name=_str("IMGCACHE_CLIENT_NAME", get("IMGCACHE_CLIENT_NAME") or "") or None,
             hash=algorithm,
@@ -204,6 +208,15 @@ def project_data_path(name: str) -> str:
     from scrapy.utils.project import data_path
 
     return os.path.abspath(data_path(name))
+
+
+def _default_index_dir(url: str) -> str:
+    """The project's data folder for a database server; "" for SQLite (the store puts the
+    file beside the database's; none for an in-memory one) and a remote service (it holds
+    the index)."""
+    if url.startswith(("http://", "https://", "sqlite")):
+        return ""
+    return os.path.dirname(project_data_path(DEFAULT_DB_NAME))
 
 
 def _default_files(url: str) -> str:

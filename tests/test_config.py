@@ -17,6 +17,7 @@ BAD = {
     "IMGCACHE_ENABLED": ["maybe", 2],
     "IMGCACHE_URL": [123, ["sqlite://"]],
     "IMGCACHE_FILES_STORE": [123],
+    "IMGCACHE_INDEX_DIR": [123, ["a", "list"]],
     "IMGCACHE_BUCKET": ["has space", "x" * 65, "a/b", 5],
     "IMGCACHE_CLIENT_NAME": [123, ["spider"]],
     "IMGCACHE_HASH": ["md5", "PHASH"],
@@ -103,3 +104,13 @@ def test_an_unknown_name_gets_the_closest_known_one_if_any():
         f"IMGCACHE_SERVER_FILE {ignored} did you mean IMGCACHE_SERVER_FILES?",
         f"IMGCACHE_ZZZ {ignored} docs/reference/settings.md lists them",
     ]
+
+
+def test_index_dir_defaults_beside_the_cache():
+    """SQLite: "" (the store puts the file beside the database's); a database server: the
+    project's data folder; a remote service: none (it holds the index); set: as given."""
+    assert ImgCacheConfig.from_settings({"IMGCACHE_URL": "sqlite:////tmp/x/c.sqlite3"}).index_dir == ""
+    pg = ImgCacheConfig.from_settings({"IMGCACHE_URL": "postgresql+psycopg://h/db"}).index_dir
+    assert pg.endswith(".scrapy")
+    assert ImgCacheConfig.from_settings({"IMGCACHE_URL": "http://h:1/"}).index_dir == ""
+    assert ImgCacheConfig.from_settings({"IMGCACHE_INDEX_DIR": "/srv/idx"}).index_dir == "/srv/idx"

@@ -105,6 +105,15 @@ class HammingIndex:
         if row_id not in self._removed and bool((self._tail_ids == row_id).any() or (self._ids == row_id).any()):
             self._removed.add(row_id)
 
+    def entries(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, hashes) of every entry held (to write them elsewhere, e.g. an index file)."""
+        ids = np.concatenate([self._ids, self._tail_ids])
+        values = np.concatenate([self._hashes, self._tail_hashes])
+        if self._removed:
+            keep = ~np.isin(ids, np.fromiter(self._removed, dtype=np.int64))
+            ids, values = ids[keep], values[keep]
+        return ids, values
+
     def _merge(self, ids: np.ndarray | None = None, values: np.ndarray | None = None) -> None:
         all_ids = np.concatenate([self._ids, self._tail_ids])
         all_vals = np.concatenate([self._hashes, self._tail_hashes])

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import random
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
 from sqlalchemy import (
     Select,
     delete,
@@ -60,13 +59,8 @@ from .blobs import (
 )
 from .browsing import as_date, browse_plan, cursors, daily_stmt
 from .index import (
-    QUERY_SLOTS,
-    SLOT_BITS,
     SLOT_KINDS,
-    HammingIndex,
-    entry_id,
     pack_hashes,
-    split_entry_id,
     to_signed,
     unpack_hashes,
 )
@@ -80,6 +74,7 @@ from .schema import (
     make_reading_engine,
     make_writing_engine,
 )
+from .shared import FOLD_MIN, SharedIndex
 from .statements import (
     BLOB_KEY,
     ENTRY,
@@ -88,7 +83,6 @@ from .statements import (
     LOOKUP,
     NEAR_LINKS,
     NEAR_SOURCE,
-    NEW_ROWS,
     SIGNATURES,
     insert_ignore_stmt,
     joined,
@@ -97,7 +91,7 @@ from .statements import (
 )
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection, CursorResult
+    from sqlalchemy import Connection, CursorResult, Engine
 
     from ..config import ImgCacheConfig
     from .models import Base
@@ -116,7 +110,6 @@ ORIENTATION_OF = {"m": "m", "r90": "r90", "r270": "r270"}
 #: the orientations tried for an image linked by a recorded match (``similar_match``)
 LINK_HINTS = {"mirrored": {"m"}, "rotated": {"id", "r90", "r270"}}
 MAX_VERIFIED = 64
-QUERY_SLOT_MIN = min(QUERY_SLOTS.values())
 
 
 def _store_errors(cls: C) -> C:
@@ -157,10 +150,15 @@ class SqlStore:
         create: bool = True,
         make_folder: bool = False,
         storage_options: Mapping[str, Any] | None = None,
+        index_dir: str | None = None,
+        index_fold_min: int = FOLD_MIN,
     ) -> None:
         """``create=False``: open an existing cache only (its database and its files);
         ``make_folder``: a SQLite file's folder is made when missing (the default location);
-        ``storage_options``: fsspec's, for ``files`` in object storage."""
+        ``storage_options``: fsspec's, for ``files`` in object storage; ``index_dir``: the
+        folder of the similarity index file the processes of a host share (None: beside a
+        SQLite file, else no file: each process loads the index itself); ``index_fold_min``:
+        the entries from which it is written (see :mod:`.shared`)."""
         self.url = url
         self.inspector = inspector or Inspector()
         self.engine = make_engine(url, make_folder and create)
@@ -176,7 +174,13 @@ class SqlStore:
         self._writer, self._begin_sql = make_writing_engine(self.engine)
         # one engine a connection pool (the reader or writer may be the main engine itself)
         self._pools = list({e.pool: e for e in (self.engine, self._reader, self._writer)}.values())
-        self._index = _SharedIndex(self)
+        self._index = SharedIndex(
+            self.engine,
+            self._dialect == "postgresql",
+            self.cache_id,
+            _index_folder(self.engine, index_dir),
+            index_fold_min,
+        )
 
     @classmethod
     def from_config(cls, config: ImgCacheConfig, create: bool = True) -> SqlStore:
@@ -192,6 +196,7 @@ class SqlStore:
             create=create,
             make_folder=config.url_is_default,
             storage_options=storage_options(config.files_store, config.storage_settings),
+            index_dir=config.index_dir or None,
         )
 
     def __repr__(self) -> str:
@@ -927,102 +932,12 @@ def _is_blob(key: str) -> bool:
     return bool(HASH_RE.match(hash_of_key(key)))
 
 
-class _SharedIndex:
-    """The in-memory similarity index of one process, kept in step with the database.
-
-    Before each query it reads the rows added since the last one it saw (one indexed range
-    query on the primary key), so images stored by other processes are found too. Ids that
-    were skipped (a transaction still open elsewhere, or a sequence value burnt by a
-    conflict) are re-asked for a while in case they commit late. Deleted rows drop out when
-    the matches are fetched from the database.
-    """
-
-    GAP_TTL = 30.0
-    MAX_GAPS = 512
-
-    def __init__(self, store: SqlStore) -> None:
-        self.store = store
-        self.lock = threading.Lock()
-        self.indexes: dict[tuple[str, str], HammingIndex] = {}
-        self.high = 0
-        self.gaps: dict[int, float] = {}
-        self.loaded = False
-
-    def forget(self, image_id: int) -> None:
-        with self.lock:
-            for index in self.indexes.values():
-                for slot in range(1 << SLOT_BITS):  # its stored hash and every extra one
-                    index.remove(entry_id(image_id, slot))
-
-    def query(
-        self, bucket: str, algorithm: str, probes: Sequence[tuple[int, int]], conn: Connection | None = None
-    ) -> list[list[tuple[int, int, int]]]:
-        """For each probe (hash, max distance): (image id, slot, distance) of every entry within
-        it, nearest first (slot 0: an image's stored hash; others: the extra hashes of robust search)."""
-        with self.lock:
-            self._refresh(conn)
-            index = self.indexes.get((bucket, algorithm))
-            if index is None:
-                return [[] for _ in probes]
-            return [
-                [(*split_entry_id(entry), dist) for entry, dist in index.query(value, max_distance)]
-                for value, max_distance in probes
-            ]
-
-    def _refresh(self, conn: Connection | None = None) -> None:
-        now = time.monotonic()
-        self.gaps = {i: t for i, t in self.gaps.items() if now - t < self.GAP_TTL}
-        stmt = NEW_ROWS[bool(self.gaps), self.store._dialect == "postgresql"]
-        params = {"high": self.high, "gaps": list(self.gaps)}
-        if conn is None:
-            with self.store.engine.connect() as conn:
-                rows = conn.execute(stmt, params).all()
-        else:
-            rows = conn.execute(stmt, params).all()
-        if not rows:
-            return
-        if not self.loaded:
-            self._bulk_load(rows)
-            self.loaded = True
-        else:
-            for image_id, bucket, algorithm, phash, flat, extra in rows:
-                self.gaps.pop(image_id, None)
-                if phash is not None and not flat:
-                    index = self._index(bucket, algorithm)
-                    for entry, value in _entries_of(image_id, phash, extra):
-                        index.add(entry, value)
-        top = rows[-1][0]
-        if top > self.high:
-            # only the most recent ids can still be in flight elsewhere; older holes are deletes
-            seen = {r[0] for r in rows}
-            for missing in range(max(self.high + 1, top - self.MAX_GAPS), top):
-                if missing not in seen:
-                    self.gaps[missing] = now
-            self.high = top
-        if len(self.gaps) > self.MAX_GAPS:
-            for old in sorted(self.gaps, key=self.gaps.__getitem__)[: len(self.gaps) - self.MAX_GAPS]:
-                del self.gaps[old]
-
-    def _bulk_load(self, rows: Sequence[Any]) -> None:
-        groups: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
-        for image_id, bucket, algorithm, phash, flat, extra in rows:
-            if phash is None or flat:
-                continue
-            ids, values = groups.setdefault((bucket, algorithm), ([], []))
-            for entry, value in _entries_of(image_id, phash, extra):
-                ids.append(entry)
-                values.append(to_signed(value & 0xFFFFFFFFFFFFFFFF))
-        for key, (ids, values) in groups.items():
-            self._index(*key).add_many(np.array(ids), np.array(values, dtype=np.int64).view(np.uint64))
-
-    def _index(self, bucket: str, algorithm: str) -> HammingIndex:
-        key = (bucket, algorithm)
-        if key not in self.indexes:
-            self.indexes[key] = HammingIndex()
-        return self.indexes[key]
-
-
-def _entries_of(image_id: int, phash: int, extra: bytes | None) -> list[tuple[int, int]]:
-    """The index entries of one image: its stored hash (slot 0) and its extra hashes."""
-    indexed = [(entry_id(image_id, slot), value) for slot, value in unpack_hashes(extra) if slot < QUERY_SLOT_MIN]
-    return [(entry_id(image_id), phash), *indexed]
+def _index_folder(engine: Engine, index_dir: str | None) -> str | None:
+    """Where the index file goes: ``index_dir``, else beside a SQLite file (an in-memory
+    SQLite database, or another database without ``index_dir``: nowhere)."""
+    if index_dir:
+        return index_dir
+    database = engine.url.database
+    if engine.dialect.name == "sqlite" and database and database != ":memory:" and not database.startswith("file:"):
+        return os.path.dirname(os.path.abspath(database))
+    return None
