@@ -9,11 +9,9 @@ one ERROR line, no request is let through, and the spider is closed with the fin
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from scrapy import signals
 
@@ -23,91 +21,17 @@ from .errors import ConfigError, ImgCacheError, StoreError
 from .store import open_store
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-    from datetime import datetime
-
     from scrapy.crawler import Crawler
 
-    from .ingest import Ingestor, Outcome
-    from .store.base import Answer, Store
+    from .engine.client import Engine
+    from .engine.service import ViewSpec
+    from .ingest import Outcome
+    from .store.base import Store
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 _ATTR = "_imgcache_context"
 #: the finish reason of a crawl whose cache cannot be used
 UNAVAILABLE = "imgcache_unavailable"
-
-
-class Gathered(Generic[T]):
-    """Calls of one blocking function made in one turn of the event loop, run in one thread hop.
-
-    A hop costs the reactor ~0.1-0.2 ms of CPU (a future, an executor work item, a wake-up, the
-    callbacks), as much as the SQLite lookup it carries; the pipeline asks the cache about
-    every image URL of an item in the same turn, so those lookups now share one hop. Each call
-    still gets its own result or exception. Without a running asyncio loop (Twisted's default
-    reactor) each call takes its own hop, as before.
-    """
-
-    MAX_BATCH = 16
-
-    def __init__(self, func: Callable[..., T]) -> None:
-        self.func = func
-        self._pending: list[tuple[tuple[Any, ...], dict[str, Any], asyncio.Future[T]]] = []
-
-    async def __call__(self, *args: Any, **kwargs: Any) -> T:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return await in_thread(self.func, *args, **kwargs)
-        future: asyncio.Future[T] = loop.create_future()
-        self._pending.append((args, kwargs, future))
-        if len(self._pending) == 1:
-            loop.call_soon(self._flush, loop)
-        return await future
-
-    def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        pending, self._pending = self._pending, []
-        # a crawl's start asks about hundreds of URLs in one turn: hops of at most MAX_BATCH
-        # calls run in parallel threads, so the first answers do not wait for the last
-        for start in range(0, len(pending), self.MAX_BATCH):
-            batch = pending[start : start + self.MAX_BATCH]
-            try:
-                done = loop.run_in_executor(None, self._run, batch)
-            except BaseException as exc:  # noqa: BLE001 - an executor shut down: every caller hears it
-                self._fail(batch, exc)
-                continue
-            done.add_done_callback(functools.partial(self._deliver, batch))
-
-    def _run(self, batch: list[tuple[tuple[Any, ...], dict[str, Any], asyncio.Future[T]]]) -> list[tuple[bool, Any]]:
-        results: list[tuple[bool, Any]] = []
-        for args, kwargs, _ in batch:
-            try:
-                results.append((True, self.func(*args, **kwargs)))
-            except Exception as exc:  # noqa: BLE001 - handed to that call's caller
-                results.append((False, exc))
-        return results
-
-    def _deliver(self, batch: list[tuple[tuple[Any, ...], dict[str, Any], asyncio.Future[T]]], done: Any) -> None:
-        if done.cancelled():
-            self._fail(batch, asyncio.CancelledError())
-            return
-        exc = done.exception()
-        if exc is not None:
-            self._fail(batch, exc)
-            return
-        for (_, _, future), (ok, value) in zip(batch, done.result(), strict=True):
-            if future.done():  # its caller was cancelled meanwhile
-                continue
-            if ok:
-                future.set_result(value)
-            else:
-                future.set_exception(value)
-
-    @staticmethod
-    def _fail(batch: list[tuple[tuple[Any, ...], dict[str, Any], asyncio.Future[T]]], exc: BaseException) -> None:
-        for _, _, future in batch:
-            if not future.done():
-                future.set_exception(exc)
 
 
 class ImgCacheContext:
@@ -129,7 +53,10 @@ class ImgCacheContext:
         scrapy_max = crawler.settings.getint("DOWNLOAD_MAXSIZE")
         self.download_maxsize = min(self.config.max_bytes, scrapy_max) if scrapy_max else self.config.max_bytes
         self._store: Store | None = None
-        self._ingestor: Ingestor | None = None
+        #: where the per-image work runs (engine worker processes, or threads); set at open
+        self._engine: Engine | None = None
+        #: the IMAGES_STORE folders/buckets the engine writes, by key (the pipelines add theirs)
+        self.views: dict[str, ViewSpec] = {}
         self._users = 0
         self._reported = False
         #: ImgCacheMiddleware is enabled (without it the pipeline says, at open, what it leaves out)
@@ -137,7 +64,6 @@ class ImgCacheContext:
         #: spider_opened has been sent: a handler connected now would never run
         self._spider_opened = False
         crawler.signals.connect(self._note_spider_opened, signal=signals.spider_opened)
-        self._answers: Gathered[Answer | None] = Gathered(self._answer)
 
     @classmethod
     def of(cls, crawler: Crawler) -> ImgCacheContext:
@@ -152,20 +78,18 @@ class ImgCacheContext:
         spider = self.crawler.spider
         return self.config.client_name or (spider.name if spider is not None else "scrapy")
 
-    async def answer(self, url: str, fresh_since: datetime) -> Answer | None:
-        """What the cache has for ``url`` (:meth:`Store.answer`), in a thread; the lookups of
-        one turn of the event loop share one thread hop."""
-        return await self._answers(url, fresh_since)
+    def add_view(self, spec: ViewSpec) -> str:
+        """Register an ``IMAGES_STORE`` for the engine to write (before the cache is opened)."""
+        key = str(len(self.views))
+        self.views[key] = spec
+        return key
 
-    def _answer(self, url: str, fresh_since: datetime) -> Answer | None:
-        """A fresh entry whose bytes are gone or damaged is counted, and answered as unknown:
-        fetched again from scratch (its validators would only bring a 304 without the bytes)."""
-        store, bucket = self.store, self.config.bucket
-        found = store.answer(url, bucket=bucket, client_name=self.client_name(), fresh_since=fresh_since)
-        if found is not None and found.damaged:
-            self.inc("damaged")
-            return None
-        return found
+    async def call(self, operation: str, *args: Any, body: bytes = b"") -> Any:
+        """One of the engine's operations (:class:`~.engine.service.CacheService`'s), where it
+        runs; its StoreError, InvalidImage or OSError is raised here."""
+        if self._engine is None:
+            raise StoreError("the image cache is not open")
+        return await self._engine.call(operation, *args, body=body)
 
     def check(self, problem: str | None) -> None:
         """Note a start-up problem a component found (an option it cannot honour)."""
@@ -193,14 +117,17 @@ class ImgCacheContext:
         return True
 
     async def _started(self, store: Store) -> None:
-        from .ingest import Ingestor
+        from .engine.client import open_engine
 
         if self._store is not None:  # pragma: no cover - two components raced; keep the first
             await in_thread(store.close)
             return
         self._store = store
-        self._ingestor = Ingestor(store, self.config)
-        await in_thread(self._ingestor.start)
+        try:
+            self._engine = await in_thread(open_engine, self.config, self.views, store)
+        except Exception as exc:  # noqa: BLE001 - the store could be opened, not its workers' own
+            self.failed = f"cannot open the image cache at {self.config.url!r}: {type(exc).__name__}: {exc}"
+            return
         logger.info("imgcache: using %r (bucket %r)", store, self.config.bucket)
 
     def _report(self) -> None:
@@ -242,16 +169,14 @@ class ImgCacheContext:
             raise StoreError("the image cache is not open")
         return self._store
 
-    @property
-    def ingestor(self) -> Ingestor:
-        if self._ingestor is None:
-            raise StoreError("the image cache is not open")
-        return self._ingestor
-
     async def release(self) -> None:
         self._users -= 1
         if self._users <= 0 and self._store is not None:
-            store, self._store, self._ingestor = self._store, None, None
+            from .engine.client import release_engine
+
+            store, self._store, engine, self._engine = self._store, None, self._engine, None
+            if engine is not None:
+                await in_thread(release_engine, engine)
             await in_thread(store.close)
 
     def inc(self, key: str, count: int = 1) -> None:

@@ -25,14 +25,15 @@ from typing import TYPE_CHECKING, NoReturn
 from scrapy.http import Response
 from scrapy.utils.request import referer_str
 
-from ._compat import FileException, in_thread
+from ._compat import FileException
 from .errors import StoreError
-from .ingest import header, record_urls
+from .ingest import header
 
 if TYPE_CHECKING:
     from scrapy import Request
 
     from .context import ImgCacheContext
+    from .engine.service import Found
     from .store.base import Entry
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ META_STATUS = "imgcache_status"
 META_PIPELINE = "imgcache_pipeline"
 #: Request.meta key: seconds a cached answer stays fresh for this request (default IMGCACHE_EXPIRES)
 META_MAX_AGE = "imgcache_max_age"
+#: Request.meta key (set while a download's paths are made): the extension its bytes will be
+#: stored with, for ``file_path()``, before the cache entry exists
+META_EXTENSION = "imgcache_extension"
 #: Request.meta key: the URL the cache was asked about already (a miss, or stale)
 META_LOOKED_UP = "imgcache_looked_up"
 #: Request.meta key: why the store failed for this request, under IMGCACHE_ON_STORE_ERROR =
@@ -149,7 +153,7 @@ async def answer_304(ctx: ImgCacheContext, request: Request, response: Response,
     the chain, with any new validators). When the store fails under ``continue``, or has lost the
     bytes, the request again without validators, to be downloaded (under ``fail`` the image fails)."""
     try:
-        body = await in_thread(_refresh, ctx, request, response, entry)
+        body = await _refresh(ctx, request, response, entry)
     except StoreError as exc:
         store_failed(ctx, request, exc)
         body = None
@@ -162,13 +166,15 @@ async def answer_304(ctx: ImgCacheContext, request: Request, response: Response,
     return cached_response(request, entry, "revalidated", body)
 
 
-def _refresh(ctx: ImgCacheContext, request: Request, response: Response, entry: Entry) -> bytes | None:
-    """A 304: the URLs still show this image; note when we saw them, and read its bytes (one hop)."""
+async def _refresh(ctx: ImgCacheContext, request: Request, response: Response, entry: Entry) -> bytes | None:
+    """A 304: the URLs still show this image; note when we saw them, and read its bytes (one
+    request to the engine)."""
     etag = header(response, b"ETag") or entry.etag
     modified = header(response, b"Last-Modified") or entry.last_modified
     seen = replace(entry, etag=etag, last_modified=modified)
-    record_urls(ctx.store, seen, [*request.meta.get("redirect_urls", ()), request.url], ctx.client_name(), known="")
-    return ctx.store.get_bytes(entry.content_hash, entry.bucket)
+    urls = [*request.meta.get("redirect_urls", ()), request.url]
+    found: Found = await ctx.call("refresh", seen, urls, ctx.client_name(), True)
+    return found.body if found.fresh else None
 
 
 def _download_again(request: Request) -> Request:

@@ -19,6 +19,11 @@ DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 25_000_000  # Pillow's own bomb limit is ~89.5M
 
 
+def md5_hex(data: bytes | memoryview) -> str:
+    """MD5, the ``checksum`` Scrapy's FilesPipeline/ImagesPipeline put in their results."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
 def content_hash(data: bytes) -> str:
     """BLAKE2b-256 of the raw bytes, 64 lowercase hex digits (the imgcache storage key)."""
     return hashlib.blake2b(data, digest_size=32).hexdigest()

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from .config import ImgCacheConfig
-from .hashing import ImageInfo, Inspector, content_hash
+from .hashing import ImageInfo, Inspector, content_hash, md5_hex
 from .store.base import Entry, NearQuery, Store
-from .workers import hash_workers, md5_hex
+from .workers import hash_workers
 
 if TYPE_CHECKING:
     from scrapy.http import Response
@@ -52,11 +53,14 @@ class Ingestor:
         store: Store,
         config: ImgCacheConfig,
         inspector: Inspector | None = None,
+        decide: AbstractContextManager[Any] | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self.inspector = inspector or config.inspector()
-        self._decide = threading.Lock()
+        #: held while deciding what an image is (new, or a duplicate of which): a thread lock,
+        #: or one shared by the worker processes of a crawl (engine.service.ProcessLock)
+        self._decide = decide if decide is not None else threading.Lock()
         processes = config.hash_processes
         self.workers = hash_workers(processes, self.inspector) if processes > 0 else None
 
@@ -108,7 +112,7 @@ class Ingestor:
             # instead of inside the lock below (two fsyncs there capped a crawl at ~100
             # images/s); put() then finds them in place. Bytes still land before the row.
             self.store.put_bytes(data, info)
-        with self._decide:  # decoding ran in parallel; check-then-store is one step per crawler
+        with self._decide:  # decoding ran in parallel; check-then-store is one step per crawl
             outcome = self._record(data, info, policy, filename, common)
         return outcome if md5 is None else replace(outcome, checksum=md5)
 

@@ -21,8 +21,9 @@ from scrapy import signals
 from scrapy.exceptions import IgnoreRequest, NotConfigured
 from scrapy.utils.httpobj import urlparse_cached
 
-from ._compat import download_cancelled_errors, in_thread
+from ._compat import download_cancelled_errors
 from .context import ImgCacheContext
+from .engine.service import Download, Found, Stored
 from .errors import InvalidImage, StoreError, TooManyBytes
 from .fetching import (
     META_ENTRY,
@@ -41,14 +42,13 @@ from .fetching import (
     quiet_reported_failures,
     store_failed,
 )
-from .ingest import ingest_response, record_urls
+from .ingest import header
 
 if TYPE_CHECKING:
     from scrapy import Request, Spider
     from scrapy.crawler import Crawler
     from scrapy.http import Response
 
-    from .store.base import Answer
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +68,29 @@ def is_image_request(request: Request) -> bool:
     if parsed.scheme not in ("http", "https") or request.meta.get(META_KEY) is False:
         return False
     return bool(request.meta.get(META_KEY)) or parsed.path.lower().endswith(_EXTENSIONS)
+
+
+#: the extension the cache gives an image (imaging.ALLOWED_FORMATS), by its first bytes
+_SIGNATURES = (
+    (b"\xff\xd8\xff", ".jpg"),
+    (b"\x89PNG\r\n\x1a\n", ".png"),
+    (b"GIF87a", ".gif"),
+    (b"GIF89a", ".gif"),
+    (b"BM", ".bmp"),
+    (b"II*\x00", ".tif"),
+    (b"MM\x00*", ".tif"),
+)
+
+
+def guess_extension(body: bytes) -> str | None:
+    """The extension the cache will give these bytes, from their signature (None: unknown);
+    a guess, checked when they are stored."""
+    for magic, extension in _SIGNATURES:
+        if body.startswith(magic):
+            return extension
+    if body[:4] == b"RIFF" and body[8:12] == b"WEBP":
+        return ".webp"
+    return None
 
 
 def looks_like_image(body: bytes) -> bool:
@@ -122,18 +145,20 @@ class ImgCacheMiddleware:
         ask_origin(self.ctx, request, None if answer is None else answer.entry)
         return None
 
-    async def _ask(self, request: Request) -> Answer | None:
-        """What the cache has for the URL. A redirect that ends at a cached URL: the URLs it
-        started from are recorded too, so the next crawl answers them without the redirect."""
+    async def _ask(self, request: Request) -> Found | None:
+        """What the cache has for the URL (a fresh one with its bytes). A redirect that ends at a
+        cached URL: the URLs it started from are recorded too, so the next crawl answers them
+        without the redirect. Bytes gone or damaged: counted, and fetched again from scratch."""
         max_age = request.meta.get(META_MAX_AGE, self.config.expires)
-        answer = await self.ctx.answer(request.url, fresh_since(max_age))
+        client = self.ctx.client_name()
+        answer: Found | None = await self.ctx.call("answer", request.url, fresh_since(max_age), client, True)
+        if answer is not None and answer.damaged:
+            self.ctx.inc("damaged")
+            return None
         redirected = request.meta.get("redirect_urls", ())
         if answer is not None and answer.body is not None and redirected:
-            client = self.ctx.client_name()
-            await in_thread(record_urls, self.ctx.store, answer.entry, redirected, client, known=request.url)
+            await self.ctx.call("record_urls", answer.entry, redirected, client, request.url)
         return answer
-
-    # -- responses -------------------------------------------------------------------------
 
     async def process_response(self, request: Request, response: Response, spider: Spider | None = None) -> Any:
         if RESPONSE_FLAG in response.flags:
@@ -162,15 +187,16 @@ class ImgCacheMiddleware:
         logger.warning("imgcache: not caching %s: over %s bytes", request.url, request.meta["download_maxsize"])
 
     async def _store_response(self, request: Request, response: Response) -> None:
+        download = Download(
+            url=response.url,
+            client_name=self.ctx.client_name(),
+            etag=header(response, b"ETag"),
+            last_modified=header(response, b"Last-Modified"),
+            also=[*request.meta.get("redirect_urls", ()), request.url],
+            on_similar="skip" if self.config.on_similar == "skip" else "annotate",
+        )
         try:
-            outcome = await in_thread(
-                ingest_response,
-                self.ctx.ingestor,
-                response,
-                self.ctx.client_name(),
-                on_similar="skip" if self.config.on_similar == "skip" else "annotate",
-                also=[*request.meta.get("redirect_urls", ()), request.url],
-            )
+            stored: Stored = await self.ctx.call("store_download", download, body=response.body)
         except InvalidImage as exc:
             self.ctx.inc(f"invalid/{exc.reason}")
             logger.warning("imgcache: not caching %s: %s", response.url, exc)
@@ -178,8 +204,8 @@ class ImgCacheMiddleware:
         except StoreError as exc:
             store_failed(self.ctx, request, exc)
             return
-        self.ctx.count(outcome)
-        request.meta[META_ENTRY] = outcome.entry
+        self.ctx.count(stored.outcome)
+        request.meta[META_ENTRY] = stored.outcome.entry
 
 
 def cut_at_maxsize(exc: BaseException) -> bool:

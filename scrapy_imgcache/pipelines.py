@@ -40,9 +40,11 @@ from scrapy.utils.request import referer_str
 
 from ._compat import component_result, download, in_thread, media_result
 from .context import ImgCacheContext
+from .engine.service import Download, Found, Placement, Stored, ViewSpec
 from .errors import ImageTooSmall, InvalidImage, StoreError
 from .fetching import (
     META_ENTRY,
+    META_EXTENSION,
     META_KEY,
     META_MAX_AGE,
     META_PIPELINE,
@@ -60,8 +62,9 @@ from .fetching import (
     quiet_reported_failures,
     store_failed,
 )
-from .ingest import Outcome, checksum, ingest_response
-from .middleware import cut_at_maxsize
+from .hashing import md5_hex
+from .ingest import Outcome, header
+from .middleware import cut_at_maxsize, guess_extension
 from .view import ImagesStoreView, Thumbnailer
 
 if TYPE_CHECKING:
@@ -159,6 +162,19 @@ class ImgCachePipeline(ImagesPipeline):
         self.config = self.ctx.config
         self.view = ImagesStoreView.open(view_uri, crawler.settings, self._problem) if view_uri else None
         self.thumbnailer = Thumbnailer(self)
+        #: the pipeline's own convert_image makes its thumbnails, here (in threads)
+        self._thumbs_here = bool(self.thumbs) and type(self).convert_image is not ImagesPipeline.convert_image
+        #: an IMAGES_STORE only this process can write (memory://): placed here (in threads)
+        self._place_here = self.view is not None and view_uri.startswith("memory:")
+        #: where the engine places files, when it does
+        self._view_key = None
+        if self.view is not None and not self._place_here:
+            self._view_key = self.ctx.add_view(ViewSpec(view_uri, self.view.options))
+        #: what is done here needs the image's bytes here
+        self._body_here = self._thumbs_here or self._place_here
+        #: file_path() is ours: the engine can make the path (ImagesPipeline's, with the stored
+        #: image's extension), so a hit or a download is placed in the request that finds or stores it
+        self._stem_paths = type(self).file_path is ImgCachePipeline.file_path
         self.ctx.check(self._refused_options(view_uri))
         quiet_reported_failures()
 
@@ -261,21 +277,33 @@ class ImgCachePipeline(ImagesPipeline):
 
     async def _from_cache(self, request: Request, info: SpiderInfo, item: Any) -> dict[str, Any] | None:
         """A fresh cached URL is answered from the cache (or, too small for IMAGES_MIN_*, fails
-        there): no request. A stale one goes out with its validators, a miss as it is."""
+        there): no request. A stale one goes out with its validators, a miss as it is. With
+        the default ``file_path()`` a hit is looked up and placed in one request to the engine."""
+        since = fresh_since(request.meta[META_MAX_AGE])
+        placement = None
+        if self._stem_paths or self._view_key is None:  # the paths do not depend on the entry
+            placement = self._placement(request, None, info, item, refresh=False)
+        client = self.ctx.client_name()
         try:
-            found = await self.ctx.answer(request.url, fresh_since(request.meta[META_MAX_AGE]))
+            found: Found | None = await self._engine_or_fail(
+                request, "answer", request.url, since, client, self._body_here, placement
+            )
         except StoreError as exc:
             store_failed(self.ctx, request, exc)  # "continue": downloaded, and nothing more asked
             return None
-        if found is None or found.body is None:
+        if found is not None and found.damaged:  # fresh, but its bytes are gone or damaged
+            self.ctx.inc("damaged")
+            found = None
+        if found is None or not found.fresh:
             ask_origin(self.ctx, request, None if found is None else found.entry)
             return None
         self.ctx.inc("hit")
         self._count("uptodate", request, info)
         self._check_size(found.entry, request)
-        return await self._in_thread_or_fail(
-            request, self._result, request, None, found.entry, found.body, None, "hit", item, info
-        )
+        if placement is not None:
+            request.meta[META_ENTRY] = found.entry
+            return await self._finished(request, None, found, None, "hit", item, info)
+        return await self._served(request, None, found, "hit", item, info)
 
     def _large_enough(self, entry: Entry) -> bool:
         return (entry.width or 0) >= self.min_width and (entry.height or 0) >= self.min_height
@@ -310,12 +338,9 @@ class ImgCachePipeline(ImagesPipeline):
             assert entry is not None
             self._check_size(entry, request)
             status = sent.meta.get(META_STATUS, "hit")
-            return await self._in_thread_or_fail(
-                request, self._result, request, response, entry, response.body, None, status, item, info
-            )
+            return await self._served(request, response, Found(entry, True, response.body), status, item, info)
         count_download(self.ctx, sent, response)
-        # one thread hop for all the blocking work of a download: store it, then place it
-        return await self._in_thread_or_fail(request, self._store_and_place, response, request, item, info)
+        return await self._stored(response, request, item, info)
 
     async def _answered_304(self, response: Response, sent: Request) -> tuple[Response, Request]:
         """A 304 to the validators this pipeline sent (without the middleware, which answers them
@@ -331,38 +356,142 @@ class ImgCachePipeline(ImagesPipeline):
         downloaded = await download(engine, answer)
         return downloaded, downloaded.request or answer
 
-    def _store_and_place(self, response: Response, request: Request, item: Any, info: SpiderInfo) -> dict[str, Any]:
-        outcome: Outcome | None = None
-        if META_STORE_ERROR not in request.meta:  # else it goes on uncached: nothing more asked of the store
-            try:
-                outcome = ingest_response(
-                    self.ctx.ingestor,
-                    response,
-                    self.ctx.client_name(),
-                    also=[*(response.request or request).meta.get("redirect_urls", ()), request.url],
-                    checksum=True,
+    async def _stored(self, response: Response, request: Request, item: Any, info: SpiderInfo) -> dict[str, Any]:
+        """A download stored in the cache, placed in IMAGES_STORE with its thumbnails, as one
+        request to the engine; its result."""
+        if META_STORE_ERROR in request.meta:  # it goes on uncached: nothing more asked of the store
+            return await self._uncached(response, request, item, info)
+        extension = None if self._stem_paths else guess_extension(response.body)
+        placement = None
+        if self._stem_paths or self._view_key is None or extension is not None:
+            if extension is not None:
+                request.meta[META_EXTENSION] = extension  # file_path() gives the path that extension
+            placement = self._placement(request, response, info, item, refresh=True, extension=extension)
+        download = Download(
+            url=response.url,
+            client_name=self.ctx.client_name(),
+            etag=header(response, b"ETag"),
+            last_modified=header(response, b"Last-Modified"),
+            also=[*(response.request or request).meta.get("redirect_urls", ()), request.url],
+            placement=placement,
+        )
+        try:
+            stored: Stored = await self._engine_or_fail(request, "store_download", download, body=response.body)
+        except StoreError as exc:
+            store_failed(self.ctx, request, exc)  # "continue": kept, uncached
+            return await self._uncached(response, request, item, info)
+        finally:
+            request.meta.pop(META_EXTENSION, None)
+        outcome, entry = stored.outcome, stored.outcome.entry
+        self.ctx.count(outcome)  # cached whatever its size; this pipeline may still refuse it
+        self._check_size(entry, request)
+        request.meta[META_ENTRY] = entry
+        found = Found(entry, True, response.body, stored.checksum, thumbs=stored.thumbs)
+        if placement is not None and stored.placed:
+            return await self._finished(request, response, found, outcome, "miss", item, info)
+        return await self._served(request, response, found, "miss", item, info, outcome)
+
+    async def _served(
+        self,
+        request: Request,
+        response: Response | None,
+        found: Found,
+        status: str,
+        item: Any,
+        info: SpiderInfo,
+        outcome: Outcome | None = None,
+    ) -> dict[str, Any]:
+        """A cached image (a hit, a 304, a download stored without its placement): its
+        IMAGES_STORE file and thumbnails made, where missing, by one request to the engine."""
+        request.meta[META_ENTRY] = found.entry
+        placement = self._placement(request, response, info, item, refresh=status == "miss")
+        if placement is not None:
+            placed: Found = await self._engine_or_fail(request, "place", found.entry, placement)
+            if placed.damaged:  # deleted or damaged since it was looked up
+                fail_image(self.ctx, STORE_ERROR, request, "its bytes are gone from the cache", error=True)
+            found = replace(found, checksum=placed.checksum, thumbs=placed.thumbs)
+        return await self._finished(request, response, found, outcome, status, item, info)
+
+    async def _finished(
+        self,
+        request: Request,
+        response: Response | None,
+        found: Found,
+        outcome: Outcome | None,
+        status: str,
+        item: Any,
+        info: SpiderInfo,
+    ) -> dict[str, Any]:
+        """The result, after what runs in the crawl process (in threads): a view the engine
+        cannot write (memory://), thumbnails of the pipeline's own convert_image."""
+        path = self.file_path(request, response=response, info=info, item=item) if self.view else found.entry.path
+        thumbs = dict(found.thumbs)
+        if self._body_here:
+            assert found.body is not None
+            body, refresh = found.body, status == "miss"
+            if self._place_here and self.view is not None and path is not None:
+                await self._thread_or_fail(request, self.view.place, path, body, found.entry, self.ctx.store, refresh)
+            if self._thumbs_here:
+                make = self.thumbnailer.make
+                thumbs = await self._thread_or_fail(
+                    request, make, request, response, body, found.entry, item, info, refresh
                 )
-            except StoreError as exc:
-                store_failed(self.ctx, request, exc)
-        if outcome is not None:  # cached whatever its size; this pipeline may still refuse it
-            self.ctx.count(outcome)
-            if not self._large_enough(outcome.entry):
-                raise self._too_small(outcome.entry)
-        entry = outcome.entry if outcome is not None else None
+        checksum: str = found.checksum if found.checksum else await in_thread(md5_hex, found.body or b"")
+        return self._result(request, path, found.entry, outcome, status, checksum, len(found.body or b""), thumbs)
+
+    async def _uncached(self, response: Response, request: Request, item: Any, info: SpiderInfo) -> dict[str, Any]:
+        """Under IMGCACHE_ON_STORE_ERROR = "continue": the image kept in IMAGES_STORE and the
+        item, not in the cache (``cache: "error"``)."""
         body = response.body
-        if outcome is not None and outcome.duplicate == "similar" and not outcome.stored:
-            body, outcome = self._kept_copy(body, outcome)
-        return self._result(request, response, entry, body, outcome, "miss", item, info)
+        path = None
+        if self.view is not None:
+            path = self.file_path(request, response=response, info=info, item=item)
+            await self._thread_or_fail(request, self.view.place, path, body, None, None, True)
+        thumbs: dict[str, str] = {}
+        if self.thumbs and self.view is not None:
+            make = self.thumbnailer.make
+            thumbs = await self._thread_or_fail(request, make, request, response, body, None, item, info, True)
+        checksum = await in_thread(md5_hex, body)
+        return self._result(request, path, None, None, "miss", checksum, len(body), thumbs)
 
-    def _kept_copy(self, body: bytes, outcome: Outcome) -> tuple[bytes, Outcome]:
-        """A skipped near-duplicate's result describes the copy kept instead (``path``, size,
-        hashes), so its ``checksum``, IMAGES_STORE file and thumbnails come from that copy's
-        bytes too (the downloaded ones when the cache cannot read them)."""
-        entry = outcome.entry
-        kept = self.ctx.store.get_bytes(entry.content_hash, entry.bucket)
-        return (body, outcome) if kept is None else (kept, replace(outcome, checksum=None))
+    def _placement(
+        self,
+        request: Request,
+        response: Response | None,
+        info: SpiderInfo,
+        item: Any,
+        refresh: bool,
+        extension: str | None = None,
+    ) -> Placement | None:
+        """What the engine is to place for this image (None: nothing): the file at
+        ``file_path()`` in IMAGES_STORE, the thumbnails (at ``thumb_path()`` there, else beside
+        the cache's blobs), unless the crawl process makes them (:attr:`_body_here`)."""
+        path = None
+        if self._view_key is not None and self._stem_paths:  # the engine adds the stored image's extension
+            path = ImagesPipeline.file_path(self, request, response=response, info=info, item=item).rsplit(".", 1)[0]
+        elif self._view_key is not None:
+            path = self.file_path(request, response=response, info=info, item=item)
+        sizes = {} if self._thumbs_here else dict(self.thumbs)
+        if path is None and not sizes:
+            return None
+        thumbs = {}
+        if sizes and self.view is not None:
+            thumbs = {t: self.thumb_path(request, t, response=response, info=info, item=item) for t in sizes}
+        min_size = (self.min_width, self.min_height)
+        return Placement(self._view_key, path, thumbs, sizes, refresh, extension, min_size, self._stem_paths)
 
-    async def _in_thread_or_fail(self, request: Request, func: Callable[..., T], *args: Any) -> T:
+    async def _engine_or_fail(self, request: Request, operation: str, *args: Any, body: bytes = b"") -> Any:
+        """An engine operation for this image; a refusal of the bytes, or a failure of
+        IMAGES_STORE or its thumbnails, fails this image (logged once). A StoreError of the
+        cache itself is the caller's (IMGCACHE_ON_STORE_ERROR)."""
+        try:
+            return await self.ctx.call(operation, *args, body=body)
+        except InvalidImage as exc:
+            fail_image(self.ctx, exc.reason, request, exc.message)
+        except OSError as exc:  # IMAGES_STORE or its thumbnails failed
+            fail_image(self.ctx, STORE_ERROR, request, f"{type(exc).__name__}: {exc}", error=True)
+
+    async def _thread_or_fail(self, request: Request, func: Callable[..., T], *args: Any) -> T:
         """``func(*args)`` in a thread; what it refuses fails this image, logged once."""
         try:
             return await in_thread(func, *args)
@@ -393,32 +522,24 @@ class ImgCachePipeline(ImagesPipeline):
     def _result(
         self,
         request: Request,
-        response: Response | None,
+        path: str | None,
         entry: Entry | None,
-        body: bytes,
         outcome: Outcome | None,
         cache_status: str,
-        item: Any,
-        info: SpiderInfo,
+        checksum: str,
+        size: int,
+        thumbs: dict[str, str],
     ) -> dict[str, Any]:
-        """What ImagesPipeline returns for one image, and what the cache knows of it; the
-        IMAGES_STORE file and thumbnails written on the way."""
-        path = entry.path if entry is not None else None
-        if entry is not None:
-            request.meta[META_ENTRY] = entry  # file_path() takes the image's extension from it
-        refresh = cache_status == "miss"  # downloaded: what IMAGES_STORE holds may be an older version
-        if self.view is not None:
-            path = self.file_path(request, response=response, info=info, item=item)
-            self.view.place(path, body, entry, self.ctx.store if entry is not None else None, refresh)
+        """What ImagesPipeline returns for one image, and what the cache knows of it."""
         result: dict[str, Any] = {
             "url": request.url,
             "path": path,
-            "checksum": outcome.checksum if outcome is not None and outcome.checksum else checksum(body),
+            "checksum": checksum,
             "status": {"hit": "uptodate", "miss": "downloaded"}.get(cache_status, "cached"),
         }
-        result.update(cache_fields(entry, outcome, cache_status, len(body)))
+        result.update(cache_fields(entry, outcome, cache_status, size))
         if self.thumbs:
-            result["thumbs"] = self.thumbnailer.make(request, response, body, entry, item, info, refresh)
+            result["thumbs"] = thumbs
         return result
 
     # -- hooks ImgCachePipeline replaces (see REPLACED_HOOKS) ------------------------------
@@ -430,10 +551,11 @@ class ImgCachePipeline(ImagesPipeline):
         """ImagesPipeline's ``full/<SHA-1 of the URL>``, with the image's real extension (the
         original bytes are kept): ``.jpg`` for JPEGs, ``.png`` for PNGs…"""
         path = super().file_path(request, response=response, info=info, item=item)
+        extension: str | None = request.meta.get(META_EXTENSION)
         entry: Entry | None = request.meta.get(META_ENTRY)
-        if entry is not None and entry.path:
-            return path.rsplit(".", 1)[0] + "." + entry.path.rsplit(".", 1)[-1]
-        return path
+        if extension is None and entry is not None and entry.path:
+            extension = "." + entry.path.rsplit(".", 1)[-1]
+        return path.rsplit(".", 1)[0] + extension if extension else path
 
     @_cached
     def item_completed(self, results: list[Any], item: Any, info: SpiderInfo) -> Any:

@@ -46,6 +46,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from multiprocessing.connection import Connection
+from typing import Any
 
 #: seconds a worker has to say "ready"; one is ready in ~0.1-0.3 s (an interpreter, our imports)
 READY_TIMEOUT = 60.0
@@ -59,6 +60,8 @@ _BOOTSTRAP = (
 )
 
 Handler = Callable[[bytes], bytes]
+#: the request id's size in the messages of a handler that serves several requests at once
+ID_BYTES = 8
 
 
 class WorkerStartError(RuntimeError):
@@ -217,6 +220,10 @@ def _worker_main(parent: str, fd: str, factory: str) -> None:
         conn.send_bytes(f"{type(exc).__name__}: {exc}".encode())
         return
     conn.send_bytes(_READY)
+    threads = getattr(handler, "concurrency", 1)
+    if threads > 1:
+        _serve_concurrently(conn, handler, threads)
+        return
     while True:
         try:
             request = conn.recv_bytes()
@@ -227,6 +234,34 @@ def _worker_main(parent: str, fd: str, factory: str) -> None:
             conn.send_bytes(answer)
         except OSError:
             return
+
+
+def _serve_concurrently(conn: Connection, handler: Any, threads: int) -> None:
+    """A handler with a ``concurrency`` above 1 takes that many requests at once. A request
+    is two frames: an 8-byte id and the request proper, then a body (a raw image, never
+    copied into the first frame: a 200 KB image costs the crawl no copy); ``handler(request,
+    body)`` answers it, and the answer goes back behind the same id, in the order answers are
+    done. (A worker waits on its database and disk as much as it computes; its threads keep
+    its core busy meanwhile.)"""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sending = threading.Lock()
+
+    def answer(request: bytes, body: bytes) -> None:
+        reply = request[:ID_BYTES] + handler(request[ID_BYTES:], body)
+        with sending:
+            try:
+                conn.send_bytes(reply)
+            except OSError:  # the crawl is gone: the reading loop ends too
+                pass
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="imgcache-worker") as pool:
+        while True:
+            try:
+                request, body = conn.recv_bytes(), conn.recv_bytes()
+            except (EOFError, OSError):  # the crawl closed us, or is gone
+                return
+            pool.submit(answer, request, body)
 
 
 def _die_with(parent: int) -> None:

@@ -13,7 +13,7 @@ calls it in a thread.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, StoreError
@@ -30,9 +30,11 @@ if TYPE_CHECKING:
 class ImagesStoreView:
     """The ``IMAGES_STORE`` tree, written through a blob store of its own."""
 
-    def __init__(self, uri: str, target: BlobStore) -> None:
+    def __init__(self, uri: str, target: BlobStore, options: Mapping[str, Any] | None = None) -> None:
         self.uri = uri
         self.target = target
+        #: the fsspec options it was opened with (an engine worker opens it again with them)
+        self.options = dict(options or {})
 
     @classmethod
     def open(cls, uri: str, settings: Mapping[str, Any], problem: Callable[[str], None]) -> ImagesStoreView | None:
@@ -40,7 +42,7 @@ class ImagesStoreView:
         a URI it cannot serve is reported to ``problem`` (one line naming the setting)."""
         try:
             options = storage_options(uri, settings, acl_setting="IMAGES_STORE")
-            return cls(uri, open_blob_store(uri, options, create=True, durable=False))
+            return cls(uri, open_blob_store(uri, options, create=True, durable=False), options)
         except (ConfigError, StoreError, ImportError, ValueError) as exc:
             problem(f"IMAGES_STORE={uri!r}: {exc}")
             return None
@@ -51,25 +53,29 @@ class ImagesStoreView:
         self.target.probe()
 
     def place(self, path: str, body: bytes, entry: Entry | None, store: Store | None, refresh: bool) -> None:
-        """Make ``path`` hold the image. ``refresh``: the bytes may differ from what is there
-        (a download); otherwise an existing file is taken as current (a cache hit), unless it
-        is a hard link an earlier version made to the cache's blob: then it becomes a copy."""
-        if not refresh and self._present(path):
-            return
-        source = store.blobs if store is not None else None
-        if source is not None and entry is not None and entry.path and self.target.copy_from(source, entry.path, path):
-            return
-        self.target.replace(path, body)
-
-    def _present(self, path: str) -> bool:
-        target = self.target
-        return target.own_file(path) if isinstance(target, LocalBlobStore) else target.exists(path)
+        """Make ``path`` hold the image (see :func:`place_file`)."""
+        place_file(self.target, store, path, body, entry, refresh)
 
     def exists(self, path: str) -> bool:
         return self.target.exists(path)
 
     def write(self, path: str, data: bytes) -> None:
         self.target.replace(path, data)
+
+
+def place_file(
+    view: BlobStore, store: Store | None, path: str, body: bytes, entry: Entry | None, refresh: bool
+) -> None:
+    """Make ``path`` hold the image: a clone or copy of the cache's blob where the two file
+    systems allow, else the bytes written (atomically). ``refresh``: the bytes may differ from
+    what is there (a download); otherwise an existing file is taken as current (a cache hit),
+    unless it is a hard link an earlier version made to the cache's blob: then it becomes a copy."""
+    if not refresh and (view.own_file(path) if isinstance(view, LocalBlobStore) else view.exists(path)):
+        return
+    source = store.blobs if store is not None else None
+    if source is not None and entry is not None and entry.path and view.copy_from(source, entry.path, path):
+        return
+    view.replace(path, body)
 
 
 class Thumbnailer:
@@ -108,18 +114,42 @@ class Thumbnailer:
         return {t: path for t, (_, path) in wanted.items()}
 
     def _render(self, body: bytes, missing: dict[str, tuple[BlobStore, str]]) -> None:
-        from PIL import Image, ImageOps
-
-        from .imaging import greyscale
-
         pipe = self.pipeline
-        original = Image.open(io.BytesIO(body))
-        image = ImageOps.exif_transpose(original) or original
-        image.format = original.format  # the copy forgets it, and convert_image puts PNG/WebP on white by it
-        for thumb_id, (target, path) in missing.items():
-            size = pipe.thumbs[thumb_id]
-            try:
-                _thumb, buf = pipe.convert_image(image, size, response_body=io.BytesIO(body))
-            except (OSError, ValueError):  # a mode convert_image cannot take to RGB (LAB…): grey
-                _thumb, buf = pipe.convert_image(greyscale(image).convert("RGB"), size, response_body=io.BytesIO(body))
-            target.replace(path, buf.getvalue())
+        wanted = {t: (target, path, pipe.thumbs[t]) for t, (target, path) in missing.items()}
+        for _thumb_id, (target, path, data) in thumbnails(body, wanted, pipe):
+            target.replace(path, data)
+
+
+def thumbnails(
+    body: bytes, wanted: Mapping[str, tuple[BlobStore, str, tuple[int, int]]], converter: Any
+) -> Iterator[tuple[str, tuple[BlobStore, str, bytes]]]:
+    """Each wanted thumbnail (id -> where, size) made by ``converter.convert_image`` (the
+    pipeline's own, or :class:`ScrapyConverter`), from the image upright (EXIF)."""
+    from PIL import Image, ImageOps
+
+    from .imaging import greyscale
+
+    original = Image.open(io.BytesIO(body))
+    image = ImageOps.exif_transpose(original) or original
+    image.format = original.format  # the copy forgets it, and convert_image puts PNG/WebP on white by it
+    for thumb_id, (target, path, size) in wanted.items():
+        try:
+            _thumb, buf = converter.convert_image(image, size, response_body=io.BytesIO(body))
+        except (OSError, ValueError):  # a mode convert_image cannot take to RGB (LAB...): grey
+            grey = greyscale(image).convert("RGB")
+            _thumb, buf = converter.convert_image(grey, size, response_body=io.BytesIO(body))
+        yield thumb_id, (target, path, buf.getvalue())
+
+
+class ScrapyConverter:
+    """ImagesPipeline's ``convert_image`` without a pipeline (it reads only ``self._Image``)."""
+
+    def __init__(self) -> None:
+        from PIL import Image
+        from scrapy.pipelines.images import ImagesPipeline
+
+        self._Image = Image
+        self._convert = ImagesPipeline.convert_image
+
+    def convert_image(self, image: Any, size: tuple[int, int], *, response_body: io.BytesIO) -> Any:
+        return self._convert(self, image, size, response_body=response_body)  # type: ignore[arg-type]

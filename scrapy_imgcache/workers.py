@@ -15,14 +15,13 @@ leave the hashing to the calling threads, with one WARNING.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pickle
 import queue
 import threading
 
-from .hashing import ImageInfo, Inspector
+from .hashing import ImageInfo, Inspector, md5_hex
 from .processes import Handler, WorkerProcess, WorkerStartError, start_workers
 
 logger = logging.getLogger(__name__)
@@ -30,11 +29,6 @@ logger = logging.getLogger(__name__)
 _HASH_LEN = 64  # hex digits of the BLAKE2b-256 content hash sent ahead of the bytes (then a
 # byte saying whether to send the bytes' MD5 back too)
 _HASHER = f"{__name__}:hasher"
-
-
-def md5_hex(data: bytes | memoryview) -> str:
-    """MD5, the ``checksum`` Scrapy's FilesPipeline/ImagesPipeline put in their results."""
-    return hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
 class HashWorkers:

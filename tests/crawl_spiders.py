@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass, field
 
 import attrs
@@ -12,7 +11,6 @@ from itemadapter import ItemAdapter
 from scrapy import signals
 from scrapy.exceptions import DropItem
 from scrapy.pipelines.images import ImagesPipeline
-from twisted.internet import task
 
 from scrapy_imgcache.pipelines import ImgCachePipeline
 
@@ -120,34 +118,52 @@ class PageImagesSpider(scrapy.Spider):
         }
 
 
-class Heartbeat:
-    """Ticks on the reactor every 5 ms; the largest gap shows whether anything blocked it."""
+class ReactorAudit:
+    """Counts, per thread kind, the calls of what must never run on the reactor thread: image
+    decoding and conversion, image inspection, SQL statements, blob and file writes. The stats
+    ``test/on_reactor/<what>`` and ``test/off_reactor/<what>`` say what ran where (in this
+    process: work done in worker processes is in neither)."""
+
+    AUDITED = (
+        ("PIL.ImageFile", "ImageFile", "load", "decode"),
+        ("PIL.Image", "Image", "convert", "convert"),
+        ("scrapy_imgcache.hashing", "Inspector", "inspect", "inspect"),
+        ("sqlalchemy.engine.base", "Connection", "execute", "sql"),
+        ("scrapy_imgcache.store.blobs", "LocalBlobStore", "put", "blob_write"),
+        ("scrapy_imgcache.store.blobs", "LocalBlobStore", "replace", "file_write"),
+    )
 
     def __init__(self, crawler):
+        import importlib
+        import threading
+
         self.crawler = crawler
-        self.last = None
-        self.max_gap = 0.0
-        self.loop = task.LoopingCall(self.tick)
-        crawler.signals.connect(self.opened, signal=signals.spider_opened)
+        self.reactor_thread = threading.current_thread()  # extensions are built on the reactor thread
+        self.counts = {}
+        for module, cls_name, method, what in self.AUDITED:
+            cls = getattr(importlib.import_module(module), cls_name)
+            setattr(cls, method, self._audited(getattr(cls, method), what))
         crawler.signals.connect(self.closed, signal=signals.spider_closed)
 
     @classmethod
     def from_crawler(cls, crawler):
         return cls(crawler)
 
-    def tick(self):
-        now = time.perf_counter()
-        if self.last is not None:
-            self.max_gap = max(self.max_gap, now - self.last)
-        self.last = now
+    def _audited(self, func, what):
+        import functools
+        import threading
 
-    def opened(self, spider):
-        self.loop.start(0.005)
+        @functools.wraps(func)
+        def audited(*args, **kwargs):
+            where = "on_reactor" if threading.current_thread() is self.reactor_thread else "off_reactor"
+            self.counts[f"{where}/{what}"] = self.counts.get(f"{where}/{what}", 0) + 1
+            return func(*args, **kwargs)
+
+        return audited
 
     def closed(self, spider):
-        if self.loop.running:
-            self.loop.stop()
-        self.crawler.stats.set_value("test/heartbeat_max_gap_ms", round(self.max_gap * 1000, 1))
+        for key, count in self.counts.items():
+            self.crawler.stats.set_value(f"test/{key}", count)
 
 
 class SqliteFull:

@@ -234,7 +234,7 @@ def make_project(root: Path, settings: dict[str, Any]) -> Path:
         "ROBOTSTXT_OBEY": False,
         "LOG_LEVEL": "INFO",
         "TELNETCONSOLE_ENABLED": False,
-        "EXTENSIONS": {"tests.crawl_spiders.Heartbeat": 0, "example_project.imgdemo.extensions.StatsToFile": 1000},
+        "EXTENSIONS": {"tests.crawl_spiders.ReactorAudit": 0, "example_project.imgdemo.extensions.StatsToFile": 1000},
         "ADDONS": {"scrapy_imgcache.Addon": 0},
     }
     base.update(settings)
@@ -362,14 +362,15 @@ def run_processes(db_url: str | None, files: str, per_process: list[list[Op]]) -
 
 # -- our worker processes ------------------------------------------------------------------
 
-#: in the command line of every hashing worker process (scrapy_imgcache.processes)
-HASHER = "scrapy_imgcache.workers:hasher"
+#: in the command line of every worker process (scrapy_imgcache.processes): the engine's, and
+#: the hashing workers of imgcache-import
+WORKER_FACTORIES = ("scrapy_imgcache.engine.worker:serve", "scrapy_imgcache.workers:hasher")
 
 #: a sitecustomize that makes a hashing worker's interpreter die (exit status 3) or hang at
 #: start, as the environment variable says: a real start-up failure, in the real interpreter
 _BROKEN_START = """
 import os, sys, time
-if {hasher!r} in sys.argv:
+if any(factory in sys.argv for factory in {factories!r}):
     if os.environ.get("IMGCACHE_TEST_WORKER_START") == "die":
         os._exit(3)
     if os.environ.get("IMGCACHE_TEST_WORKER_START") == "hang":
@@ -383,7 +384,7 @@ def broken_worker_start(folder: Path, how: str) -> dict[str, str]:
     with it) ``how`` ("die" or "hang") at start; nothing else is affected. A hanging worker
     leaves a file ``hung-PID`` in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "sitecustomize.py").write_text(_BROKEN_START.format(hasher=HASHER))
+    (folder / "sitecustomize.py").write_text(_BROKEN_START.format(factories=WORKER_FACTORIES))
     path = os.pathsep.join(p for p in [str(folder), os.environ.get("PYTHONPATH", "")] if p)
     return {"PYTHONPATH": path, "IMGCACHE_TEST_WORKER_START": how}
 
@@ -398,9 +399,9 @@ def children_of(pid: int) -> list[int]:
     return kids
 
 
-def hashing_workers_of(pid: int) -> list[int]:
-    """The hashing worker processes process ``pid`` has started."""
-    return [k for k in children_of(pid) if is_hashing_worker(k)]
+def worker_processes_of(pid: int) -> list[int]:
+    """The worker processes process ``pid`` has started."""
+    return [k for k in children_of(pid) if is_worker_process(k)]
 
 
 def running(pid: int) -> bool:
@@ -412,11 +413,12 @@ def running(pid: int) -> bool:
         return False
 
 
-def is_hashing_worker(pid: int) -> bool:
-    """``pid`` is a hashing worker that is running."""
+def is_worker_process(pid: int) -> bool:
+    """``pid`` is one of our worker processes, running."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return HASHER.encode() in fh.read() and running(pid)
+            cmdline = fh.read()
+        return any(f.encode() in cmdline for f in WORKER_FACTORIES) and running(pid)
     except OSError:
         return False
 

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,10 @@ from scrapy import Spider, signals
 from scrapy.utils.test import get_crawler
 
 from scrapy_imgcache.context import UNAVAILABLE, ImgCacheContext
+from scrapy_imgcache.engine.service import Download
 from scrapy_imgcache.errors import StoreError
 from scrapy_imgcache.hashing import DEFAULT_MAX_BYTES
+from scrapy_imgcache.ingest import Ingestor
 from scrapy_imgcache.middleware import ImgCacheMiddleware
 from scrapy_imgcache.pipelines import ImgCachePipeline
 from scrapy_imgcache.store.sql import SqlStore
@@ -88,9 +91,8 @@ def test_the_pipeline_and_the_middleware_of_a_crawler_share_one_context_and_conf
     assert ImgCacheContext.of(other) is not ctx
     # nothing is opened until a component needs it
     assert not (tmp_path / "cache.sqlite3").exists() and not (tmp_path / "files").exists()
-    for name in ("store", "ingestor"):
-        with pytest.raises(StoreError, match="not open"):
-            getattr(ctx, name)
+    with pytest.raises(StoreError, match="not open"):
+        _ = ctx.store
 
 
 def test_a_bad_setting_is_kept_for_open_and_the_first_problem_wins(tmp_path):
@@ -143,23 +145,25 @@ async def test_the_store_is_opened_once_for_its_users_and_closed_after_the_last(
     caplog.set_level(logging.INFO, logger="scrapy_imgcache")
     ctx = ImgCacheContext.of(crawler_for(tmp_path))
     assert await ctx.open()
-    store, ingestor = ctx.store, ctx.ingestor
-    assert isinstance(store, SqlStore) and ingestor.store is store and ingestor.config is ctx.config
+    store = ctx.store
+    assert isinstance(store, SqlStore)
     assert (tmp_path / "cache.sqlite3").exists()
     assert await ctx.open()  # the second component
-    assert ctx.store is store and ctx.ingestor is ingestor
+    assert ctx.store is store
     assert [r.getMessage() for r in caplog.records if r.getMessage().startswith(USING)] == [
         f"{USING}{store!r} (bucket '')"
     ]
     await ctx.release()  # one component closes: the other still has the store
     assert ctx.store is store
     url = fresh_url()
-    assert ingestor.ingest(small_jpeg(), url=url, client_name="t").created
+    stored = await ctx.call("store_download", Download(url, "t"), body=small_jpeg())
+    assert stored.outcome.created
     assert store.lookup(url) is not None
     await ctx.release()
-    for name in ("store", "ingestor"):
-        with pytest.raises(StoreError, match="not open"):
-            getattr(ctx, name)
+    with pytest.raises(StoreError, match="not open"):
+        _ = ctx.store
+    with pytest.raises(StoreError, match="not open"):
+        await ctx.call("answer", url, datetime.now(timezone.utc), "t", False)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
@@ -206,8 +210,9 @@ async def test_count_and_inc_write_the_documented_stats_of_each_outcome(tmp_path
         img = Image.open(io.BytesIO(original))
         near = encode(img.resize((img.width * 3 // 4, img.height * 3 // 4)))
         smaller = encode(img.resize((img.width // 2, img.height // 2)))
+        ingestor = Ingestor(ctx.store, ctx.config)
         outcomes = [
-            ctx.ingestor.ingest(data, url=fresh_url(), client_name="t", on_similar=policy)
+            ingestor.ingest(data, url=fresh_url(), client_name="t", on_similar=policy)
             for data, policy in [
                 (original, None),  # new
                 (original, None),  # an exact copy
@@ -310,7 +315,7 @@ class ContextProbe:
 
 
 EXTENSIONS = {
-    "tests.crawl_spiders.Heartbeat": 0,
+    "tests.crawl_spiders.ReactorAudit": 0,
     "tests.test_context.ContextProbe": 10,
     "example_project.imgdemo.extensions.StatsToFile": 1000,
 }
@@ -425,7 +430,7 @@ def test_calls_made_in_one_turn_share_thread_hops_and_each_gets_its_own_answer()
     import asyncio
     import threading
 
-    from scrapy_imgcache.context import Gathered
+    from scrapy_imgcache.engine.threads import Gathered
 
     threads: dict[int, int] = {}
 

@@ -22,10 +22,10 @@ from tests.helpers import (
     broken_worker_start,
     children_of,
     distinct_jpegs,
-    hashing_workers_of,
     open_cache,
     running,
     wait_until,
+    worker_processes_of,
 )
 
 pytestmark = [
@@ -245,7 +245,7 @@ def test_the_workers_of_a_killed_crawl_are_gone_shortly_after(site, tmp_path):
     with ScriptRun(write_script(tmp_path, site)) as run:
         try:
             workers = run.fetching(site, "/i/held.jpg")
-            assert sorted(workers) == sorted(hashing_workers_of(run.proc.pid)) and len(workers) == 2
+            assert sorted(workers) == sorted(worker_processes_of(run.proc.pid)) and len(workers) == 2
             run.proc.kill()  # kill -9: no atexit, no goodbye
             run.proc.wait(HANG_GUARD)
             wait_until(lambda: not any(running(pid) for pid in workers), "the workers to go", HANG_GUARD)
@@ -259,9 +259,9 @@ def test_a_crawl_whose_workers_cannot_start_hashes_in_threads_after_one_warning(
         out = run.finish()
     assert run.proc.returncode == 0, out[-4000:]
     (line,) = [ln for ln in out.splitlines() if "could not start" in ln]
-    assert "[scrapy_imgcache.workers] WARNING:" in line
+    assert "[scrapy_imgcache.engine.client] WARNING:" in line
     assert "exited with status 3 before it was ready" in line
-    assert "hashing images in threads instead" in line
+    assert "the cache's work runs in threads instead" in line
     assert_crawled(tmp_path, ["first"], pages)
     assert "Traceback" not in out
     assert run.runs() == 1

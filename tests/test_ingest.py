@@ -1,11 +1,10 @@
 """Ingestor on a real SqlStore: what one fetched image is to the cache (new, an exact copy, a
 near-duplicate under each IMGCACHE_ON_SIMILAR policy), what refused bytes leave behind (nothing),
-many threads storing the same new bytes at once, ingest_response's validators and redirect URLs,
+many threads storing the same new bytes at once,
 and the MD5 ``checksum`` Scrapy's results carry."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import threading
@@ -14,12 +13,11 @@ from typing import Any
 
 import pytest
 from PIL import Image, ImageOps
-from scrapy.http import Response
 
 from scrapy_imgcache.config import ImgCacheConfig
 from scrapy_imgcache.errors import EmptyImage, InvalidImage, NotAnImage, TooManyPixels, TruncatedImage
 from scrapy_imgcache.hashing import ImageLimits, Inspector, content_hash, hamming
-from scrapy_imgcache.ingest import Ingestor, Outcome, checksum, ingest_response
+from scrapy_imgcache.ingest import Ingestor, Outcome
 from scrapy_imgcache.store.base import NearQuery
 from scrapy_imgcache.store.sql import SqlStore
 from tests.helpers import bomb_png, distinct_images, encode, fresh_url, near_duplicates, noise_bytes, solid
@@ -337,63 +335,3 @@ def test_one_ingestors_threads_see_each_others_near_duplicates(store):
         matched = kept[o.duplicate_of] if o is not new else None
         assert o is new or o.stored == (w * h > matched.width * matched.height)
     assert len(kept) == len({(e.width, e.height) for e in kept.values()}) <= 2
-
-
-# -- ingest_response and checksum ------------------------------------------------------------
-
-
-@pytest.mark.scrapy_api
-def test_ingest_response_keeps_validators_and_records_every_url_of_a_redirect(sqlite):
-    ingestor = Ingestor(sqlite, config())
-    asked, hop, final = fresh_url("asked"), fresh_url("hop"), fresh_url("final")
-    modified = "Wed, 01 Jan 2025 00:00:00 GMT"
-    headers = {"ETag": '"abc"', "Last-Modified": modified, "Content-Type": "image/jpeg"}
-    response = Response(final, body=ORIGINAL_JPEG, headers=headers)
-    outcome = ingest_response(ingestor, response, "spider", also=[asked, hop, asked, final])
-    chash = content_hash(ORIGINAL_JPEG)
-    assert outcome.created and outcome.entry.url == final
-    assert (outcome.entry.etag, outcome.entry.last_modified) == ('"abc"', modified)
-    records = sqlite.urls(chash)
-    assert sorted(e.url for e in records) == sorted([asked, hop, final])  # each once
-    for entry in records:
-        assert (entry.etag, entry.last_modified, entry.client_name) == ('"abc"', modified, "spider")
-    for url in (asked, hop):
-        assert sqlite.lookup(url).content_hash == chash
-
-
-@pytest.mark.scrapy_api
-def test_ingest_response_without_validators_and_with_a_policy(sqlite):
-    ingestor = Ingestor(sqlite, config())
-    ingest(ingestor, ORIGINAL_JPEG)
-    url, asked = fresh_url("copy"), fresh_url("asked")
-    response = Response(url, body=COPIES["resized"])
-    outcome = ingest_response(ingestor, response, "spider", on_similar="skip", also=[asked])
-    assert (outcome.duplicate, outcome.stored) == ("similar", False)
-    assert outcome.entry.etag is None and outcome.entry.last_modified is None
-    for u in (url, asked):  # both point at the original, whose bytes we have
-        assert sqlite.lookup(u).content_hash == content_hash(ORIGINAL_JPEG)
-
-
-@pytest.mark.parametrize("data", [b"", ORIGINAL_JPEG, noise_bytes(1000)], ids=["empty", "jpeg", "noise"])
-def test_checksum_is_the_md5_scrapys_images_pipeline_reports(data):
-    assert checksum(data) == hashlib.md5(data).hexdigest()
-    assert len(checksum(data)) == 32 and checksum(data) != content_hash(data)[:32]
-
-
-@pytest.mark.parametrize("policy", ["skip", "drop"])
-def test_skip_and_drop_keep_the_copy_with_the_most_pixels(store, policy):
-    """Issue 19 item 11: the first copy to arrive was kept, a smaller re-encoded one too."""
-    ingestor = Ingestor(store, config(IMGCACHE_ON_SIMILAR=policy))
-    small = ingest(ingestor, encode(ORIGINAL.resize((ORIGINAL.width // 2, ORIGINAL.height // 2)), quality=60))
-    original = ingest(ingestor, ORIGINAL_JPEG)
-    assert (original.duplicate, original.duplicate_of, original.stored) == ("similar", small.entry.content_hash, True)
-    assert original.entry.content_hash == content_hash(ORIGINAL_JPEG)
-    again = ingest(ingestor, COPIES["resized"])  # smaller than the original, larger than the first copy
-    assert (again.duplicate_of, again.stored, again.entry.content_hash) == (
-        content_hash(ORIGINAL_JPEG),
-        False,
-        content_hash(ORIGINAL_JPEG),
-    )
-    assert sorted(e.content_hash for e in store.images(None)) == sorted(
-        [small.entry.content_hash, content_hash(ORIGINAL_JPEG)]
-    )

@@ -15,16 +15,17 @@ import pytest
 from scrapy_imgcache.hashing import Inspector
 from scrapy_imgcache.processes import WorkerStartError, start_workers
 from tests.helpers import (
-    HASHER,
     REPO,
     broken_worker_start,
-    hashing_workers_of,
-    is_hashing_worker,
+    is_worker_process,
     running,
     wait_until,
+    worker_processes_of,
 )
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
+
+HASHER = "scrapy_imgcache.workers:hasher"
 
 
 @pytest.fixture
@@ -103,7 +104,7 @@ def test_a_worker_that_hangs_at_start_is_killed_after_the_bound(tmp_path, monkey
     # killed and reaped, not left hanging (those that got as far as the hang left their pid)
     hung = [int(p.name.split("-")[1]) for p in (tmp_path / "site").glob("hung-*")]
     assert not any(running(pid) for pid in hung)
-    assert hashing_workers_of(os.getpid()) == []
+    assert worker_processes_of(os.getpid()) == []
 
 
 @linux_only
@@ -129,10 +130,10 @@ def test_a_worker_dies_with_its_parent_even_when_a_fork_holds_its_socket_open(tm
     try:
         assert parent.stdout is not None
         worker, fork = map(int, parent.stdout.readline().split())
-        assert is_hashing_worker(worker)
+        assert is_worker_process(worker)
         parent.kill()
         parent.wait(60)
-        wait_until(lambda: not is_hashing_worker(worker), "the worker to die with its parent")
+        wait_until(lambda: not is_worker_process(worker), "the worker to die with its parent")
     finally:
         parent.kill()
         if fork:

@@ -13,7 +13,7 @@ import pytest
 from scrapy_imgcache.errors import NotAnImage, TruncatedImage
 from scrapy_imgcache.hashing import Inspector, content_hash
 from scrapy_imgcache.workers import HashWorkers
-from tests.helpers import broken_worker_start, distinct_jpegs, hashing_workers_of, noise_bytes, wait_until
+from tests.helpers import broken_worker_start, distinct_jpegs, noise_bytes, wait_until, worker_processes_of
 
 JPEGS = distinct_jpegs(6)
 
@@ -117,7 +117,7 @@ def test_workers_that_die_at_start_leave_the_hashing_to_the_threads(tmp_path, mo
         (warning,) = fallback_warnings(caplog)  # one line, which says why
         assert "exited with status 3 before it was ready" in warning
         assert "hashing images in threads instead" in warning
-        assert hashing_workers_of(os.getpid()) == []
+        assert worker_processes_of(os.getpid()) == []
     finally:
         pool.close()
 
@@ -134,4 +134,4 @@ def test_a_dead_worker_that_cannot_be_replaced_leaves_hashing_to_the_threads(wor
     assert workers.failed
     assert len(fallback_warnings(caplog)) == 1
     workers.close()  # the place left without a worker does not hold it up
-    wait_until(lambda: hashing_workers_of(os.getpid()) == [], "the workers to be gone")
+    wait_until(lambda: worker_processes_of(os.getpid()) == [], "the workers to be gone")
