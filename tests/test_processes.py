@@ -52,6 +52,37 @@ def test_a_worker_imports_its_handler_through_the_crawls_sys_path(echo_module):
     assert worker.process.returncode == 0  # it exited at EOF, it was not killed
 
 
+def test_a_worker_exits_on_its_own_when_closed_while_a_thread_of_ours_reads_its_socket(echo_module):
+    """A crawl's engine has a reader thread blocked on each worker's socket when it closes.
+    Closing the socket under that read used to leave it open (Linux), so the worker never saw
+    EOF and was killed after the close timeout: every crawl ended 5 s a worker late."""
+    (worker,) = start_workers(1, echo_module, b"")
+    reader_done = threading.Event()
+
+    def read() -> None:
+        try:
+            worker.conn.recv_bytes()
+        except (EOFError, OSError):
+            pass
+        reader_done.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    wait_until(lambda: _blocked_in_read(reader), "the reader to block on the socket")
+    worker.close(timeout=120)  # had it needed the kill, the return code would say -9
+    assert worker.process.returncode == 0, "it exited at EOF, it was not killed"
+    assert reader_done.wait(60), "our reader was woken too"
+
+
+def _blocked_in_read(thread: threading.Thread) -> bool:
+    """The thread is asleep in the kernel (Linux: /proc), i.e. in its read."""
+    try:
+        with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "S"
+    except OSError:
+        return True  # no /proc: the close must work whatever the reader is doing
+
+
 @linux_only
 def test_a_worker_started_from_a_thread_that_ended_lives_on(echo_module):
     """Linux sends PR_SET_PDEATHSIG when the *thread* that started a process ends: workers are

@@ -129,7 +129,7 @@ def failing_database(kind: str, workdir: Path) -> Iterator[tuple[str, Switch, Sw
                 {
                     "IMGCACHE_TEST_FULL": str(flag),
                     "EXTENSIONS": {
-                        "tests.crawl_spiders.Heartbeat": 0,
+                        "tests.crawl_spiders.ReactorAudit": 0,
                         "example_project.imgdemo.extensions.StatsToFile": 1000,
                         "tests.crawl_spiders.SqliteFull": 0,
                     },
