@@ -26,6 +26,7 @@ from scrapy.http import Response
 from scrapy.utils.request import referer_str
 
 from ._compat import FileException
+from .contract import META_ENTRY, META_LOOKED_UP, META_STATUS, META_STORE_ERROR, RESPONSE_FLAG, invalid_stat
 from .errors import StoreError
 from .ingest import header
 
@@ -38,25 +39,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: Request.meta key: True marks a request as an image request (the pipeline sets it)
-META_KEY = "imgcache"
-#: Request.meta key: the cache Entry a response was answered from (or a stale one, being revalidated)
-META_ENTRY = "imgcache_entry"
-#: Request.meta key: "hit" | "revalidated" | "miss" | "stale"
-META_STATUS = "imgcache_status"
-#: Request.meta key the pipeline sets on its own requests (it stores them itself)
-META_PIPELINE = "imgcache_pipeline"
-#: Request.meta key: seconds a cached answer stays fresh for this request (default IMGCACHE_EXPIRES)
-META_MAX_AGE = "imgcache_max_age"
-#: Request.meta key (set while a download's paths are made): the extension its bytes will be
-#: stored with, for ``file_path()``, before the cache entry exists
-META_EXTENSION = "imgcache_extension"
-#: Request.meta key: the URL the cache was asked about already (a miss, or stale)
-META_LOOKED_UP = "imgcache_looked_up"
-#: Request.meta key: why the store failed for this request, under IMGCACHE_ON_STORE_ERROR =
-#: "continue" (nothing more is asked of the store for it; its result says ``cache: "error"``)
-META_STORE_ERROR = "imgcache_store_error"
-RESPONSE_FLAG = "imgcache"
 STORE_ERROR = "store_error"
 _VALIDATORS = (b"If-None-Match", b"If-Modified-Since")
 
@@ -101,7 +83,7 @@ def fail_image(ctx: ImgCacheContext, reason: str, request: Request, message: str
     as ``imgcache/store_error``, unless counted when the request went on uncached), and fail this
     image (not the item)."""
     if not (reason == STORE_ERROR and META_STORE_ERROR in request.meta):
-        ctx.inc("store_error" if reason == "store_error" else f"invalid/{reason}")
+        ctx.inc("store_error" if reason == STORE_ERROR else invalid_stat(reason))
     log = logger.error if error else logger.warning
     log("Image (%s): %s referred in <%s>: %s", reason, request.url, referer_str(request), message)
     raise ImageFailed(reason)

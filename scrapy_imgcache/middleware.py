@@ -23,9 +23,7 @@ from scrapy.utils.httpobj import urlparse_cached
 
 from ._compat import download_cancelled_errors
 from .context import ImgCacheContext
-from .engine.service import Download, Found, Stored
-from .errors import InvalidImage, StoreError, TooManyBytes
-from .fetching import (
+from .contract import (
     META_ENTRY,
     META_KEY,
     META_LOOKED_UP,
@@ -33,6 +31,11 @@ from .fetching import (
     META_PIPELINE,
     META_STORE_ERROR,
     RESPONSE_FLAG,
+    invalid_stat,
+)
+from .engine.service import Download, Found, Stored
+from .errors import InvalidImage, StoreError, TooManyBytes
+from .fetching import (
     answer_304,
     ask_origin,
     cached_response,
@@ -183,7 +186,7 @@ class ImgCacheMiddleware:
             return
         if "download_maxsize" not in request.meta or not is_image_request(request):
             return
-        self.ctx.inc(f"invalid/{TooManyBytes.reason}")
+        self.ctx.inc(invalid_stat(TooManyBytes.reason))
         logger.warning("imgcache: not caching %s: over %s bytes", request.url, request.meta["download_maxsize"])
 
     async def _store_response(self, request: Request, response: Response) -> None:
@@ -198,7 +201,7 @@ class ImgCacheMiddleware:
         try:
             stored: Stored = await self.ctx.call("store_download", download, body=response.body)
         except InvalidImage as exc:
-            self.ctx.inc(f"invalid/{exc.reason}")
+            self.ctx.inc(invalid_stat(exc.reason))
             logger.warning("imgcache: not caching %s: %s", response.url, exc)
             return
         except StoreError as exc:

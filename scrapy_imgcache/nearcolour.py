@@ -17,14 +17,26 @@ true copy of it. Threshold and costs: docs/near-duplicates.md#colour-check.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
 Array = npt.NDArray[Any]
+
+
+class Aligned(Protocol):
+    """What the colour check reads of the verification's alignment (``nearsig.Alignment``)."""
+
+    @property
+    def orient(self) -> str: ...
+    @property
+    def direction(self) -> str: ...
+    @property
+    def window(self) -> tuple[float, float, float, float]: ...
+
 
 CELLS = 3  # the thumbnail is CELLS x CELLS cells of the trimmed frame
 SIZE = CELLS * CELLS  # bytes: one a cell
@@ -112,17 +124,17 @@ def _sample(grid: Array, window: tuple[float, float, float, float]) -> Array:
     return sampled
 
 
-def difference(colour_a: bytes, colour_b: bytes, aligned: Mapping[str, Any]) -> float:
+def difference(colour_a: bytes, colour_b: bytes, aligned: Aligned) -> float:
     """Mean |difference| (0-255 levels) of the two colour thumbnails under the alignment
     ``aligned`` of the verification (``orient``, ``direction``, ``window``): for ``b_in_a``, b
     re-oriented against a sampled at the window; for ``a_in_b``, a against b."""
     a, b = cells(colour_a), cells(colour_b)
-    p, q = (a, b) if aligned["direction"] == "b_in_a" else (b, a)
-    q = _ORIENT[aligned["orient"]](q)
-    return float(np.abs(_sample(p, aligned["window"]) - q).mean())
+    p, q = (a, b) if aligned.direction == "b_in_a" else (b, a)
+    q = _ORIENT[aligned.orient](q)
+    return float(np.abs(_sample(p, aligned.window) - q).mean())
 
 
-def agrees(colour_a: bytes | None, colour_b: bytes | None, how: str, aligned: Mapping[str, Any]) -> bool:
+def agrees(colour_a: bytes | None, colour_b: bytes | None, how: str, aligned: Aligned) -> bool:
     """Whether a match of kind ``how`` passes the colour check (always, when it is not checked
     or either signature has no colour)."""
     if how not in CHECKED or colour_a is None or colour_b is None:

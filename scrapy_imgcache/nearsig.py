@@ -679,132 +679,194 @@ def _regions(eq: Array, wt: Array) -> Array:
     return np.where(n >= 24, k / np.maximum(n, 1), np.nan)
 
 
-def _rejected(res: dict[str, Any], coarse: float, **extra: float) -> dict[str, Any]:
-    """The result of a search stopped early (coarse or first-refinement score too low)."""
-    return {
-        **res,
-        "searched": True,
-        "rejected_coarse": True,
-        "coarse": coarse,
-        **extra,
-        "agree": 0.0,
-        "n": 0,
-        "regions": np.full(9, np.nan),
-        "orient": "id",
-        "direction": "b_in_a",
-        "window": (0, 0, 1, 1),
-        "angle": 0.0,
-    }
+@dataclasses.dataclass(frozen=True)
+class Alignment:
+    """Where b lies in a, and how well their detail maps agree there. ``direction``: "b_in_a"
+    (b is a window of a) or "a_in_b"; ``orient``: b's orientation relative to a; ``window``
+    (x0, y0, w, h): that window, fractions of the containing frame; ``angle``: degrees;
+    ``agree``: the fraction of the ``cells`` informative in both whose detail signs agree;
+    ``regions``: that fraction per 3x3 region of the frame (NaN: too few informative cells)."""
+
+    agree: float
+    cells: int
+    regions: Array
+    orient: str = "id"
+    direction: str = "b_in_a"
+    window: Box = (0.0, 0.0, 1.0, 1.0)
+    angle: float = 0.0
+
+
+def _no_alignment() -> Alignment:
+    return Alignment(0.0, 0, np.full(9, np.nan))
+
+
+@dataclasses.dataclass(frozen=True)
+class Verification:
+    """What :func:`verify_detail` found. ``whole``: the best whole-frame alignment of the
+    orientations tried (None: too few informative cells); ``trim_a``, ``trim_b``: the trimmed
+    boxes of the two frames. When the whole frame did not agree well enough to accept at once,
+    a search ran (``searched``): ``coarse`` its best coarse score, ``stage1`` its first
+    refinement's, ``stopped`` when one was too low to go on; ``best`` the alignment it found
+    (the whole frame's when no search ran)."""
+
+    whole: Alignment | None
+    trim_a: Box
+    trim_b: Box
+    best: Alignment
+    searched: bool = False
+    stopped: bool = False
+    coarse: float | None = None
+    stage1: float | None = None
+
+    @property
+    def whole_agree(self) -> float:
+        return self.whole.agree if self.whole is not None else 0.0
+
+
+#: a seed of the search: (coarse score, direction, orientation, window)
+_Seed = tuple[float, str, str, Box]
 
 
 def verify_detail(
     sig_a: bytes, sig_b: bytes, orients: tuple[str, ...] = ("id",), th: Mapping[str, float] | None = None
-) -> dict[str, Any]:
-    """Scores of the best alignment of b to a (a dict; ``decide`` reads it). Stages: (1) whole frame
-    under each orientation (accept at once when >= th["fast"]); (2) coarse 9x9 Pearson over windows
-    both ways ("b is a window of a", "a of b"), reject when the best < th["min_coarse"]; (3) seeds =
-    the 2 best coarse windows, the whole frame under each orientation, and the "same untrimmed frame"
+) -> Verification:
+    """The best alignment of b to a (``decide`` reads it). Stages: (1) whole frame under each
+    orientation (accept at once when >= th["fast"]); (2) coarse 9x9 Pearson over windows both ways
+    ("b is a window of a", "a of b"), reject when the best < th["min_coarse"]; (3) seeds = the 2
+    best coarse windows, the whole frame under each orientation, and the "same untrimmed frame"
     window (the trim boxes of the two, for overlays that moved a trim edge), pruned to the best
     N_SEEDS on 128 cells; 29 hypotheses around each (+-0.03 shift, +-4 % scale, +-3 deg) on 128
     cells in one batch (stop when the best < th["min_stage1"]); 81 around the best (+-0.015, +-2 %,
     +-1.5 deg) on 256 cells; the best N_FINAL on all 1024 cells."""
     th = THRESHOLDS if th is None else th
-    A = _unpack(sig_a)
-    B0 = _unpack(sig_b)
-    whole: dict[str, Any] | None = None
-    for o in orients:
-        Bo = _oriented(sig_b, o)
-        wt = (A.code >= 2) & (Bo.code >= 2)
-        eq = (A.code == Bo.code) & wt
-        n_whole = int(wt.sum())
-        agree_whole = float(eq.sum()) / max(n_whole, 1)
-        if n_whole >= 100 and (whole is None or agree_whole > whole["agree"]):
-            whole = {
-                "agree": agree_whole,
-                "n": n_whole,
-                "regions": _regions(eq, wt),
-                "orient": o,
-                "direction": "b_in_a",
-                "window": (0.0, 0.0, 1.0, 1.0),
-                "angle": 0.0,
-            }
-    res = {
-        "whole_agree": whole["agree"] if whole else 0.0,
-        "whole_regions": whole["regions"] if whole else np.full(9, np.nan),
-        "whole_orient": whole["orient"] if whole else "id",
-        "trim_a": A.trim,
-        "trim_b": B0.trim,
-    }
-    if whole is not None and whole["agree"] >= th["fast"]:
-        return {**res, "searched": False, **whole}
-    # stacks: P candidates = A, B; Q candidates = B oriented (b_in_a), A inverse-oriented (a_in_b)
-    seeds: list[tuple[float, str, str, tuple[float, ...]]] = []  # (coarse score, direction, orient, window)
-    for o in orients:
-        for direction in ("b_in_a", "a_in_b"):
-            P, Q = (A, _oriented(sig_b, o)) if direction == "b_in_a" else (B0, _oriented(sig_a, _INVERSE[o]))
-            r, hyps = _coarse(P, Q)
-            for k in np.argpartition(-r, 2)[:2]:
-                seeds.append((float(r[k]), direction, o, tuple(hyps[k])))
-    coarse = max(t[0] for t in seeds)
+    frame_a, frame_b = _unpack(sig_a), _unpack(sig_b)
+    whole = _whole_frame(frame_a, sig_b, orients)
+    found = Verification(whole, frame_a.trim, frame_b.trim, best=whole or _no_alignment())
+    if whole is not None and whole.agree >= th["fast"]:
+        return found
+    seeds = _coarse_seeds(frame_a, frame_b, sig_a, sig_b, orients)
+    coarse = max(seed[0] for seed in seeds)
     if coarse < th["min_coarse"]:
-        return _rejected(res, coarse)
-    seeds.sort(key=lambda t: -t[0])
-    seeds = seeds[:2] + [(coarse, "b_in_a", o, (0.0, 0.0, 1.0, 1.0)) for o in orients]
-    ta, tb = A.trim, B0.trim
-    if ta != tb:  # same untrimmed frame: the window of each trimmed frame in the other's
-        for direction, (t1, t2) in (("b_in_a", (ta, tb)), ("a_in_b", (tb, ta))):
-            w1, h1 = max(t1[2] - t1[0], 1e-3), max(t1[3] - t1[1], 1e-3)
-            window = ((t2[0] - t1[0]) / w1, (t2[1] - t1[1]) / h1, (t2[2] - t2[0]) / w1, (t2[3] - t2[1]) / h1)
-            seeds.append((coarse, direction, "id", window))
-    keys: list[tuple[str, str]] = []  # distinct (direction, orient) pairs -> stack rows
-    for _, direction, o, _ in seeds:
-        if (direction, o) not in keys:
-            keys.append((direction, o))
-    Ps = [A if d == "b_in_a" else B0 for d, o in keys]
-    Qs = [_oriented(sig_b, o) if d == "b_in_a" else _oriented(sig_a, _INVERSE[o]) for d, o in keys]
-    stack_p = np.concatenate([p.pcode for p in Ps])
-    stack_q = np.stack([q.pcode.reshape(_S2, _S2)[_PADC : _PADC + SN, _PADC : _PADC + SN].ravel() for q in Qs])
-    ar_p = np.array([p.aspect for p in Ps])
+        return dataclasses.replace(found, best=_no_alignment(), searched=True, stopped=True, coarse=coarse)
+    seeds = _with_whole_frame_seeds(seeds, coarse, orients, frame_a.trim, frame_b.trim)
+    stage1, best = _refine(frame_a, frame_b, sig_a, sig_b, seeds, th)
+    stopped = best is None
+    return dataclasses.replace(
+        found, best=best or _no_alignment(), searched=True, stopped=stopped, coarse=coarse, stage1=stage1
+    )
+
+
+def _whole_frame(frame_a: _Signature, sig_b: bytes, orients: tuple[str, ...]) -> Alignment | None:
+    """The best whole-frame alignment over the orientations (None: under 100 informative cells)."""
+    whole: Alignment | None = None
+    for orient in orients:
+        frame_b = _oriented(sig_b, orient)
+        informative = (frame_a.code >= 2) & (frame_b.code >= 2)
+        equal = (frame_a.code == frame_b.code) & informative
+        cells = int(informative.sum())
+        agree = float(equal.sum()) / max(cells, 1)
+        if cells >= 100 and (whole is None or agree > whole.agree):
+            whole = Alignment(agree, cells, _regions(equal, informative), orient)
+    return whole
+
+
+def _pair(
+    direction: str, orient: str, frame_a: _Signature, frame_b: _Signature, sig_a: bytes, sig_b: bytes
+) -> tuple[_Signature, _Signature]:
+    """(the frame searched in, the frame whose windows are tried) for one direction: b oriented
+    in a ("b_in_a"), or a inverse-oriented in b ("a_in_b")."""
+    if direction == "b_in_a":
+        return frame_a, _oriented(sig_b, orient)
+    return frame_b, _oriented(sig_a, _INVERSE[orient])
+
+
+def _coarse_seeds(
+    frame_a: _Signature, frame_b: _Signature, sig_a: bytes, sig_b: bytes, orients: tuple[str, ...]
+) -> list[_Seed]:
+    """The 2 best coarse windows of each (orientation, direction)."""
+    seeds: list[_Seed] = []
+    for orient in orients:
+        for direction in ("b_in_a", "a_in_b"):
+            scores, hyps = _coarse(*_pair(direction, orient, frame_a, frame_b, sig_a, sig_b))
+            for k in np.argpartition(-scores, 2)[:2]:
+                seeds.append((float(scores[k]), direction, orient, tuple(hyps[k])))
+    return seeds
+
+
+def _with_whole_frame_seeds(
+    seeds: list[_Seed], coarse: float, orients: tuple[str, ...], trim_a: Box, trim_b: Box
+) -> list[_Seed]:
+    """The 2 best coarse seeds, the whole frame under each orientation, and the window of each
+    trimmed frame in the other's (same untrimmed frame) when the trims differ."""
+    best = sorted(seeds, key=lambda seed: -seed[0])[:2]
+    best += [(coarse, "b_in_a", orient, (0.0, 0.0, 1.0, 1.0)) for orient in orients]
+    if trim_a != trim_b:
+        for direction, (inner, outer) in (("b_in_a", (trim_a, trim_b)), ("a_in_b", (trim_b, trim_a))):
+            width, height = max(inner[2] - inner[0], 1e-3), max(inner[3] - inner[1], 1e-3)
+            window = (
+                (outer[0] - inner[0]) / width,
+                (outer[1] - inner[1]) / height,
+                (outer[2] - outer[0]) / width,
+                (outer[3] - outer[1]) / height,
+            )
+            best.append((coarse, direction, "id", window))
+    return best
+
+
+def _refine(
+    frame_a: _Signature,
+    frame_b: _Signature,
+    sig_a: bytes,
+    sig_b: bytes,
+    seeds: list[_Seed],
+    th: Mapping[str, float],
+) -> tuple[float, Alignment | None]:
+    """(the first refinement's best score, the best alignment; None when that score stopped the
+    search): the seeds pruned on 128 cells, refined around on 128, then 256, then all cells."""
+    pairs: list[tuple[str, str]] = []  # distinct (direction, orient) -> stack rows
+    for _, direction, orient, _ in seeds:
+        if (direction, orient) not in pairs:
+            pairs.append((direction, orient))
+    frames = [_pair(direction, orient, frame_a, frame_b, sig_a, sig_b) for direction, orient in pairs]
+    stack_p = np.concatenate([p.pcode for p, _ in frames])
+    stack_q = np.stack([q.pcode.reshape(_S2, _S2)[_PADC : _PADC + SN, _PADC : _PADC + SN].ravel() for _, q in frames])
+    aspect_p = np.array([p.aspect for p, _ in frames])
     # prune the seeds: their own window on 128 cells, keep the best N_SEEDS
-    H0 = np.array([(*h, 0.0) for _, _, _, h in seeds])
-    k0 = np.array([keys.index((d, o)) for _, d, o, _ in seeds])
-    Q1 = stack_q[:, _SUB1]
-    ag0, n0, vf0, _ = _score(stack_p, Q1[k0], H0, k0, ar_p[k0], _SUB1)
-    ag0 = np.where((vf0 >= 0.7) & (n0 >= 12), ag0, 0)
-    keep = np.argsort(-ag0, kind="stable")[:N_SEEDS]
-    H1 = np.concatenate([_around(tuple(H0[j]), _STEPS1) for j in keep])
-    ki = np.repeat(k0[keep], len(_STEPS1))
-    ag, n_inf, vf, _ = _score(stack_p, Q1[ki], H1, ki, ar_p[ki], _SUB1)
-    ag = np.where((vf >= VF_MIN) & (n_inf >= 12), ag, 0)
-    b = int(np.argmax(ag))
-    k = int(ki[b])
-    stage1 = float(ag[b])
+    hyps0 = np.array([(*window, 0.0) for _, _, _, window in seeds])
+    rows0 = np.array([pairs.index((direction, orient)) for _, direction, orient, _ in seeds])
+    sub_q = stack_q[:, _SUB1]
+    agree0, cells0, inside0, _ = _score(stack_p, sub_q[rows0], hyps0, rows0, aspect_p[rows0], _SUB1)
+    agree0 = np.where((inside0 >= 0.7) & (cells0 >= 12), agree0, 0)
+    keep = np.argsort(-agree0, kind="stable")[:N_SEEDS]
+    hyps1 = np.concatenate([_around(tuple(hyps0[j]), _STEPS1) for j in keep])
+    rows1 = np.repeat(rows0[keep], len(_STEPS1))
+    agree, cells, inside, _ = _score(stack_p, sub_q[rows1], hyps1, rows1, aspect_p[rows1], _SUB1)
+    agree = np.where((inside >= VF_MIN) & (cells >= 12), agree, 0)
+    best = int(np.argmax(agree))
+    row = int(rows1[best])
+    stage1 = float(agree[best])
     if stage1 < th["min_stage1"]:
-        return _rejected(res, coarse, stage1=stage1)
-    H2 = _around(tuple(H1[b]), _STEPS2)
-    kk = np.full(len(H2), k)
-    ag, n_inf, vf, _ = _score(stack_p, stack_q[k, _SUB2][None, :], H2, kk, ar_p[kk], _SUB2)
-    ag = np.where((vf >= VF_MIN) & (n_inf >= 24), ag, 0)
-    top = np.argsort(-ag)[:N_FINAL]
-    ag, n_inf, vf, prod = _score(stack_p, stack_q[k][None, :], H2[top], kk[: len(top)], ar_p[kk[: len(top)]], _ALL)
-    ag = np.where((vf >= VF_MIN) & (n_inf >= 100), ag, 0)
-    j = int(np.argmax(ag))
-    direction, o = keys[k]
-    x0, y0, w, h, angle = (float(v) for v in H2[top][j])
-    return {
-        **res,
-        "searched": True,
-        "rejected_coarse": False,
-        "coarse": coarse,
-        "stage1": stage1,
-        "agree": float(ag[j]),
-        "n": int(n_inf[j]),
-        "regions": _regions(prod[j] == 1, prod[j] != 0),
-        "orient": _INVERSE[o] if direction == "a_in_b" else o,
-        "direction": direction,
-        "window": (x0, y0, w, h),
-        "angle": angle,
-    }
+        return stage1, None
+    hyps2 = _around(tuple(hyps1[best]), _STEPS2)
+    rows2 = np.full(len(hyps2), row)
+    agree, cells, inside, _ = _score(stack_p, stack_q[row, _SUB2][None, :], hyps2, rows2, aspect_p[rows2], _SUB2)
+    agree = np.where((inside >= VF_MIN) & (cells >= 24), agree, 0)
+    top = np.argsort(-agree)[:N_FINAL]
+    rows3 = rows2[: len(top)]
+    agree, cells, inside, prod = _score(stack_p, stack_q[row][None, :], hyps2[top], rows3, aspect_p[rows3], _ALL)
+    agree = np.where((inside >= VF_MIN) & (cells >= 100), agree, 0)
+    final = int(np.argmax(agree))
+    direction, orient = pairs[row]
+    x0, y0, width, height, angle = (float(v) for v in hyps2[top][final])
+    return stage1, Alignment(
+        agree=float(agree[final]),
+        cells=int(cells[final]),
+        regions=_regions(prod[final] == 1, prod[final] != 0),
+        orient=_INVERSE[orient] if direction == "a_in_b" else orient,
+        direction=direction,
+        window=(x0, y0, width, height),
+        angle=angle,
+    )
 
 
 # ----------------------------------------------------------------------------- decision
@@ -843,53 +905,52 @@ def _regions_ok(reg: Array, th: Mapping[str, float]) -> tuple[bool, int, int]:
     return ok, good, len(inf)
 
 
-def how_matched(d: Mapping[str, Any], good: int, n_inf: int) -> str:
+def how_matched(aligned: Alignment, trim_a: Box, trim_b: Box, good: int, informative: int) -> str:
     """The kind of copy a match looks like: mirrored, rotated, cropped, bordered, edited or resized."""
-    o = d["orient"]
-    if o == "m":
+    if aligned.orient == "m":
         return "mirrored"
-    if o != "id" or abs(d["angle"]) >= 1.5:
+    if aligned.orient != "id" or abs(aligned.angle) >= 1.5:
         return "rotated"
-    _, _, w, h = d["window"]
-    if w * h < 0.92:
+    _, _, width, height = aligned.window
+    if width * height < 0.92:
         return "cropped"
-    ta, tb = np.array(d["trim_a"]), np.array(d["trim_b"])
-    if abs((ta[2] - ta[0]) * (ta[3] - ta[1]) - (tb[2] - tb[0]) * (tb[3] - tb[1])) > 0.04:
+    area_a = (trim_a[2] - trim_a[0]) * (trim_a[3] - trim_a[1])
+    area_b = (trim_b[2] - trim_b[0]) * (trim_b[3] - trim_b[1])
+    if abs(area_a - area_b) > 0.04:
         return "bordered"
-    if good < n_inf:
+    if good < informative:
         return "edited"
     return "resized"
 
 
-def decide(d: Mapping[str, Any], th: Mapping[str, float] | None = None) -> tuple[bool, str, float]:
-    """(match, how, score) from ``verify_detail``'s scores."""
-    ok, how, score, _ = decide_aligned(d, th)
+def decide(found: Verification, th: Mapping[str, float] | None = None) -> tuple[bool, str, float]:
+    """(match, how, score) from ``verify_detail``'s alignments."""
+    ok, how, score, _ = decide_aligned(found, th)
     return ok, how, score
 
 
-def decide_aligned(
-    d: Mapping[str, Any], th: Mapping[str, float] | None = None
-) -> tuple[bool, str, float, Mapping[str, Any]]:
-    """``decide`` and the alignment it accepted (``d``, or its whole-frame alignment)."""
+def decide_aligned(found: Verification, th: Mapping[str, float] | None = None) -> tuple[bool, str, float, Alignment]:
+    """``decide`` and the alignment it accepted (the search's, or the whole frame's)."""
     th = THRESHOLDS if th is None else th
-    wa, wr = d["whole_agree"], d["whole_regions"]
-    if wa >= th["whole"]:
-        ok, good, n_inf = _regions_ok(wr, th)
+    whole_agree, best = found.whole_agree, found.best
+    if found.whole is not None and whole_agree >= th["whole"]:
+        ok, good, informative = _regions_ok(found.whole.regions, th)
         if ok:
-            if d.get("searched") and not d.get("rejected_coarse") and d["agree"] >= wa + 0.02:
-                ok2, good2, n2 = _regions_ok(d["regions"], th)
+            if found.searched and not found.stopped and best.agree >= whole_agree + 0.02:
+                ok2, good2, informative2 = _regions_ok(best.regions, th)
                 if ok2:
-                    return True, how_matched(d, good2, n2), d["agree"], d
-            whole = {**d, "orient": d["whole_orient"], "angle": 0.0, "window": (0.0, 0.0, 1.0, 1.0)}
-            return True, how_matched(whole, good, n_inf), wa, {**whole, "direction": "b_in_a"}
-    if d.get("rejected_coarse") or not d.get("searched") or d.get("stage1", 1.0) < th["min_stage1"]:
-        return False, "", wa, d
-    ok, good, n_inf = _regions_ok(d["regions"], th)
-    _, _, w, h = d["window"]
-    ok = ok and w * h >= th["min_area"]  # "b is a small window of a" is how unrelated pictures match
-    if d["agree"] >= th["agree"] and ok:
-        return True, how_matched(d, good, n_inf), d["agree"], d
-    return False, "", d["agree"], d
+                    return True, how_matched(best, found.trim_a, found.trim_b, good2, informative2), best.agree, best
+            whole = found.whole
+            return True, how_matched(whole, found.trim_a, found.trim_b, good, informative), whole_agree, whole
+    stage1 = found.stage1 if found.stage1 is not None else 1.0
+    if found.stopped or not found.searched or stage1 < th["min_stage1"]:
+        return False, "", whole_agree, best
+    ok, good, informative = _regions_ok(best.regions, th)
+    _, _, width, height = best.window
+    ok = ok and width * height >= th["min_area"]  # "b is a small window of a" is how unrelated pictures match
+    if best.agree >= th["agree"] and ok:
+        return True, how_matched(best, found.trim_a, found.trim_b, good, informative), best.agree, best
+    return False, "", best.agree, best
 
 
 def verify(

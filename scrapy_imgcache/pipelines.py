@@ -40,9 +40,7 @@ from scrapy.utils.request import referer_str
 
 from ._compat import component_result, download, in_thread, media_result
 from .context import ImgCacheContext
-from .engine.service import Download, Found, Placement, Stored, ViewSpec
-from .errors import ImageTooSmall, InvalidImage, StoreError
-from .fetching import (
+from .contract import (
     META_ENTRY,
     META_EXTENSION,
     META_KEY,
@@ -51,6 +49,11 @@ from .fetching import (
     META_STATUS,
     META_STORE_ERROR,
     RESPONSE_FLAG,
+    CacheStatus,
+)
+from .engine.service import Download, Found, Placement, Stored, ViewSpec
+from .errors import ImageTooSmall, InvalidImage, StoreError
+from .fetching import (
     STORE_ERROR,
     ImageFailed,
     answer_304,
@@ -396,7 +399,7 @@ class ImgCachePipeline(ImagesPipeline):
         request: Request,
         response: Response | None,
         found: Found,
-        status: str,
+        status: CacheStatus,
         item: Any,
         info: SpiderInfo,
         outcome: Outcome | None = None,
@@ -418,7 +421,7 @@ class ImgCachePipeline(ImagesPipeline):
         response: Response | None,
         found: Found,
         outcome: Outcome | None,
-        status: str,
+        status: CacheStatus,
         item: Any,
         info: SpiderInfo,
     ) -> dict[str, Any]:
@@ -525,7 +528,7 @@ class ImgCachePipeline(ImagesPipeline):
         path: str | None,
         entry: Entry | None,
         outcome: Outcome | None,
-        cache_status: str,
+        cache_status: CacheStatus,
         checksum: str,
         size: int,
         thumbs: dict[str, str],
@@ -583,7 +586,7 @@ def drop_near_duplicates(pipeline: ImgCachePipeline, results: list[Any]) -> None
             )
 
 
-def cache_fields(entry: Entry | None, outcome: Outcome | None, cache_status: str, size: int) -> dict[str, Any]:
+def cache_fields(entry: Entry | None, outcome: Outcome | None, cache_status: CacheStatus, size: int) -> dict[str, Any]:
     """The result fields beyond ImagesPipeline's: what the cache knows of the image."""
     if entry is None:  # stored nowhere: the store was down and IMGCACHE_ON_STORE_ERROR = "continue"
         return {"content_hash": None, "cache": "error", "size": size}

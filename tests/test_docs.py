@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from scrapy_imgcache import fetching
+from scrapy_imgcache import contract
 from scrapy_imgcache.config import DEFAULTS
 from scrapy_imgcache.pipelines import cache_fields
 
@@ -47,15 +47,15 @@ def test_every_setting_is_documented():
         assert f"| `{name}` |" in settings, name
 
 
-def test_every_stat_key_is_documented():
+def table_keys(document: str, pattern: str) -> set[str]:
+    """The first cells of a reference table's rows that match ``pattern``."""
+    return set(re.findall(rf"^\| `({pattern})` \|", (REFERENCE / document).read_text(), flags=re.M))
+
+
+def test_the_stat_keys_are_the_contracts_and_all_documented():
+    documented = table_keys("stats.md", r"imgcache/[^`]+")
+    assert documented == {contract.STAT_PREFIX + key for key in contract.STAT_KEYS} | {"imgcache/invalid/<reason>"}
     stats = (REFERENCE / "stats.md").read_text()
-    sources = "".join(p.read_text() for p in (REPO / "scrapy_imgcache").rglob("*.py"))
-    keys = set(re.findall(r'\binc\(\s*f?"([a-z_/]+)', sources))
-    keys |= set(re.findall(r'inc\("store_error" if reason == "store_error" else f"([a-z_/]+)', sources))
-    assert {"hit", "stored", "invalid/", "store_error", "unavailable"} <= keys, keys
-    for key in keys:
-        documented = f"`imgcache/{key}`" in stats or (key.endswith("/") and f"`imgcache/{key}" in stats)
-        assert documented, key
     for scrapy_key in (
         "file_count",
         "file_status_count/downloaded",
@@ -65,20 +65,36 @@ def test_every_stat_key_is_documented():
         assert f"`{scrapy_key}`" in stats
 
 
-def test_every_request_meta_key_is_documented():
-    meta = (REFERENCE / "meta.md").read_text()
-    keys = {value for name, value in vars(fetching).items() if name.startswith("META_")}
-    assert len(keys) >= 6
-    for key in keys:
-        assert f"| `{key}` |" in meta, key
+def test_no_stat_key_is_written_outside_the_contract():
+    """``ImgCacheContext.inc`` takes the contract's keys (mypy holds every call to that); no
+    module writes an ``imgcache/`` stat of its own."""
+    for path in (REPO / "scrapy_imgcache").rglob("*.py"):
+        assert not re.search(r"""inc_value\(\s*f?["']imgcache/""", path.read_text()), path
 
 
-def test_every_result_field_is_documented():
-    results = (REFERENCE / "results.md").read_text()
-    fields = {"url", "path", "checksum", "status", "thumbs"} | set(cache_fields(None, None, "miss", 0))
-    fields |= set(cache_fields(_entry(), None, "hit", 0))
-    for field in fields:
-        assert f"`{field}`" in results, field
+def test_every_invalid_reason_is_documented():
+    from scrapy_imgcache import errors
+
+    reasons = {
+        cls.reason
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.InvalidImage) and cls is not errors.InvalidImage
+    }
+    stats = (REFERENCE / "stats.md").read_text().splitlines()
+    (row,) = [line for line in stats if "`imgcache/invalid/<reason>`" in line]
+    assert reasons and all(f"`{reason}`" in row for reason in reasons), reasons
+
+
+def test_the_request_meta_keys_are_the_contracts_and_all_documented():
+    assert table_keys("meta.md", r"imgcache[a-z_]*") == set(contract.META_KEYS)
+
+
+def test_the_result_fields_are_the_contracts_and_all_documented():
+    fields = {*contract.SCRAPY_RESULT_FIELDS, *contract.CACHE_RESULT_FIELDS, contract.THUMBS_FIELD}
+    documented = {name for cell in table_keys("results.md", r"[^|]+") for name in re.findall(r"[a-z_]+", cell)}
+    assert documented == fields
+    assert tuple(cache_fields(_entry(), None, "hit", 0)) == contract.CACHE_RESULT_FIELDS
+    assert set(cache_fields(None, None, "error", 0)) <= set(contract.CACHE_RESULT_FIELDS)
 
 
 def _entry():

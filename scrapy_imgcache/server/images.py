@@ -15,10 +15,11 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from ..contract import MATCHES
 from ..errors import InvalidImage, TooManyBytes
 from ..hashing import ALGORITHMS
 from ..imaging import ALLOWED_FORMATS
-from ..store.base import BUCKET_RE, HASH_RE, MATCHES, MAX_DISTANCE, PHASH_RE, NearQuery, Store
+from ..store.base import BUCKET_RE, HASH_RE, MAX_DISTANCE, PHASH_RE, NearQuery, Store
 from .auth import READ, WRITE, ApiKeys, require
 from .common import (
     MAX_RESULTS,

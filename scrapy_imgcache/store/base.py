@@ -145,10 +145,6 @@ class Entry:
 _ENTRY_FIELDS = frozenset(f.name for f in fields(Entry))
 
 
-#: how a near-duplicate matched (``Entry.match``, ``similar_match``): the words robust search uses
-MATCHES = ("identical", "resized", "cropped", "mirrored", "rotated", "bordered", "edited")
-
-
 @dataclass(frozen=True)
 class NearQuery:
     """What a near-duplicate search asks with: the query image's perceptual hash and, for robust

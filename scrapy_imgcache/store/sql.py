@@ -41,7 +41,6 @@ from .base import (
     PutResult,
     Usage,
     as_utc,
-    near_result,
     utcnow,
     validate_bucket,
     validate_distance,
@@ -65,6 +64,8 @@ from .index import (
     unpack_hashes,
 )
 from .models import ImageRow, UrlRow
+from .nearpolicy import link_hints
+from .nearpolicy import search as near_search
 from .schema import (
     WriteTransaction,
     cache_id,
@@ -101,15 +102,6 @@ logger = logging.getLogger(__name__)
 C = TypeVar("C", bound=type)
 #: times a write runs again when a concurrent delete of the same image gets in its way
 _RACE_ATTEMPTS = 8
-#: robust near-duplicate search (docs/near-duplicates.md): the distance at which the extra query
-#: hashes probe (7 bits keeps similar() near 1 ms at a million images; 8 costs ~3x), the
-#: orientation each transformed query hash suggests to the verification, and the most
-#: candidates verified for one query (nearest first; up to 1000 when more results are asked for)
-EXTRA_DISTANCE = 7
-ORIENTATION_OF = {"m": "m", "r90": "r90", "r270": "r270"}
-#: the orientations tried for an image linked by a recorded match (``similar_match``)
-LINK_HINTS = {"mirrored": {"m"}, "rotated": {"id", "r90", "r270"}}
-MAX_VERIFIED = 64
 
 
 def _store_errors(cls: C) -> C:
@@ -582,9 +574,10 @@ class SqlStore:
 
     def near(self, query: NearQuery, max_distance: int = 8, bucket: str = "", limit: int = 100) -> list[Entry]:
         """Candidates the query's hashes find in the index (its perceptual hash within
-        ``max_distance`` bits of any entry, its extra query hashes within ``EXTRA_DISTANCE``),
-        verified against their stored signatures (read from the database, never from the blobs);
-        best verification score first. Images without a signature (stored before robust search,
+        ``max_distance`` bits of any entry, its extra query hashes within
+        ``nearpolicy.EXTRA_DISTANCE``), verified against their stored signatures (read from the
+        database, never from the blobs; the policy is :mod:`.nearpolicy`'s); best verification
+        score first. Images without a signature (stored before robust search,
         or in ``phash`` mode) count when their stored hash is within ``max_distance``."""
         validate_phash(query.perceptual_hash)
         validate_distance(max_distance)
@@ -617,7 +610,7 @@ class SqlStore:
             hits = self._similar(conn, phash, max_distance, bucket, limit + 1, algorithm)
             return [e for e in hits if e.content_hash != content_hash][:limit]
         linked = {
-            linked_id: (dist or 0, LINK_HINTS.get(how or "", {"id"}))
+            linked_id: (dist or 0, link_hints(how))
             for linked_id, dist, how in conn.execute(NEAR_LINKS, {"bucket": bucket, "chash": content_hash})
         }
         return self._near(conn, query, max_distance, bucket, limit, linked, leave_out=image_id)
@@ -632,41 +625,7 @@ class SqlStore:
         linked: Mapping[int, tuple[int, set[str]]] = {},
         leave_out: int | None = None,
     ) -> list[Entry]:
-        from .. import nearsig
-
-        signature = query.signature
-        assert signature is not None  # near() and near_cached() search without one by pHash alone
-        probes = [("id", int(query.perceptual_hash, 16), max_distance)]
-        probes += [(kind, value, EXTRA_DISTANCE) for kind, value in query.query_hashes]
-        found = self._index.query(bucket, query.algorithm, [(v, d) for _, v, d in probes], conn)
-        # image id -> (distance, orientation hints, found by its stored pHash)
-        candidates = {image_id: (dist, set(hints), False) for image_id, (dist, hints) in linked.items()}
-        for (kind, _, _), hits in zip(probes, found, strict=True):
-            hint = ORIENTATION_OF.get(kind, "id")
-            for image_id, slot, dist in hits:
-                best, hints, by_phash = candidates.get(image_id, (dist, set(), False))
-                hints.add(hint)
-                candidates[image_id] = (min(best, dist), hints, by_phash or (kind == "id" and slot == 0))
-        if leave_out is not None:
-            candidates.pop(leave_out, None)
-        order = sorted(candidates, key=lambda i: (candidates[i][0], i))[: max(MAX_VERIFIED, min(limit, 1000))]
-        rows = conn.execute(SIGNATURES, {"image_ids": order}).all() if order else []
-        signatures: dict[int, bytes | None] = {row[0]: row[1] for row in rows}
-        kept: list[tuple[float, int, int, str | None]] = []  # (-score, distance, image id, how)
-        for image_id in order:
-            dist, hints, by_phash = candidates[image_id]
-            stored = signatures.get(image_id)
-            if stored is None:  # stored without a signature: the pHash alone decides, as before
-                if by_phash:
-                    kept.append((-0.0, dist, image_id, None))
-                continue
-            ok, how, score = nearsig.verify(stored, signature, hints)
-            if ok:
-                kept.append((-score, dist, image_id, how))
-        kept.sort()
-        matches = {image_id: how for _, _, image_id, how in kept}
-        entries = self._entries(conn, [(image_id, dist) for _, dist, image_id, _ in kept], limit, matches)
-        return [near_result(e, query) for e in entries]
+        return near_search(_NearRows(self, conn), query, max_distance, bucket, limit, linked, leave_out)
 
     def images(self, bucket: str | None = None) -> Iterator[Entry]:
         """Every image (with its most recent URL), oldest first; ``None`` walks every bucket."""
@@ -898,6 +857,22 @@ class SqlStore:
     def _all(self, stmt: Select[Any]) -> list[Entry]:
         with self.engine.connect() as conn:
             return [to_entry(r) for r in conn.execute(stmt)]
+
+
+class _NearRows:
+    """The store's side of :func:`.nearpolicy.search`, over one connection."""
+
+    def __init__(self, store: SqlStore, conn: Connection) -> None:
+        self.store, self.conn = store, conn
+
+    def probe(self, bucket: str, algorithm: str, probes: Sequence[tuple[int, int]]) -> list[list[tuple[int, int, int]]]:
+        return self.store._index.query(bucket, algorithm, probes, self.conn)
+
+    def signatures(self, image_ids: Sequence[int]) -> dict[int, bytes | None]:
+        return {row[0]: row[1] for row in self.conn.execute(SIGNATURES, {"image_ids": list(image_ids)})}
+
+    def entries(self, found: Sequence[tuple[int, int]], limit: int, matches: Mapping[int, str | None]) -> list[Entry]:
+        return self.store._entries(self.conn, found, limit, matches)
 
 
 def _inserted_id(result: CursorResult[Any]) -> int:

@@ -8,8 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from scrapy_imgcache.contract import MATCHES
 from scrapy_imgcache.hashing import Inspector, hamming
-from scrapy_imgcache.store.base import MATCHES
 from tests.helpers import solid
 
 from .conftest import HOSTILE_URL, Filled, assert_one_line_error, json_lines, render
