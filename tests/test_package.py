@@ -140,10 +140,29 @@ def test_the_public_names_are_typed_for_users(tmp_path):
         "store.put(b'', url=1, client_name='me')\n"
         "reveal_type(ImgCachePipeline.results_memory)\n"
     )
-    # (mypy cannot see through an editable install's import hook: it reads the sources)
+    # (mypy cannot see through an editable install's import hook: it reads the sources). Our
+    # modules are followed, the libraries under them are not: what is checked is our names'
+    # signatures, and analysing Scrapy, Twisted and SQLAlchemy cold took 20 of this test's 23 s
     env = {**os.environ, "MYPYPATH": str(PACKAGE.parent)}
+    libraries = (
+        "scrapy",
+        "twisted",
+        "sqlalchemy",
+        "PIL",
+        "numpy",
+        "fsspec",
+        "alembic",
+        "httpx",
+        "fastapi",
+        "itemadapter",
+    )
+    config = tmp_path / "mypy.ini"
+    config.write_text(
+        "[mypy]\nfollow_imports = silent\n"
+        + "".join(f"\n[mypy-{name},{name}.*]\nfollow_imports = skip\n" for name in libraries)
+    )
     done = subprocess.run(
-        [sys.executable, "-m", "mypy", "--no-incremental", "--follow-imports=silent", str(user)],
+        [sys.executable, "-m", "mypy", "--config-file", str(config), "--no-incremental", str(user)],
         capture_output=True,
         text=True,
         cwd=tmp_path,
