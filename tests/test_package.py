@@ -199,11 +199,6 @@ def test_the_benchmarks_and_the_tests_stand_on_their_own():
     assert "scrapy_imgcache.server.process" in benchmarks["bench_server.py"]  # (the scan sees real imports)
 
 
-#: functions over the limit in modules other branches are rewriting (issue 21 left them to
-#: those branches): each goes from this list when its module is split
-LONG_ELSEWHERE = {("store/sql.py", "put")}
-
-
 def long_functions(path: Path, limit: int = 60) -> list[tuple[str, int]]:
     tree = ast.parse(path.read_text())
     return [
@@ -220,7 +215,6 @@ def test_no_function_of_the_package_is_over_60_lines(tmp_path):
         (str(path.relative_to(PACKAGE)), name): lines
         for path in PACKAGE.rglob("*.py")
         for name, lines in long_functions(path)
-        if (str(path.relative_to(PACKAGE)), name) not in LONG_ELSEWHERE
     }
     assert found == {}
     sample = tmp_path / "long.py"
