@@ -172,7 +172,14 @@ class Site:
                 if status != 304:
                     self.wfile.write(body)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            # a listen backlog as a real web server's (nginx: 511): the standard library's 5
+            # overflowed when a crawl's image requests came at once (Scrapy 2.19 starts every
+            # request queued in a download slot in one go), and the kernel then dropped
+            # connections' first packets: requests that sat unanswered until their timeout
+            request_queue_size = 512
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self

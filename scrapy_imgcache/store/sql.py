@@ -225,30 +225,10 @@ class SqlStore:
         now = utcnow()
         lookup_time = as_utc(lookup_time) if lookup_time else now
         key = blob_key(info.content_hash, info.extension)
-        original_filename = (filename or None) and filename[:255]
-        client = client_name[:255]
-        values = {
-            "bucket": bucket,
-            "content_hash": info.content_hash,
-            "content_type": info.content_type,
-            "file_size": info.size,
-            "width": info.width,
-            "height": info.height,
-            "perceptual_hash": info.perceptual_hash,
-            "phash_int": to_signed(int(info.perceptual_hash, 16)),
-            "hash_algorithm": info.algorithm,
-            "flat": info.flat,
-            "blob_key": key,
-            "original_filename": original_filename,
-            "client_name": client,
-            "lookup_time": lookup_time,
-            "created_at": now,
-            "similar_to": similar_to,
-            "similar_distance": similar_distance,
-            "similar_match": similar_match,
-            "signature": info.signature,
-            "extra_hashes": pack_hashes(info.index_hashes, info.query_hashes),
-        }
+        values = _image_row(
+            info, bucket, key, (filename or None) and filename[:255], client_name[:255], lookup_time, now
+        )
+        values.update(similar_to=similar_to, similar_distance=similar_distance, similar_match=similar_match)
         url_values = {
             "bucket": bucket, "url": url, "client_name": client_name, "lookup_time": lookup_time, "etag": etag,
             "last_modified": last_modified, "created_at": now,
@@ -261,31 +241,7 @@ class SqlStore:
         if found is not None:  # the image row is someone else's: its fields are the stored ones
             return PutResult(found, created)
         # the row is what we just wrote (or it was deleted again since: then it was stored, and gone)
-        entry = Entry(
-            url=url,
-            content_hash=info.content_hash,
-            content_type=info.content_type,
-            file_size_bytes=info.size,
-            original_filename=original_filename,
-            width=info.width,
-            height=info.height,
-            perceptual_hash=info.perceptual_hash,
-            client_name=client,
-            lookup_time=lookup_time,
-            created_at=now,
-            bucket=bucket,
-            hash_algorithm=info.algorithm,
-            flat=info.flat,
-            etag=etag,
-            last_modified=last_modified,
-            path=key,
-            similar_to=similar_to,
-            similar_distance=similar_distance,
-            similar_match=similar_match,
-            duplicate=None if created else "exact",
-            first_seen=now,
-        )
-        return PutResult(entry, created)
+        return PutResult(_written_entry(values, url_values, created), created)
 
     def _insert_image_and_url(self, values: dict[str, Any], url_values: dict[str, Any], info: ImageInfo) -> bool:
         """The image row (unless these bytes have one) and the URL record, in one transaction;
@@ -873,6 +829,59 @@ class _NearRows:
 
     def entries(self, found: Sequence[tuple[int, int]], limit: int, matches: Mapping[int, str | None]) -> list[Entry]:
         return self.store._entries(self.conn, found, limit, matches)
+
+
+def _image_row(
+    info: ImageInfo, bucket: str, key: str, filename: str | None, client: str, lookup_time: datetime, now: datetime
+) -> dict[str, Any]:
+    """The images row of a new image (``similar_*`` added by the caller)."""
+    return {
+        "bucket": bucket,
+        "content_hash": info.content_hash,
+        "content_type": info.content_type,
+        "file_size": info.size,
+        "width": info.width,
+        "height": info.height,
+        "perceptual_hash": info.perceptual_hash,
+        "phash_int": to_signed(int(info.perceptual_hash, 16)),
+        "hash_algorithm": info.algorithm,
+        "flat": info.flat,
+        "blob_key": key,
+        "original_filename": filename,
+        "client_name": client,
+        "lookup_time": lookup_time,
+        "created_at": now,
+        "signature": info.signature,
+        "extra_hashes": pack_hashes(info.index_hashes, info.query_hashes),
+    }
+
+
+def _written_entry(values: dict[str, Any], url_values: dict[str, Any], created: bool) -> Entry:
+    """The Entry of the rows just written, without reading them back."""
+    return Entry(
+        url=url_values["url"],
+        content_hash=values["content_hash"],
+        content_type=values["content_type"],
+        file_size_bytes=values["file_size"],
+        original_filename=values["original_filename"],
+        width=values["width"],
+        height=values["height"],
+        perceptual_hash=values["perceptual_hash"],
+        client_name=values["client_name"],
+        lookup_time=values["lookup_time"],
+        created_at=values["created_at"],
+        bucket=values["bucket"],
+        hash_algorithm=values["hash_algorithm"],
+        flat=values["flat"],
+        etag=url_values["etag"],
+        last_modified=url_values["last_modified"],
+        path=values["blob_key"],
+        similar_to=values["similar_to"],
+        similar_distance=values["similar_distance"],
+        similar_match=values["similar_match"],
+        duplicate=None if created else "exact",
+        first_seen=values["created_at"],
+    )
 
 
 def _inserted_id(result: CursorResult[Any]) -> int:
