@@ -91,6 +91,7 @@ class WorkerProcess:
         finally:
             theirs.close()  # the worker's copy only: EOF reaches us once the worker is gone
         self.conn = Connection(ours.detach())
+        self._hanging_up = threading.Lock()  # our reader thread and the closer may both hang up
         with _LOCK:
             _LIVE.add(self)
 
@@ -133,8 +134,11 @@ class WorkerProcess:
         enough while another thread of ours is blocked reading it (a channel's reader): Linux
         keeps the socket open under that read, the worker never sees EOF, and each close
         waited its whole timeout (5 s a worker, measured) before the kill."""
-        if self.conn.closed:
-            return
+        with self._hanging_up:
+            if not self.conn.closed:
+                self._shut_and_close()
+
+    def _shut_and_close(self) -> None:
         try:
             twin = socket.socket(fileno=os.dup(self.conn.fileno()))
         except OSError:  # already gone

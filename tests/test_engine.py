@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -162,3 +163,27 @@ def test_a_worker_killed_mid_crawl_loses_no_image_and_is_replaced(engine_of, db_
         time.sleep(0.05)
     pids = {c.worker.pid for c in engine.channels}
     assert victim not in pids and len(pids) == 2  # replaced
+
+
+def test_closing_the_engine_is_no_death_and_every_worker_exits_on_its_own(sqlite_url, tmp_path):
+    """Hanging up wakes each channel's reader with EOF. That EOF is ours, not a worker's death:
+    nothing is replaced, no thread raises (a reader and the closer both closing one socket
+    raised EBADF in a crawl's log), and each worker exits by itself (none is killed)."""
+    raised: list[Any] = []
+    previous = threading.excepthook
+    threading.excepthook = raised.append
+    try:
+        for _ in range(4):
+            owned = open_engine(settings(sqlite_url, tmp_path), {}, None)  # type: ignore[arg-type]
+            engine = getattr(owned, "engine", owned)
+            assert isinstance(engine, ProcessEngine)
+            channels = list(engine.channels)
+            release_engine(owned)
+            readers = [t for t in threading.enumerate() if t.name.startswith("imgcache-engine-reader-")]
+            for reader in readers:
+                reader.join(60)
+            assert [c.worker.process.returncode for c in channels] == [0, 0], "killed, not exited"
+            assert engine.channels == []  # none replaced
+    finally:
+        threading.excepthook = previous
+    assert raised == []

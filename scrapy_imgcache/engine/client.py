@@ -89,6 +89,8 @@ class _Channel:
         self._lock = threading.Lock()
         self._outbox: queue.SimpleQueue[tuple[bytes, bytes] | None] = queue.SimpleQueue()
         self.alive = True
+        #: close() was called (the reader's EOF is then ours, not a death)
+        self.closed = False
         for target, name in ((self._write, "writer"), (self._read, "reader")):
             threading.Thread(target=target, name=f"imgcache-engine-{name}-{worker.pid}", daemon=True).start()
 
@@ -129,15 +131,17 @@ class _Channel:
             if deliver is not None:
                 deliver(True, reply[ID_BYTES:])
         with self._lock:
+            closed, self.closed = self.closed, True
             self.alive, pending, self._pending = False, self._pending, {}
         for deliver in pending.values():
             deliver(False, WorkerGone(f"{self.worker} died"))
         self._outbox.put(None)
-        self._on_death(self)
+        if not closed:  # not hung up by close(): the worker died
+            self._on_death(self)
 
     def close(self) -> None:
         with self._lock:
-            self.alive = False
+            self.alive, self.closed = False, True
         self._outbox.put(None)
         self.worker.close()
 
