@@ -236,6 +236,11 @@ def make_project(root: Path, settings: dict[str, Any]) -> Path:
         "TELNETCONSOLE_ENABLED": False,
         "EXTENSIONS": {"tests.crawl_spiders.ReactorAudit": 0, "example_project.imgdemo.extensions.StatsToFile": 1000},
         "ADDONS": {"scrapy_imgcache.Addon": 0},
+        # one engine worker: every crawl still takes the process path, at half the start-up
+        # CPU of the default's two (a worker's imports and store cost ~1 s of CPU; the suite
+        # runs a few hundred crawls). The default, a worker a core, is what
+        # tests/test_crawl_processes.py and tests/test_engine.py run.
+        "IMGCACHE_HASH_PROCESSES": 1,
     }
     base.update(settings)
     lines = [f"{k} = {v!r}" for k, v in base.items()]
