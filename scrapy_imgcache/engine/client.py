@@ -131,7 +131,7 @@ class _Channel:
             if deliver is not None:
                 deliver(True, reply[ID_BYTES:])
         with self._lock:
-            closed, self.closed = self.closed, True
+            closed = self.closed
             self.alive, pending, self._pending = False, self._pending, {}
         for deliver in pending.values():
             deliver(False, WorkerGone(f"{self.worker} died"))

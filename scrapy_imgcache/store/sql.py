@@ -539,7 +539,7 @@ class SqlStore:
         validate_distance(max_distance)
         if query.signature is None:
             return self.similar(query.perceptual_hash, max_distance, bucket, limit, query.algorithm)
-        return self._read(lambda conn: self._near(conn, query, max_distance, bucket, limit))
+        return self._read(lambda conn: near_search(_NearRows(self, conn), query, max_distance, bucket, limit))
 
     def near_cached(
         self, content_hash: str, max_distance: int = 8, bucket: str = "", limit: int = 100
@@ -569,19 +569,7 @@ class SqlStore:
             linked_id: (dist or 0, link_hints(how))
             for linked_id, dist, how in conn.execute(NEAR_LINKS, {"bucket": bucket, "chash": content_hash})
         }
-        return self._near(conn, query, max_distance, bucket, limit, linked, leave_out=image_id)
-
-    def _near(
-        self,
-        conn: Connection,
-        query: NearQuery,
-        max_distance: int,
-        bucket: str,
-        limit: int,
-        linked: Mapping[int, tuple[int, set[str]]] = {},
-        leave_out: int | None = None,
-    ) -> list[Entry]:
-        return near_search(_NearRows(self, conn), query, max_distance, bucket, limit, linked, leave_out)
+        return near_search(_NearRows(self, conn), query, max_distance, bucket, limit, linked, leave_out=image_id)
 
     def images(self, bucket: str | None = None) -> Iterator[Entry]:
         """Every image (with its most recent URL), oldest first; ``None`` walks every bucket."""
