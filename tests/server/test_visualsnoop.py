@@ -66,7 +66,11 @@ def jpeg(data: bytes) -> io.BytesIO:
 # -- the published client ----------------------------------------------------------------
 
 
-def test_connecting_reports_id_name_and_user(coll, keys):
+def test_connecting_reports_id_name_and_user(deployment, coll, keys):
+    assert (coll.id, coll.name, coll.user) == (keys.collection_id, keys.name, "owner@example.com")
+    # a collection made by the real command works the same
+    keys = deployment.create_with_command(user="owner@example.com")
+    coll = deployment.client(keys)
     assert (coll.id, coll.name, coll.user) == (keys.collection_id, keys.name, "owner@example.com")
 
 
