@@ -8,9 +8,8 @@ the index returns, whether it really is a transformed copy and how. The hashes f
 cheaply and loosely; the signature makes the decision. What each part buys (recall per kind of copy,
 precision, costs) and how the thresholds were chosen: docs/near-duplicates.md.
 
-Everything comes from ONE greyscale working image (numpy and Pillow; scipy only builds two
-constant Gaussian matrices, on first use): long side ``WORK`` = 128 px (BOX-reduced; a JPEG draft
-decode >= 128 px is enough), then a 64x64 "canonical frame" of its border-trimmed box.
+Everything comes from ONE greyscale working image (numpy and Pillow alone): long side ``WORK`` =
+128 px (BOX-reduced; a JPEG draft decode >= 128 px is enough), then a 64x64 "canonical frame" of its border-trimmed box.
 
 Interface
 ---------
@@ -123,12 +122,34 @@ def _area1(lo: float, hi: float, n_src: int, n_out: int = HN) -> Array:
     return weights
 
 
-def _gauss_matrix(n: int, sigma: float, mode: str) -> Array:
-    """(n, n) matrix of a 1-D Gaussian filter: column j = the filtered unit vector e_j."""
-    import scipy.ndimage as ndi
+def _gauss_matrix(n: int, sigma: float, mode: str, truncate: float = 4.0) -> Array:
+    """(n, n) matrix of a 1-D Gaussian filter: column j = the filtered unit vector e_j.
 
-    matrix: Array = ndi.gaussian_filter1d(np.eye(n), sigma, axis=0, mode=mode)
+    Bit for bit ``scipy.ndimage.gaussian_filter1d(np.eye(n), sigma, axis=0, mode=mode)``
+    (tests/test_nearsig.py checks it): the same kernel, and the taps summed in the order
+    scipy's C loop sums a symmetric kernel's (outermost pair first). Importing scipy.ndimage
+    cost an engine worker ~0.35 s of CPU for two 32x32 constants.
+    """
+    radius = int(truncate * float(sigma) + 0.5)
+    taps = np.exp(-0.5 / (sigma * sigma) * np.arange(-radius, radius + 1) ** 2)
+    weights = (taps / taps.sum())[radius:]  # [centre, 1st neighbour, ...]: symmetric
+    at = np.arange(n)
+    eye = np.eye(n)
+    matrix: Array = eye * weights[0]
+    for k in range(radius, 0, -1):
+        matrix = matrix + (eye[_edge(at - k, n, mode)] + eye[_edge(at + k, n, mode)]) * weights[k]
     return matrix
+
+
+def _edge(pos: Array, n: int, mode: str) -> Array:
+    """Where positions outside 0..n-1 read: the edge ("nearest") or the mirror ("reflect":
+    d c b a | a b c d | d c b a)."""
+    if mode == "nearest":
+        clipped: Array = np.clip(pos, 0, n - 1)
+        return clipped
+    folded = np.mod(pos, 2 * n)
+    mirrored: Array = np.where(folded < n, folded, 2 * n - 1 - folded)
+    return mirrored
 
 
 def _fixed(frames: list[Box]) -> tuple[Array, Array]:
@@ -147,8 +168,7 @@ _BLK = np.kron(np.eye(MN), np.full((1, SN // MN), MN / SN))  # (8, 32): mean of 
 
 
 # The two Gaussian matrices are built on first use, not at import: only computing a signature
-# needs them (in the hashing workers), and scipy.ndimage's import cost the crawl process
-# ~0.35 s of CPU the first time it verified a candidate (verify() needs neither).
+# needs them (in the engine workers; verify() needs neither).
 @functools.cache
 def _g32() -> Array:
     """(32, 32): the band-pass surround of the detail map."""

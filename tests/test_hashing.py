@@ -80,6 +80,27 @@ def test_hashes_equal_imagehash_on_real_photos(fmt, algorithm):
         assert info.algorithm == algorithm
 
 
+def _patterns() -> dict[str, Image.Image]:
+    ramp = np.tile(np.arange(256, dtype=np.uint8), (64, 1))
+    return {
+        "flat": Image.new("L", (100, 80), 128),
+        "black": Image.new("RGB", (50, 50)),
+        "ramp": Image.fromarray(ramp),
+        "ramp-down": Image.fromarray(ramp.T.copy()),
+        "checker": Image.fromarray(((np.indices((64, 64)).sum(0) % 2) * 255).astype(np.uint8)),
+        "halves": Image.fromarray(np.hstack([np.zeros((32, 16)), np.full((32, 16), 255)]).astype(np.uint8)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_patterns()))
+def test_phash_equals_imagehash_where_rounding_decides_its_bits(name):
+    """Flat images, ramps and patterns put DCT coefficients within rounding of the median: the
+    two small matrix products alone give another hash than imagehash's FFT for 5 of these 6."""
+    img = _patterns()[name]
+    data = encode(img, "PNG")
+    assert Inspector().inspect(data).perceptual_hash == str(imagehash.phash(Image.open(io.BytesIO(data))))
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_format_mime_and_size_come_from_the_bytes(fmt):
     img = PHOTOS[1]

@@ -251,3 +251,20 @@ def test_a_signature_carries_the_colours_of_its_frame(fast):
     assert cells[0, 0, 0] > 192  # the white corner of the trimmed frame (the black border is not in it)
     assert cells[0, 0, 1:].tolist() == [128, 128]  # neutral
     assert cells[1, 0, 2] >= 128 + 24 and cells[2, 0, 2] >= 128 + 24  # red bars on the left: Cr above neutral
+
+
+@pytest.mark.parametrize(
+    ("n", "sigma", "mode"),
+    [
+        (nearsig.SN, nearsig.BAND_SIGMA, "nearest"),
+        (nearsig.KP_RES, nearsig.KP_S1, "reflect"),
+        (nearsig.KP_RES, nearsig.KP_S2, "reflect"),
+        (8, 3.0, "nearest"),
+        (8, 4.0, "reflect"),
+    ],
+)
+def test_the_gaussian_matrices_are_scipys_bit_for_bit(n, sigma, mode):
+    import scipy.ndimage as ndi
+
+    expected = ndi.gaussian_filter1d(np.eye(n), sigma, axis=0, mode=mode)
+    assert np.array_equal(nearsig._gauss_matrix(n, sigma, mode), expected)
