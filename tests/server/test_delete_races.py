@@ -19,7 +19,7 @@ from tests.helpers import DATABASES, fresh_jpegs, fresh_url
 
 from .vsnoop import PREFIX, Deployment, deployed, signed_headers
 
-TRIALS = 30
+TRIALS = 10  # the race it guards showed in 28 trials of 30
 THREADS = 6
 
 
