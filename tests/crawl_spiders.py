@@ -44,13 +44,16 @@ class PagesSpider(scrapy.Spider):
     name = "pages"
 
     def __init__(self, start: str = "", item: str = "dict", name: str | None = None, **kw):
+        """``item``: the item type of every page, or ``by-page``: the one a page's URL ends with
+        (``/p-attrs``)."""
         super().__init__(name=name or self.name, **kw)
         self.start_urls = [u for u in start.split(",") if u]
-        self.item_type = ITEM_TYPES[item]
+        self.item_type = None if item == "by-page" else ITEM_TYPES[item]
 
     def parse(self, response):
         urls = [response.urljoin(src) for src in response.css("img::attr(src)").getall()]
-        yield self.item_type(page=response.url, image_urls=urls)
+        item_type = self.item_type or ITEM_TYPES[response.url.rsplit("-", 1)[1]]
+        yield item_type(page=response.url, image_urls=urls)
         for href in response.css("a::attr(href)").getall():
             yield response.follow(href, self.parse)
 

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from scrapy_imgcache.hashing import Inspector, hamming
+from tests.crawl_spiders import ITEM_TYPES
 from tests.helpers import (
     PLAIN_REACTOR,
     blob_files,
@@ -89,14 +90,18 @@ def test_first_crawl_dedupes_and_second_crawl_downloads_no_image_bytes(site, tmp
     }
 
 
-@pytest.mark.parametrize("item_type", ["dict", "item", "dataclass", "attrs"])
-def test_every_item_type(site, tmp_path, item_type):
-    site.image("/i/x.jpg", distinct_jpegs(1)[0])
-    site.page("/p", ["/i/x.jpg"])
+def test_every_item_type(site, tmp_path):
+    """A dict, a scrapy.Item, a dataclass and an attrs class, one page each, in one crawl."""
+    photos = distinct_jpegs(len(ITEM_TYPES))
+    for kind, photo in zip(ITEM_TYPES, photos, strict=True):
+        site.image(f"/i/{kind}.jpg", photo)
+        site.page(f"/p-{kind}", [f"/i/{kind}.jpg"])
     project = make_project(tmp_path / "proj", cache_settings(tmp_path))
-    result = crawl(project, "pages", start=site.url("/p"), item=item_type)
+    start = ",".join(site.url(f"/p-{kind}") for kind in ITEM_TYPES)
+    result = crawl(project, "pages", start=start, item="by-page")
     assert result.returncode == 0, result.log[-3000:]
-    assert [img["url"] for img in result.images] == [site.url("/i/x.jpg")]
+    got = {item["page"].rsplit("-", 1)[1]: [img["url"] for img in item["images"]] for item in result.items}
+    assert got == {kind: [site.url(f"/i/{kind}.jpg")] for kind in ITEM_TYPES}
 
 
 def test_plain_twisted_reactor(site, tmp_path):

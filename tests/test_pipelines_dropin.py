@@ -75,8 +75,11 @@ def file_stats(result: Crawl) -> dict[str, int]:
     return {k: v for k, v in result.stats.items() if k == "file_count" or k.startswith("file_status_count/")}
 
 
-@pytest.mark.parametrize("redirects", [False, True], ids=["no-redirects", "redirects"])
-@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.mark.parametrize(  # each MEDIA_ALLOW_REDIRECTS once; the database is no part of either
+    ("backend", "redirects"),
+    [("sqlite", True), pytest.param("postgresql", False, marks=pytest.mark.postgres)],
+    ids=["sqlite-redirects", "postgresql-no-redirects"],
+)
 def test_the_documented_pipeline_switched_by_its_base_class(site, tmp_path, request, redirects, backend):
     build_site(site)
     db = f"sqlite:///{tmp_path / 'cache.sqlite3'}" if backend == "sqlite" else request.getfixturevalue("postgres_url")
