@@ -45,7 +45,7 @@ def scan_answer(group, value, d):
     return [(int(i), int(x)) for i, x in zip(ids[order], dists[order], strict=True)]
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(clustered(), st.lists(st.tuples(U64 | st.sampled_from(EDGES), st.integers(0, 64)), min_size=1, max_size=8))
 def test_file_answers_what_a_linear_scan_answers(tmp_path_factory, values, probes):
     """Both layouts (four 16-bit chunks, three wide ones), every distance up to 64: probed,
