@@ -21,8 +21,6 @@ from tests.helpers import (
     start_up_error,
 )
 
-pytestmark = pytest.mark.scrapy_api
-
 
 def test_two_spiders_share_one_cache_through_the_server(site, tmp_path):
     a, b, c, d, e = distinct_jpegs(5)
@@ -137,6 +135,7 @@ def requests_by_route(url: str) -> dict[tuple[str, str], float]:
     return found
 
 
+@pytest.mark.scrapy_api  # the remote store's path through the pipeline, on the oldest Scrapy too
 def test_a_hit_through_a_remote_cache_is_one_request_and_no_download(site, tmp_path):
     """A second spider's hit once cost two downloads of the image and an upload."""
     photos = distinct_jpegs(3)
