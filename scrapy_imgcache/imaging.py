@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import imagehash
 import numpy as np
@@ -30,8 +30,26 @@ from .errors import (
     UnsupportedMode,
 )
 
-if TYPE_CHECKING:
-    from .hashing import Inspector
+
+class Limits(Protocol):
+    @property
+    def max_bytes(self) -> int: ...
+    @property
+    def max_pixels(self) -> int: ...
+
+
+class Inspection(Protocol):
+    """What :func:`inspect` reads of a :class:`~scrapy_imgcache.hashing.Inspector`."""
+
+    @property
+    def limits(self) -> Limits: ...
+    @property
+    def algorithm(self) -> str: ...
+    @property
+    def fast(self) -> bool: ...
+    @property
+    def robust(self) -> bool: ...
+
 
 #: Pillow format name -> (MIME type, file extension). Only these are ever opened.
 ALLOWED_FORMATS: dict[str, tuple[str, str]] = {
@@ -49,7 +67,7 @@ _PHASH_SIZE = 32  # pHash reduces to 32x32 before its DCT; draft decoding may st
 _FLAT_RANGE = 2  # grey levels; a 32x32 reduction spanning no more than this is "flat"
 
 
-def inspect(inspector: Inspector, data: bytes) -> dict[str, Any]:
+def inspect(inspector: Inspection, data: bytes) -> dict[str, Any]:
     """What :meth:`Inspector.inspect` does (see there): the fields of its ``ImageInfo`` but the
     content hash (the records live in :mod:`.hashing`, which imports this module on first use)."""
     size = len(data)
@@ -98,7 +116,7 @@ def inspect(inspector: Inspector, data: bytes) -> dict[str, Any]:
 Hashes = tuple[tuple[str, int], ...]
 
 
-def _robust(img: Image.Image, grey: Image.Image, inspector: Inspector) -> tuple[bytes | None, Hashes, Hashes]:
+def _robust(img: Image.Image, grey: Image.Image, inspector: Inspection) -> tuple[bytes | None, Hashes, Hashes]:
     """The robust near-duplicate data of a decoded image (nothing when it is not asked for, or
     when the image defeats it: the plain pHash still works for such an image). It starts from
     the greyscale image the pHash used (converting a large photo again cost ~2 ms), except

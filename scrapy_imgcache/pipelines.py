@@ -78,6 +78,7 @@ if TYPE_CHECKING:
     from twisted.python.failure import Failure
 
     from .store.base import Entry
+    from .store.blobs import BlobStore
 
     SpiderInfo = MediaPipeline.SpiderInfo
 
@@ -197,6 +198,11 @@ class ImgCachePipeline(ImagesPipeline):
 
     def _problem(self, message: str) -> None:
         self.ctx.check(message)
+
+    @property
+    def cache_blobs(self) -> BlobStore | None:
+        """The cache's own blob store (thumbnails go beside its blobs without IMAGES_STORE)."""
+        return self.ctx.store.blobs
 
     def _refused_options(self, view_uri: str) -> str | None:
         """What this subclass or these settings ask that cannot be honoured, in one line."""

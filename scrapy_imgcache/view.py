@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import ConfigError, StoreError
 from .store.blobs import BlobStore, LocalBlobStore, open_blob_store, storage_options
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from scrapy import Request
     from scrapy.http import Response
 
-    from .pipelines import ImgCachePipeline
     from .store.base import Entry, Store
 
 
@@ -78,12 +77,32 @@ def place_file(
     view.replace(path, body)
 
 
+class ThumbSource(Protocol):
+    """What :class:`Thumbnailer` takes from a pipeline: ImagesPipeline's ``thumbs``, its
+    ``thumb_path`` and ``convert_image`` (the project's own, when it overrides them), the
+    ``IMAGES_STORE`` view and the cache's blob store."""
+
+    thumbs: dict[str, tuple[int, int]]
+    view: ImagesStoreView | None
+
+    @property
+    def cache_blobs(self) -> BlobStore | None: ...
+
+    def thumb_path(
+        self, request: Request, thumb_id: str, response: Response | None = None, info: Any = None, *, item: Any = None
+    ) -> str: ...
+
+    def convert_image(
+        self, image: Any, size: tuple[int, int] | None = None, *, response_body: io.BytesIO
+    ) -> tuple[Any, io.BytesIO]: ...
+
+
 class Thumbnailer:
     """Thumbnails as ImagesPipeline makes them (the pipeline's own ``convert_image`` and
     ``thumb_path``): in ``IMAGES_STORE`` when it is set, else beside the cache's blobs, once
     per content (``thumbs/<name>/<hash[:2]>/<hash>.jpg``)."""
 
-    def __init__(self, pipeline: ImgCachePipeline) -> None:
+    def __init__(self, pipeline: ThumbSource) -> None:
         self.pipeline = pipeline
 
     def make(
@@ -103,7 +122,7 @@ class Thumbnailer:
                 path = pipe.thumb_path(request, thumb_id, response=response, info=info, item=item)
                 wanted[thumb_id] = (pipe.view.target, path)
             else:
-                blobs = pipe.ctx.store.blobs
+                blobs = pipe.cache_blobs
                 if blobs is None or entry is None:
                     continue
                 h = entry.content_hash

@@ -17,7 +17,7 @@ from .params import Text, bucket_of, distance_of, hash_of
 from .render import WebError
 
 if TYPE_CHECKING:
-    from .routes import Web
+    from .state import Web
 
 PAGE_SIZE = 60
 GROUPS_PER_PAGE = 20

@@ -6,55 +6,25 @@ thread pool: the event loop never waits on a database, a disk or a decode.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Form, Request
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from ..auth import WRITE
 from ..images import IMAGE_CSP, Service
 from .background import Background
-from .figures import GroupsKey, Overview, groups, overview
+from .figures import groups, overview
 from .pages import add as add_pages
 from .params import Text, bucket_of, hash_of, safe_next
 from .render import HERE, NeedLogin, Renderer, WebError
 from .search import add as add_search
-from .session import Session, Sessions, clear_cookie, same_origin, set_cookie
+from .session import Sessions, clear_cookie, same_origin, set_cookie
+from .state import Web
 from .thumbs import Thumbnails
 
 #: the overview is recounted at most this often (seconds); groups are kept longer
 OVERVIEW_TTL, GROUPS_TTL = 60.0, 600.0
-
-
-@dataclass
-class Web:
-    """What the routes share."""
-
-    svc: Service
-    sessions: Sessions
-    render: Renderer
-    thumbs: Thumbnails
-    overview: Background[None, Overview]
-    groups: Background[GroupsKey, list]  # type: ignore[type-arg]
-
-    def session(self, request: Request, scope: str = "read") -> Session:
-        """The request's session, or the 401 page; a write scope for what changes things."""
-        session, new_cookie = self.sessions.current(request)
-        if session is None:
-            raise NeedLogin()
-        request.state.new_cookie = new_cookie
-        if scope == WRITE and not session.may_write:
-            raise WebError(403, "This key may look but not change anything: log in with a write key.")
-        return session
-
-    def posted(self, request: Request, csrf: str | None, scope: str = "read") -> Session:
-        """The session of a form post from this site with its CSRF token."""
-        session = self.session(request, scope)
-        if not same_origin(request) or not self.sessions.check_csrf(session, csrf):
-            raise WebError(403, "This form expired or came from another site: reload the page and try again.")
-        return session
 
 
 def install(app: FastAPI, svc: Service) -> Web:

@@ -20,8 +20,8 @@ from ...store.base import Entry
 from .params import Text, bucket_of, distance_of, hash_of
 
 if TYPE_CHECKING:
-    from .routes import Web
     from .session import Session
+    from .state import Web
 
 LIMIT = 60
 
