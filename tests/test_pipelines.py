@@ -31,9 +31,11 @@ from tests.helpers import (
     start_up_error,
 )
 
-pytestmark = pytest.mark.scrapy_api
+# the tests marked scrapy_api run on the oldest supported Scrapy too: those whose path through
+# Scrapy's API differs between versions (the rest take the same path once the crawl runs)
 
 
+@pytest.mark.scrapy_api
 def test_first_crawl_dedupes_and_second_crawl_downloads_no_image_bytes(site, tmp_path):
     photos = distinct_jpegs(3)
     png = encode(distinct_images(4)[3], "PNG")
@@ -90,6 +92,7 @@ def test_first_crawl_dedupes_and_second_crawl_downloads_no_image_bytes(site, tmp
     }
 
 
+@pytest.mark.scrapy_api
 def test_every_item_type(site, tmp_path):
     """A dict, a scrapy.Item, a dataclass and an attrs class, one page each, in one crawl."""
     photos = distinct_jpegs(len(ITEM_TYPES))
@@ -104,6 +107,7 @@ def test_every_item_type(site, tmp_path):
     assert got == {kind: [site.url(f"/i/{kind}.jpg")] for kind in ITEM_TYPES}
 
 
+@pytest.mark.scrapy_api
 def test_plain_twisted_reactor(site, tmp_path):
     site.image("/i/x.jpg", distinct_jpegs(1)[0])
     site.image("/i/y.jpg", distinct_jpegs(2)[1])
@@ -257,6 +261,7 @@ def large_photos() -> tuple[bytes, ...]:
 
 
 @pytest.mark.parametrize("processes", [0, 2], ids=["threads", "processes"])
+@pytest.mark.scrapy_api
 def test_no_image_decoding_sql_or_file_write_runs_on_the_reactor(site, tmp_path, processes):
     """Proven by what ran where (tests.crawl_spiders.ReactorAudit), not by how long the reactor
     waited, which depends on how busy the machine is. With worker processes, the crawl process
@@ -285,6 +290,7 @@ def test_no_image_decoding_sql_or_file_write_runs_on_the_reactor(site, tmp_path,
                 assert off.get("inspect", 0) >= len(photos) and off.get("decode", 0) >= len(photos), off
 
 
+@pytest.mark.scrapy_api
 def test_thumbs_and_minimum_size(site, tmp_path):
     site.image("/i/big.jpg", distinct_jpegs(1)[0])
     site.image("/i/small.jpg", encode(distinct_images(2)[1].resize((40, 30))))
@@ -339,12 +345,14 @@ def test_disabled_is_one_info_line(site, tmp_path):
     ],
     ids=["bad-setting", "unreachable", "missing-driver", "unknown-scheme"],
 )
+@pytest.mark.scrapy_api
 def test_start_up_errors_are_one_clear_line(site, tmp_path, setting, value, message):
     site.page("/p", [])
     project = make_project(tmp_path / "proj", cache_settings(tmp_path, **{setting: value}))
     assert message in start_up_error(crawl(project, "pages", start=site.url("/p")), site)
 
 
+@pytest.mark.scrapy_api
 def test_a_hook_that_cannot_be_honoured_is_refused_at_start(site, tmp_path):
     site.page("/p", [])
     settings = cache_settings(tmp_path, ITEM_PIPELINES={"tests.crawl_spiders.OverridesGetImages": 1}, ADDONS={})
@@ -400,6 +408,7 @@ def test_two_crawl_processes_share_one_cache(site, tmp_path, backend, request):
     assert sum(r.stat("duplicate/exact") for r in results) == 12
 
 
+@pytest.mark.scrapy_api
 def test_downloads_over_the_byte_limit_are_cut_while_downloading(site, tmp_path):
     """Image requests once had no download_maxsize: a 300 MB stream was read whole before being refused."""
     limit = 2 * 1024 * 1024
@@ -421,6 +430,7 @@ def test_downloads_over_the_byte_limit_are_cut_while_downloading(site, tmp_path)
     assert len(list(open_cache(tmp_path).images())) == 1
 
 
+@pytest.mark.scrapy_api
 def test_a_slow_failing_download_outliving_the_result_memory_fails_only_its_image(site, tmp_path):
     """With more results completed than remembered while one download was in flight, its failure
     raised KeyError: the item errored and the items waiting on that URL were never released."""
@@ -492,6 +502,7 @@ def test_every_pixel_mode_and_format_whole_or_damaged_fails_no_item(site, tmp_pa
 
 
 @pytest.mark.parametrize("hook", ["get_images", "image_downloaded", "file_downloaded", "STORE_SCHEMES"])
+@pytest.mark.scrapy_api
 def test_every_hook_that_cannot_be_honoured_is_named_at_start(tmp_path, hook):
     """Overriding one of Scrapy's hooks that the pipeline never calls was silently ignored."""
     from scrapy.utils.test import get_crawler
