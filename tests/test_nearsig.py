@@ -17,6 +17,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageOps
 
 from scrapy_imgcache import nearsig
+from scrapy_imgcache.nearsig import signature
 from tests.helpers import PHOTO_NAMES, distinct_images, encode, every_mode_and_format, near_duplicates, photo
 
 #: the probe radii of the store: its stored pHash, and the extra query hashes
@@ -267,4 +268,4 @@ def test_the_gaussian_matrices_are_scipys_bit_for_bit(n, sigma, mode):
     import scipy.ndimage as ndi
 
     expected = ndi.gaussian_filter1d(np.eye(n), sigma, axis=0, mode=mode)
-    assert np.array_equal(nearsig._gauss_matrix(n, sigma, mode), expected)
+    assert np.array_equal(signature._gauss_matrix(n, sigma, mode), expected)
