@@ -58,7 +58,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.accuracy_dataset import DATA, KIND_KEYS, KINDS, OUT, build, choose  # noqa: E402
-from benchmarks.machine import git_state, machine, machine_line  # noqa: E402
+from benchmarks.machine import archive, git_state, machine, machine_line  # noqa: E402
 
 #: the order the images are imported in (a fixed shuffle: originals do not always come first)
 ORDER_SEED = 14
@@ -127,17 +127,6 @@ class Commands:
 def children_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
-
-
-def archive(rev: str, into: Path) -> str:
-    """The package as committed at ``rev``, extracted under ``into``; the commit it names."""
-    sha = subprocess.run(
-        ["git", "rev-parse", "--short", f"{rev}^{{commit}}"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.strip()
-    into.mkdir(parents=True)
-    tar = subprocess.run(["git", "archive", sha, "scrapy_imgcache"], cwd=REPO, capture_output=True, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=tar, check=True)
-    return sha
 
 
 # -- the labelled folder ------------------------------------------------------------------------
@@ -396,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     code_dir = None
     if args.at:
         code_dir = run / "code"
-        report["code"] = f"scrapy_imgcache as committed at {archive(args.at, code_dir)} (--at {args.at})"
+        report["code"] = f"scrapy_imgcache as committed at {archive(REPO, args.at, code_dir)} (--at {args.at})"
     else:
         report["code"] = code_version()
     log("code:", report["code"])

@@ -25,8 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_accuracy import archive  # noqa: E402
-from benchmarks.machine import machine, machine_line  # noqa: E402
+from benchmarks.machine import archive, machine, machine_line  # noqa: E402
 from example_project.photos import encode, photo  # noqa: E402
 
 #: run in the child, with the package's folder first on sys.path: argv = folder, photo
@@ -64,7 +63,7 @@ def main() -> None:
         image.write_bytes(encode(photo("coffee").convert("RGB").resize((800, 600))))
         versions = {"work tree": REPO}
         if args.at:
-            sha = archive(args.at, Path(scratch) / "at")
+            sha = archive(REPO, args.at, Path(scratch) / "at")
             versions = {f"at {sha}": Path(scratch) / "at", **versions}
         for code in versions.values():  # a warm-up run each: the .pyc files are written once
             one_run(code, image)

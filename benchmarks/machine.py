@@ -63,3 +63,14 @@ def git_state(repo: Path) -> tuple[str, list[str]] | None:
     except OSError:
         return None
     return head.stdout.strip(), [line[3:] for line in dirty.stdout.splitlines()]
+
+
+def archive(repo: Path, rev: str, into: Path) -> str:
+    """The package as committed at ``rev`` in ``repo``, extracted under ``into``; the commit it names."""
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", f"{rev}^{{commit}}"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    into.mkdir(parents=True)
+    tar = subprocess.run(["git", "archive", sha, "scrapy_imgcache"], cwd=repo, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=tar, check=True)
+    return sha

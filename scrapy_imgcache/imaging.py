@@ -221,18 +221,20 @@ def greyscale(img: Image.Image) -> Image.Image:
 
 
 # pHash keeps the 8x8 low block of the 32x32 reduction's DCT-II, which is D @ P @ D.T with D
-# the DCT's first 8 rows (at scipy's scale): two small matrix products. imagehash computes the
-# whole 32x32 DCT with scipy.fftpack, whose import alone cost an engine worker ~0.7 s of CPU at
-# its first image. The two differ by rounding only, ~1e-8 at most for 8-bit pixels (the
-# coefficients are below 4 * 1024 * 255). A bit can only come out differently where a
-# coefficient lies that close to the block's median: flat images, pure gradients, patterns.
-# Within _PHASH_MARGIN of it (10,000 times that bound), the hash is computed imagehash's way.
-_PHASH_DCT = 2 * np.cos(np.pi * np.arange(8)[:, None] * (2 * np.arange(_PHASH_SIZE)[None, :] + 1) / (2 * _PHASH_SIZE))
+# the DCT's first 8 rows (at scipy's scale, nearsig.PHASH_DCT, which computes its window hashes
+# the same way): two small matrix products. imagehash computes the whole 32x32 DCT with
+# scipy.fftpack, whose import alone cost an engine worker ~0.7 s of CPU at its first image.
+# The two differ by rounding only, ~1e-8 at most for 8-bit pixels (the coefficients are below
+# 4 * 1024 * 255). A bit can only come out differently where a coefficient lies that close to
+# the block's median: flat images, pure gradients, patterns. Within _PHASH_MARGIN of it (10,000
+# times that bound), the hash is computed imagehash's way.
 _PHASH_MARGIN = 1e-4
 
 
 def _phash_bits(pixels: np.ndarray) -> str:
-    low = _PHASH_DCT @ pixels.astype(np.float64) @ _PHASH_DCT.T
+    from .nearsig import PHASH_DCT  # numpy only; robust mode imports it anyway
+
+    low = PHASH_DCT @ pixels.astype(np.float64) @ PHASH_DCT.T
     median = np.median(low)
     if np.abs(low - median).min() <= _PHASH_MARGIN:
         return _phash_bits_as_imagehash(pixels)

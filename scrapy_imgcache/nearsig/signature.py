@@ -40,7 +40,8 @@ COLOUR_VERSION = 4  # first byte of a signature with the colour bytes appended (
 
 _k = np.arange(8)[:, None]
 _n = np.arange(HN)[None, :]
-_DCT8 = 2 * np.cos(np.pi * _k * (2 * _n + 1) / (2 * HN))  # (8, 32): DCT-II rows 0..7 (scipy's scale)
+#: (8, 32): DCT-II rows 0..7 at scipy's scale: pHash's 8x8 low block of a 32x32 P is D @ P @ D.T
+PHASH_DCT = 2 * np.cos(np.pi * _k * (2 * _n + 1) / (2 * HN))
 _SIGN = (-1.0) ** np.arange(8)
 
 
@@ -102,8 +103,8 @@ def _fixed(frames: list[Box]) -> tuple[Array, Array]:
     """Constant matrices for fixed windows of the canonical frame: low DCT block = L[k] @ C @ R[k].T."""
     corners = np.asarray(frames, float) * CN
     return (
-        _DCT8 @ _area(corners[:, 1], corners[:, 3], CN, HN),
-        _DCT8 @ _area(corners[:, 0], corners[:, 2], CN, HN),
+        PHASH_DCT @ _area(corners[:, 1], corners[:, 3], CN, HN),
+        PHASH_DCT @ _area(corners[:, 0], corners[:, 2], CN, HN),
     )
 
 
@@ -359,7 +360,7 @@ def _rotated_lows(frame: Array, aspect: float) -> Array:
     idx, w = _rot_table(round(50 * np.log(aspect)))
     v = (np.take(frame, idx) * w).sum(0).reshape(len(ROT_DEG), 2 * HN, 2 * HN)  # (k, 64, 64)
     p = np.matmul(np.matmul(_HALF, v), _HALF.T)
-    lows: Array = np.matmul(np.matmul(_DCT8, p), _DCT8.T)
+    lows: Array = np.matmul(np.matmul(PHASH_DCT, p), PHASH_DCT.T)
     return lows
 
 
@@ -386,7 +387,7 @@ def compute(
         x0, y0, x1, y1 = (v * CN for v in kpw)
         wy, wx = _area1(y0, y1, CN), _area1(x0, x1, CN)
         p = wy @ frame @ wx.T + frame.mean() * (1 - np.outer(wy.sum(1), wx.sum(1)))
-        lows = np.concatenate([lows, (_DCT8 @ p @ _DCT8.T)[None]])
+        lows = np.concatenate([lows, (PHASH_DCT @ p @ PHASH_DCT.T)[None]])
     transformed = [transform_low(lows[0], t) for t in ("m", "r90", "r270")]
     left, top, right, bottom = box
     aspect = (right - left) / max(bottom - top, 1)
