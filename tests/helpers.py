@@ -11,7 +11,6 @@ import multiprocessing
 import os
 import struct
 import subprocess
-import sys
 import traceback
 import uuid
 import zlib
@@ -37,6 +36,7 @@ from example_project.photos import png_bomb as png_bomb
 from example_project.photos import solid as solid
 from example_project.webserver import Route, Site  # noqa: F401 - the test web site
 from scrapy_imgcache.store.blobs import OWNER_KEY
+from tests.forked import scrapy_process
 
 # -- images --------------------------------------------------------------------------------
 
@@ -248,31 +248,21 @@ def make_project(root: Path, settings: dict[str, Any]) -> Path:
     return root
 
 
-def start_crawl(project: Path, spider: str, *args: str, **spider_args: str) -> tuple[subprocess.Popen[str], Path, Path]:
+def start_crawl(project: Path, spider: str, *args: str, **spider_args: str) -> tuple[Any, Path, Path]:
     run = uuid.uuid4().hex[:8]
     items = project / f"items-{run}.jsonl"
     stats = project / f"stats-{run}.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "scrapy",
-        "crawl",
-        spider,
-        "-O",
-        f"{items}:jsonlines",
-        "-s",
-        f"IMGDEMO_STATS_FILE={stats}",
-    ]
+    argv = ["crawl", spider, "-O", f"{items}:jsonlines", "-s", f"IMGDEMO_STATS_FILE={stats}"]
     for k, v in spider_args.items():
-        cmd += ["-a", f"{k}={v}"]
-    cmd += list(args)
+        argv += ["-a", f"{k}={v}"]
+    argv += list(args)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(project)])}
     env.pop("SCRAPY_SETTINGS_MODULE", None)
-    proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = scrapy_process(argv, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     return proc, items, stats
 
 
-def finish_crawl(proc: subprocess.Popen[str], items: Path, stats: Path, timeout: float = 180) -> Crawl:
+def finish_crawl(proc: Any, items: Path, stats: Path, timeout: float = 180) -> Crawl:
     out, _ = proc.communicate(timeout=timeout)
     return crawl_result(proc.returncode, items, stats, out)
 

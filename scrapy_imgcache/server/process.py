@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,14 +64,24 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(10)
 
 
+#: how a server process is started: ``subprocess.Popen``'s signature (a test suite may start
+#: it another way, e.g. forked from an interpreter that has imported the server already)
+Launch = Callable[..., "subprocess.Popen[bytes]"]
+
+
 @contextmanager
 def running(
-    command: Sequence[str], url: str, workdir: Path, files: Path, env: dict[str, str] | None = None
+    command: Sequence[str],
+    url: str,
+    workdir: Path,
+    files: Path,
+    env: dict[str, str] | None = None,
+    launch: Launch = subprocess.Popen,
 ) -> Iterator[LiveServer]:
     """Run ``command`` until the block ends; it must answer ``{url}/health``."""
     log = workdir / f"server-{url.rsplit(':', 1)[-1]}.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(
+        process = launch(
             list(command), stdout=out, stderr=subprocess.STDOUT, cwd=workdir, env={**os.environ, **(env or {})}
         )
     try:
@@ -82,10 +92,12 @@ def running(
 
 
 @contextmanager
-def imgcache_server(db_url: str, workdir: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[LiveServer]:
+def imgcache_server(
+    db_url: str, workdir: Path, *args: str, env: dict[str, str] | None = None, launch: Launch = subprocess.Popen
+) -> Iterator[LiveServer]:
     """``imgcache-server --db db_url --files workdir/files`` on a free port."""
     port = free_port()
     files = workdir / "files"
     command = [SERVER_BIN, "--db", db_url, "--files", str(files), "--port", str(port), "--log-level", "warning", *args]
-    with running(command, f"http://127.0.0.1:{port}", workdir, files, env) as server:
+    with running(command, f"http://127.0.0.1:{port}", workdir, files, env, launch) as server:
         yield server

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 
 from scrapy_imgcache.store.sql import SqlStore
+from tests.forked import run_scrapy
 from tests.helpers import distinct_images, encode, near_duplicates
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -59,14 +59,7 @@ class Project:
 
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if k != "SCRAPY_SETTINGS_MODULE"}
-        return subprocess.run(
-            [sys.executable, "-m", "scrapy", *args],
-            cwd=self.root,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        return run_scrapy(args, cwd=self.root, env=env, timeout=timeout)
 
 
 @dataclass

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from tests.forked import scrapy_process
 from tests.helpers import distinct_jpegs
 
 from .conftest import Project, assert_one_line_error
@@ -55,8 +56,8 @@ def test_a_reader_that_goes_away_is_no_traceback(project: Project):
     with project.opened() as store:
         for i, data in enumerate(distinct_jpegs(3)):
             store.put(data, url=f"https://a.example/{i}.jpg", client_name=f"spider_{i}")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scrapy", "imgcache-stats", "--json"],
+    proc = scrapy_process(
+        ["imgcache-stats", "--json"],
         cwd=project.root,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -12,18 +12,18 @@ import json
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Callable
 
 import pytest
 from sqlalchemy import select
 
 from scrapy_imgcache.errors import ConfigError
-from scrapy_imgcache.server.process import SERVER_BIN, imgcache_server
+from scrapy_imgcache.server.process import SERVER_BIN
 from scrapy_imgcache.store.schema import make_engine
 from scrapy_imgcache.visualsnoop.keys import SecretBox
 from scrapy_imgcache.visualsnoop.models import CollectionRow
 from scrapy_imgcache.visualsnoop.registry import Registry
+from tests.forked import imgcache_server, run_scrapy
 from tests.helpers import distinct_jpegs
 
 from .conftest import Project
@@ -37,9 +37,8 @@ def runner(project: Project, front_end: str, env: dict[str, str] | None = None) 
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         if front_end == "scrapy":
-            command = [sys.executable, "-m", "scrapy", "imgcache-collections", *args]
-        else:
-            command = [SERVER_BIN, "collections", *args, "--db", project.db_url]
+            return run_scrapy(["imgcache-collections", *args], cwd=project.root, env={**base, **(env or {})})
+        command = [SERVER_BIN, "collections", *args, "--db", project.db_url]
         return subprocess.run(
             command, cwd=project.root, env={**base, **(env or {})}, capture_output=True, text=True, timeout=120
         )

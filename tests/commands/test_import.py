@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from scrapy_imgcache.store.sql import SqlStore
+from tests.forked import run_scrapy, scrapy_process
 from tests.helpers import (
     damaged_variants,
     distinct_images,
@@ -113,7 +114,6 @@ def test_progress_bar_on_a_terminal(project: Project, tmp_path):
     import pty
     import struct
     import subprocess
-    import sys
     import termios
 
     _old_images_store(tmp_path / "old")
@@ -179,8 +179,8 @@ def test_an_import_killed_at_any_moment_completes_when_run_again(db_url, tmp_pat
     project = Project(root)
     rng = random.Random(7)
     for _ in range(3):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "scrapy", "imgcache-import", str(folder)],
+        proc = scrapy_process(
+            ["imgcache-import", str(folder)],
             cwd=root,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -204,8 +204,7 @@ def test_an_import_killed_at_any_moment_completes_when_run_again(db_url, tmp_pat
 
 def _run_outside_a_project(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "SCRAPY_SETTINGS_MODULE"}
-    cmd = [sys.executable, "-m", "scrapy", *args]
-    return subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=60)
+    return run_scrapy(args, cwd=folder, env=env, timeout=60)
 
 
 def test_outside_a_project_a_command_that_creates_a_cache_refuses_unless_told_where(tmp_path):

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from scrapy_imgcache.server.process import free_port, imgcache_server
+from scrapy_imgcache.server.process import free_port
+from tests.forked import imgcache_server
 from tests.helpers import distinct_images, encode
 
 from .conftest import Filled, assert_one_line_error, json_lines, render

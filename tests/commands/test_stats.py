@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+
+from tests.forked import run_scrapy
 
 from .conftest import Filled, Project, assert_one_line_error, json_lines
 
@@ -84,8 +84,6 @@ def test_outside_a_project_a_read_only_command_creates_nothing(tmp_path):
     """``scrapy imgcache-stats`` outside a project once made ``./.scrapy/`` and said the cache was empty."""
     env = {k: v for k, v in os.environ.items() if k != "SCRAPY_SETTINGS_MODULE"}
     for command in ("imgcache-stats", "imgcache-dupes", "imgcache-gc"):
-        proc = subprocess.run(
-            [sys.executable, "-m", "scrapy", command], cwd=tmp_path, env=env, capture_output=True, text=True
-        )
+        proc = run_scrapy([command], cwd=tmp_path, env=env)
         assert_one_line_error(proc, 3, "there is no image cache", ".scrapy does not exist")
     assert list(tmp_path.iterdir()) == []

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from scrapy_imgcache.server.process import LiveServer, imgcache_server
+from scrapy_imgcache.server.process import LiveServer
+from tests.forked import imgcache_server
 from tests.helpers import DATABASES, database_url
 
 

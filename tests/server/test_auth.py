@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from scrapy_imgcache.server.auth import ApiKeys
-from scrapy_imgcache.server.process import LiveServer, imgcache_server
+from scrapy_imgcache.server.process import LiveServer
+from tests.forked import imgcache_server
 from tests.helpers import fresh_jpegs, fresh_url
 
 READ_KEY = "r" * 20 + "-read"

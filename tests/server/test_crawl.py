@@ -8,8 +8,9 @@ import httpx
 import pytest
 
 from scrapy_imgcache.hashing import content_hash
-from scrapy_imgcache.server.process import LiveServer, imgcache_server
+from scrapy_imgcache.server.process import LiveServer
 from scrapy_imgcache.store.remote import RemoteStore
+from tests.forked import imgcache_server
 from tests.helpers import (
     blob_files,
     crawl,

@@ -9,7 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from scrapy_imgcache.server.process import LiveServer, imgcache_server
+from scrapy_imgcache.server.process import LiveServer
+from tests.forked import imgcache_server
 from tests.helpers import blob_files, bomb_png, fresh_jpegs, fresh_url, noise_bytes
 from tests.store.test_sql import IMAGE_URLS, NOT_IMAGE_URLS
 

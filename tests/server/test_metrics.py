@@ -10,8 +10,8 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from scrapy_imgcache.server.app import create_app
-from scrapy_imgcache.server.process import imgcache_server
 from scrapy_imgcache.store.sql import SqlStore
+from tests.forked import imgcache_server
 from tests.helpers import fresh_jpegs, fresh_url, noise_bytes
 
 

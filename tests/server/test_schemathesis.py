@@ -22,7 +22,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from scrapy_imgcache.server.process import LiveServer, imgcache_server
+from scrapy_imgcache.server.process import LiveServer
+from tests.forked import imgcache_server
 
 CHECKS = [
     not_a_server_error,

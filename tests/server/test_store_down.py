@@ -8,7 +8,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from scrapy_imgcache.server.process import imgcache_server
+from tests.forked import imgcache_server
 from tests.helpers import POSTGRES_URL, fresh_jpegs, fresh_url, scratch
 
 pytestmark = pytest.mark.postgres

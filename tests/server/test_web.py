@@ -19,10 +19,10 @@ from sqlalchemy import update
 from scrapy_imgcache.commands.dupes import clusters
 from scrapy_imgcache.commands.similar import inspected, matches
 from scrapy_imgcache.server.auth import READ_KEYS_ENV, WRITE_KEYS_ENV
-from scrapy_imgcache.server.process import imgcache_server
 from scrapy_imgcache.store.base import BrowseQuery
 from scrapy_imgcache.store.models import UrlRow
 from scrapy_imgcache.store.sql import SqlStore
+from tests.forked import imgcache_server
 from tests.helpers import distinct_images, encode, near_duplicates
 
 from .browser import browser, foreign, screenshot

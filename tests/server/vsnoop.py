@@ -20,11 +20,12 @@ from typing import Any
 import httpx
 import requests
 
-from scrapy_imgcache.server.process import SERVER_BIN, LiveServer, imgcache_server
+from scrapy_imgcache.server.process import SERVER_BIN, LiveServer
 from scrapy_imgcache.store.sql import SqlStore
 from scrapy_imgcache.visualsnoop.api import signature
 from scrapy_imgcache.visualsnoop.keys import SecretBox
 from scrapy_imgcache.visualsnoop.registry import Registry
+from tests.forked import imgcache_server
 from tests.helpers import database_url
 
 base64.encodestring = base64.encodebytes  # type: ignore[attr-defined]  # the client's one wart (see the spec)

@@ -17,11 +17,12 @@ from PIL import ImageOps
 from scrapy_imgcache.config import ImgCacheConfig
 from scrapy_imgcache.errors import EmptyImage, NotAnImage, StoreError, TooManyPixels
 from scrapy_imgcache.hashing import Inspector, content_hash, hamming
-from scrapy_imgcache.server.process import LiveServer, free_port, imgcache_server
+from scrapy_imgcache.server.process import LiveServer, free_port
 from scrapy_imgcache.store import open_store
 from scrapy_imgcache.store.base import NearQuery
 from scrapy_imgcache.store.remote import RemoteStore
 from scrapy_imgcache.store.sql import SqlStore
+from tests.forked import imgcache_server
 from tests.helpers import (
     bomb_png,
     distinct_images,
