@@ -243,7 +243,8 @@ def test_service_down_is_a_quick_store_error():
     start = time.monotonic()
     with pytest.raises(StoreError, match=r"cannot connect.*after 3 attempt"):
         store.get_meta("0" * 64)
-    assert time.monotonic() - start < 5
+    # refused connections fail at once: a bound far above it, that no load on the machine reaches
+    assert time.monotonic() - start < 30
     assert store.health() is False
 
 
@@ -258,7 +259,7 @@ def test_stuck_service_times_out():
         start = time.monotonic()
         with pytest.raises(StoreError, match=r"timed out.*after 2 attempt"):
             store.put(b"x", url=fresh_url(), client_name="s")
-        assert time.monotonic() - start < 4
+        assert time.monotonic() - start < 30  # 2 x 0.5 s, then an error; without timeouts, for ever
     finally:
         listener.close()
 
