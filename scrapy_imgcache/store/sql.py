@@ -15,14 +15,13 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from datetime import date, datetime
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import (
     Select,
     delete,
-    func,
     select,
     update,
 )
@@ -33,13 +32,9 @@ from ..hashing import ImageInfo, Inspector, content_hash
 from .base import (
     HASH_RE,
     Answer,
-    BrowsePage,
-    BrowseQuery,
     Entry,
-    GcReport,
     NearQuery,
     PutResult,
-    Usage,
     as_utc,
     utcnow,
     validate_bucket,
@@ -52,11 +47,10 @@ from .blobs import (
     blob_key,
     claim,
     hash_of_key,
-    is_temporary,
     open_blob_store,
     storage_options,
 )
-from .browsing import as_date, browse_plan, cursors, daily_stmt
+from .gc import GarbageCollection
 from .index import (
     SLOT_KINDS,
     pack_hashes,
@@ -66,6 +60,7 @@ from .index import (
 from .models import ImageRow, UrlRow
 from .nearpolicy import link_hints
 from .nearpolicy import search as near_search
+from .reports import Reports
 from .schema import (
     WriteTransaction,
     cache_id,
@@ -112,9 +107,10 @@ def _store_errors(cls: C) -> C:
     the same for their files. Here, once, rather than at each call site; what a method handles
     itself (a deadlock retried, a race with a delete) it handles inside. (The extra frame costs
     ~0.12 µs a call, measured with ``timeit``: 0.06 % of a SQLite ``lookup()``'s ~200 µs.)"""
-    for name, method in list(vars(cls).items()):
-        if not name.startswith("_") and callable(method):  # (a classmethod is not: from_config)
-            setattr(cls, name, _translating(method))
+    for part in reversed(cls.__mro__[:-1]):  # its own methods and its parts' (reports, gc)
+        for name, method in list(vars(part).items()):
+            if not name.startswith("_") and callable(method):  # (a classmethod is not: from_config)
+                setattr(cls, name, _translating(method))
     return cls
 
 
@@ -130,7 +126,7 @@ def _translating(method: Callable[..., T]) -> Callable[..., T]:
 
 
 @_store_errors
-class SqlStore:
+class SqlStore(Reports, GarbageCollection):
     """The cache in a SQL database (metadata) and a blob store (bytes)."""
 
     def __init__(
@@ -571,194 +567,6 @@ class SqlStore:
         }
         return near_search(_NearRows(self, conn), query, max_distance, bucket, limit, linked, leave_out=image_id)
 
-    def images(self, bucket: str | None = None) -> Iterator[Entry]:
-        """Every image (with its most recent URL), oldest first; ``None`` walks every bucket."""
-        after: int | None = 0
-        while after is not None:
-            page, after = self.image_page(bucket, after)
-            yield from page
-
-    def image_page(self, bucket: str | None, after: int = 0, limit: int = 1000) -> tuple[list[Entry], int | None]:
-        """Up to ``limit`` images past the cursor ``after`` (0: the first), oldest first, and
-        the cursor of the next page (None after the last)."""
-        stmt = select(ImageRow.id).where(ImageRow.id > after).order_by(ImageRow.id).limit(limit)
-        if bucket is not None:
-            stmt = stmt.where(ImageRow.bucket == bucket)
-        with self.engine.connect() as conn:
-            ids = list(conn.execute(stmt).scalars())
-        by_id = self._latest_by_image(ids)
-        return [by_id[i] for i in ids if i in by_id], (ids[-1] if len(ids) == limit else None)
-
-    def browse(self, query: BrowseQuery) -> BrowsePage:
-        """A page by keyset pagination (see :mod:`.browsing`): one indexed range read of
-        ``limit + 1`` ids (a filtered one examines at most ``SCAN_BUDGET`` rows), then their
-        rows with their most recent URLs."""
-        plan = browse_plan(query)
-        with self.engine.connect() as conn:
-            row = conn.execute(plan.edge).first() if plan.edge is not None else None
-            edge = None if row is None else (row[0], row[1])
-            found = [(r.id, r.created_at) for r in conn.execute(plan.page(edge))]
-        more = len(found) > query.limit
-        found = found[: query.limit]
-        if plan.upwards:  # read oldest first from the cursor: shown newest first
-            found.reverse()
-        by_id = self._latest_by_image([i for i, _ in found])
-        newer, older = cursors(query, plan, found, more, edge)
-        return BrowsePage([by_id[i] for i, _ in found if i in by_id], newer, older)
-
-    def daily_counts(self, bucket: str | None, days: int) -> list[tuple[date, int]]:
-        stmt, _since = daily_stmt(bucket, self.buckets() if bucket is None else [], days)
-        with self.engine.connect() as conn:
-            return [(as_date(day), int(n)) for day, n in conn.execute(stmt)]
-
-    def buckets(self) -> list[str]:
-        with self.engine.connect() as conn:
-            return list(conn.execute(select(ImageRow.bucket).distinct().order_by(ImageRow.bucket)).scalars())
-
-    def usage(self) -> list[Usage]:
-        out: dict[str, Usage] = {}
-        with self.engine.connect() as conn:
-            for bucket, n, size in conn.execute(
-                select(ImageRow.bucket, func.count(), func.coalesce(func.sum(ImageRow.file_size), 0)).group_by(
-                    ImageRow.bucket
-                )
-            ):
-                out[bucket] = Usage(bucket, images=int(n), bytes=int(size))
-            urls_stmt = select(
-                UrlRow.bucket,
-                UrlRow.client_name,
-                UrlRow.duplicate,
-                func.count(),
-                func.coalesce(func.sum(UrlRow.saved_bytes), 0),
-            ).group_by(UrlRow.bucket, UrlRow.client_name, UrlRow.duplicate)
-            for bucket, client, dup, n, saved in conn.execute(urls_stmt):
-                usage = out.setdefault(bucket, Usage(bucket))
-                per = usage.clients.setdefault(client, Usage(bucket))
-                for target in (usage, per):
-                    target.urls += int(n)
-                    if dup == "exact":
-                        target.exact_duplicates += int(n)
-                        target.exact_bytes_saved += int(saved)
-                    elif dup == "similar":
-                        target.similar_duplicates += int(n)
-                        target.similar_bytes_saved += int(saved)
-            images_stmt = select(
-                ImageRow.bucket, ImageRow.client_name, func.count(), func.sum(ImageRow.file_size)
-            ).group_by(ImageRow.bucket, ImageRow.client_name)
-            for bucket, client, n, size in conn.execute(images_stmt):
-                per = out[bucket].clients.setdefault(client, Usage(bucket))
-                per.images += int(n)
-                per.bytes += int(size or 0)
-            # near-duplicates kept in annotate mode count too (their bytes were stored)
-            similar_stmt = (
-                select(ImageRow.bucket, ImageRow.client_name, func.count())
-                .where(ImageRow.similar_to.is_not(None))
-                .group_by(ImageRow.bucket, ImageRow.client_name)
-            )
-            for bucket, client, n in conn.execute(similar_stmt):
-                out[bucket].similar_duplicates += int(n)
-                out[bucket].clients.setdefault(client, Usage(bucket)).similar_duplicates += int(n)
-        return [out[b] for b in sorted(out)]
-
-    # -- maintenance (the gc command) ------------------------------------------------------
-
-    def collect_garbage(
-        self, *, grace_seconds: float, older_than: datetime | None = None, dry_run: bool = False
-    ) -> GcReport:
-        """Files no row references that are older than the grace period first (so that a full
-        disk gets space back before the database is written), then rows whose bytes are gone
-        (damage, not garbage), then images not seen since ``older_than``.
-
-        Whatever the grace, nothing a write in flight needs is removed: a blob is held by its
-        writer until its row is written (``BlobStore.hold``), temporary files by theirs, and a
-        row is deleted with the image row locked, only if no URL record was written for it
-        since it was found (a writer storing those bytes again, or seeing the URL again)."""
-        report = GcReport(dry_run=dry_run)
-        orphans = self.orphan_blobs(grace_seconds)
-        if not dry_run:
-            orphans = [(key, size) for key, size in orphans if self._remove_orphan(key)]
-        report.orphans, report.orphan_bytes = len(orphans), sum(size for _, size in orphans)
-        missing = self.missing_blobs()
-        report.missing = missing if dry_run else self._remove_missing(missing)
-        if older_than is not None:
-            report.expired = self.expired(older_than)
-            report.expired_bytes = self._remove_images(report.expired, dry_run, older_than)
-        return report
-
-    def _remove_orphan(self, key: str) -> bool:
-        return self.blobs.remove_if(key, lambda: True) if is_temporary(key) else self.remove_blob(key)
-
-    def _remove_missing(self, entries: list[Entry]) -> list[Entry]:
-        """Delete the rows of these images whose bytes are still gone, unless a URL record of
-        the image was written since they were found missing; the rows deleted."""
-        removed = []
-        for entry in entries:
-            found = self._read(functools.partial(_url_mark, bucket=entry.bucket, chash=entry.content_hash))
-            if found is None or self.blobs.exists(entry.path or ""):
-                continue
-
-            def written_since(conn: Connection, _id: int, found: tuple[Any, ...] = found, e: Entry = entry) -> bool:
-                return _url_mark(conn, e.bucket, e.content_hash) != found
-
-            if self._delete(entry.bucket, entry.content_hash, unless=written_since):
-                removed.append(entry)
-        return removed
-
-    def _remove_images(self, entries: list[Entry], dry_run: bool, older_than: datetime) -> int:
-        """Delete these images unless seen since ``older_than`` meanwhile; the bytes actually
-        freed (a blob shared with another bucket stays)."""
-        freed = 0
-        for entry in entries:
-            key = entry.path or ""
-            present = self.blobs.exists(key)
-            if dry_run:
-                freed += entry.file_size_bytes if present else 0
-                continue
-
-            def seen_since(conn: Connection, image_id: int) -> bool:
-                newest = conn.execute(select(func.max(UrlRow.lookup_time)).where(UrlRow.image_id == image_id)).scalar()
-                return newest is not None and as_utc(newest) >= older_than
-
-            if (
-                self._delete(entry.bucket, entry.content_hash, unless=seen_since)
-                and present
-                and not self.blobs.exists(key)
-            ):
-                freed += entry.file_size_bytes
-        return freed
-
-    def referenced_hashes(self) -> set[str]:
-        with self.engine.connect() as conn:
-            return set(conn.execute(select(ImageRow.content_hash).distinct()).scalars())
-
-    def orphan_blobs(self, grace_seconds: float) -> list[tuple[str, int]]:
-        """Blobs (and thumbnails) of contents no row holds, and the temporary files of
-        interrupted writes, older than the grace period."""
-        cutoff = time.time() - grace_seconds
-        keys = list(self.blobs.iter_keys())
-        used = self.referenced_hashes()  # read after listing: a blob written meanwhile is young
-        return [
-            (k, size)
-            for k, mtime, size in keys
-            if mtime < cutoff and (is_temporary(k) or (_is_blob(k) and hash_of_key(k) not in used))
-        ]
-
-    def missing_blobs(self) -> list[Entry]:
-        """Rows whose bytes are gone (someone deleted files by hand)."""
-        return [e for e in self.images() if not self.blobs.exists(e.path or "")]
-
-    def expired(self, older_than: datetime, bucket: str | None = None) -> list[Entry]:
-        """Images no URL has been seen at since ``older_than``."""
-        newest = (
-            select(UrlRow.image_id, func.max(UrlRow.lookup_time).label("seen")).group_by(UrlRow.image_id).subquery()
-        )
-        stmt = select(ImageRow.id).join(newest, newest.c.image_id == ImageRow.id).where(newest.c.seen < older_than)
-        if bucket is not None:
-            stmt = stmt.where(ImageRow.bucket == bucket)
-        with self.engine.connect() as conn:
-            ids = list(conn.execute(stmt).scalars())
-        return list(self._latest_by_image(ids).values())
-
     # -- rows to entries -------------------------------------------------------------------
 
     def _entry(self, bucket: str, chash: str, url: str | None = None, client_name: str | None = None) -> Entry | None:
@@ -885,23 +693,6 @@ def _deadlock(exc: DBAPIError) -> bool:
     orig = exc.orig
     code = orig.args[0] if orig is not None and orig.args else None
     return code in (1205, 1213) or getattr(orig, "sqlstate", None) in ("40P01", "40001")
-
-
-def _url_mark(conn: Connection, bucket: str, chash: str) -> tuple[Any, ...] | None:
-    """What changes when a URL record of an image is written: its id, and its URL records'
-    number, newest id and newest sighting (None: no such image)."""
-    stmt = (
-        select(ImageRow.id, func.count(UrlRow.id), func.max(UrlRow.id), func.max(UrlRow.lookup_time))
-        .outerjoin(UrlRow, UrlRow.image_id == ImageRow.id)
-        .where(ImageRow.bucket == bucket, ImageRow.content_hash == chash)
-        .group_by(ImageRow.id)
-    )
-    row = conn.execute(stmt).first()
-    return None if row is None else tuple(row)
-
-
-def _is_blob(key: str) -> bool:
-    return bool(HASH_RE.match(hash_of_key(key)))
 
 
 def _index_folder(engine: Engine, index_dir: str | None) -> str | None:
