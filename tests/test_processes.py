@@ -130,8 +130,9 @@ def test_a_worker_that_dies_at_start_is_an_error_not_a_wait(tmp_path, monkeypatc
 def test_a_worker_that_hangs_at_start_is_killed_after_the_bound(tmp_path, monkeypatch):
     for name, value in broken_worker_start(tmp_path / "site", "hang").items():
         monkeypatch.setenv(name, value)
-    with pytest.raises(WorkerStartError, match=r"was not ready after 10 s"):
-        start_workers(2, HASHER, Inspector(), timeout=10)
+    # (the workers hang whatever the bound and the machine's load: a short one proves the same)
+    with pytest.raises(WorkerStartError, match=r"was not ready after 3 s"):
+        start_workers(2, HASHER, Inspector(), timeout=3)
     # killed and reaped, not left hanging (those that got as far as the hang left their pid)
     hung = [int(p.name.split("-")[1]) for p in (tmp_path / "site").glob("hung-*")]
     assert not any(running(pid) for pid in hung)
