@@ -189,7 +189,8 @@ class Process:
             else:
                 fd = spec if isinstance(spec, int) else spec.fileno()
             fds.append(fd)
-        self._channel = _server().submit({"main": main, "args": args, "cwd": cwd, "env": env}, fds)
+        self._socket = _server().submit({"main": main, "args": args, "cwd": cwd, "env": env}, fds)
+        self._channel = self._socket.makefile("rb", buffering=0)  # a line: the pid, then the status
         for fd in theirs:
             os.close(fd)
         self.pid = int(self._line())
@@ -211,6 +212,7 @@ class Process:
         if self.returncode is None:
             self.returncode = int(self._line(timeout))
             self._channel.close()
+            self._socket.close()
         return self.returncode
 
     def communicate(self, timeout: float | None = None) -> tuple[Any, Any]:
@@ -269,16 +271,16 @@ class _Server:
         ready = self.proc.stdout.readline()
         if ready != b"ready\n":
             raise RuntimeError(f"the fork server did not start: {ready!r}")
-        self.lock = threading.Lock()
         atexit.register(self.close)
 
-    def submit(self, request: dict[str, Any], fds: list[int]) -> Any:
+    def submit(self, request: dict[str, Any], fds: list[int]) -> socket.socket:
+        """Send a request and the run's stdin/stdout/stderr: the connection it is answered on."""
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.connect(self.address)
         payload = json.dumps(request).encode()
         socket.send_fds(conn, [_HEADER.pack(len(payload))], fds)
         conn.sendall(payload)
-        return conn.makefile("rb", buffering=0)
+        return conn
 
     def close(self) -> None:
         if self.proc.poll() is None:
