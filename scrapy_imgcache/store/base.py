@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Protocol
@@ -313,6 +313,16 @@ def parse_cursor(cursor: str) -> tuple[datetime, int]:
 
 
 _MICROSECOND = timedelta(microseconds=1)
+
+
+def every_image(
+    image_page: Callable[[str | None, int], tuple[list[Entry], int | None]], bucket: str | None
+) -> Iterator[Entry]:
+    """``Store.images()`` over a store's ``image_page()``: page after page until the last."""
+    after: int | None = 0
+    while after is not None:
+        page, after = image_page(bucket, after)
+        yield from page
 
 
 @dataclass

@@ -31,6 +31,7 @@ from .base import (
     NearQuery,
     PutResult,
     Usage,
+    every_image,
     validate_bucket,
 )
 
@@ -321,10 +322,7 @@ class RemoteStore:
         return resp.status_code != 404
 
     def images(self, bucket: str | None = None) -> Iterator[Entry]:
-        after: int | None = 0
-        while after is not None:
-            page, after = self.image_page(bucket, after)
-            yield from page
+        return every_image(self.image_page, bucket)
 
     def image_page(self, bucket: str | None, after: int = 0, limit: int = 1000) -> tuple[list[Entry], int | None]:
         """GET /images/list (the service decides the page size)."""

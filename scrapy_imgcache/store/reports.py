@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
-from .base import BrowsePage, BrowseQuery, Entry, Usage
+from .base import BrowsePage, BrowseQuery, Entry, Usage, every_image
 from .browsing import as_date, browse_plan, cursors, daily_stmt
 from .models import ImageRow, UrlRow
 
@@ -32,10 +32,7 @@ class Reports:
 
     def images(self, bucket: str | None = None) -> Iterator[Entry]:
         """Every image (with its most recent URL), oldest first; ``None`` walks every bucket."""
-        after: int | None = 0
-        while after is not None:
-            page, after = self.image_page(bucket, after)
-            yield from page
+        return every_image(self.image_page, bucket)
 
     def image_page(self, bucket: str | None, after: int = 0, limit: int = 1000) -> tuple[list[Entry], int | None]:
         """Up to ``limit`` images past the cursor ``after`` (0: the first), oldest first, and
