@@ -207,7 +207,11 @@ def project_data_path(name: str) -> str:
     """``<project>/.scrapy/<name>`` inside a Scrapy project, ``./.scrapy/<name>`` elsewhere."""
     from scrapy.utils.project import data_path
 
-    return os.path.abspath(data_path(name))
+    try:
+        return os.path.abspath(data_path(name))
+    except FileExistsError:  # Scrapy makes .scrapy/ if it did not exist a moment ago: another
+        # crawl starting in the same project at the same moment (scrapyd) made it first
+        return os.path.abspath(data_path(name))
 
 
 def _default_index_dir(url: str) -> str:

@@ -80,6 +80,27 @@ def test_defaults_put_the_cache_in_the_project_data_folder(tmp_path, monkeypatch
     assert config.similarity_threshold == DEFAULTS["IMGCACHE_SIMILARITY_THRESHOLD"]
 
 
+def test_two_crawls_starting_at_once_in_a_new_project_both_find_its_data_folder(tmp_path, monkeypatch):
+    """Scrapy makes ``<project>/.scrapy`` when it did not exist a moment before: the second of
+    two crawls started together (a CI run caught it) failed with FileExistsError."""
+    (tmp_path / "scrapy.cfg").write_text("[settings]\ndefault = projsettings\n")
+    monkeypatch.chdir(tmp_path)
+    data = tmp_path / ".scrapy"
+    real_exists = Path.exists
+    raced = []
+
+    def exists_before_the_other_made_it(self: Path, *args, **kwargs) -> bool:
+        if self == data.resolve() and not raced:  # looked, then the other crawl made it
+            raced.append(True)
+            data.mkdir()
+            return False
+        return real_exists(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "exists", exists_before_the_other_made_it)
+    config = ImgCacheConfig.from_settings({})
+    assert raced and config.url == f"sqlite:///{os.path.realpath(data)}/imgcache.sqlite3"
+
+
 def test_a_remote_url_needs_no_files_store():
     config = ImgCacheConfig.from_settings({"IMGCACHE_URL": "https://cache.example", "IMGCACHE_API_KEY": "k"})
     assert config.is_remote and config.files_store == "" and config.api_key == "k"
