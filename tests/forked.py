@@ -97,8 +97,6 @@ _PRELOAD = (
     "scrapy_imgcache.server.app",
 )
 _SKIP = "IMGCACHE_TEST_FORK_SKIP"  # the modules found to install a reactor on import
-#: what each kind of run calls with its arguments (the console scripts' functions)
-_MAINS = {"scrapy": "scrapy.cmdline:execute", "imgcache-server": "scrapy_imgcache.server.cli:main"}
 _HEADER = struct.Struct("!I")
 
 
@@ -398,17 +396,16 @@ def _child(request: dict[str, Any], fds: list[int], base_path: list[str]) -> Non
         # sys.path as ``python -m`` makes it: the folder, then PYTHONPATH, then the rest
         extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         sys.path[:] = [request["cwd"], *extra, *(p for p in base_path if p not in extra and p != str(REPO))]
-        import importlib
-
-        module, function = _MAINS[request["main"]].split(":")
-        main = getattr(importlib.import_module(module), function)
         if request["main"] == "scrapy":  # python -m scrapy ARGS
             import scrapy
+            from scrapy.cmdline import execute
 
             sys.argv = [os.path.join(os.path.dirname(scrapy.__file__), "__main__.py"), *request["args"]]
-            main(sys.argv)
+            execute(sys.argv)
             code = 0
-        else:  # the console script: sys.exit(main())
+        else:  # the imgcache-server console script: sys.exit(main())
+            from scrapy_imgcache.server.cli import main
+
             sys.argv = [SERVER_BIN, *request["args"]]
             code = main(request["args"]) or 0
     except SystemExit as exit_:
